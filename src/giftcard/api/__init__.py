@@ -1,0 +1,1 @@
+"""The HTTP door: FastAPI routers that parse, authenticate, call one use case, render."""

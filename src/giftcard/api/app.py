@@ -1,0 +1,56 @@
+"""The FastAPI application: routers, problem handlers, middleware, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from giftcard import __version__
+from giftcard.api import problems
+from giftcard.api.middleware import AccessLog, BodySizeLimit
+from giftcard.api.routes_cards import router as cards_router
+from giftcard.api.routes_customers import router as customers_router
+from giftcard.api.routes_service import router as service_router
+from giftcard.config import Settings, load_settings
+from giftcard.services import Services
+from giftcard.web.pages import router as pages_router
+
+DESCRIPTION = """
+A self-hostable gift card service. Money is always an integer in the currency's minor
+unit beside its ISO 4217 `currency`. Errors are RFC 9457 `application/problem+json`
+documents with a stable `code`. Send `Authorization: Bearer <token or API key>`.
+"""
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """Build the app. Tests pass their own `services` (a clock they control, a database)."""
+    settings = settings or (services.settings if services else load_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = services is None
+        app.state.services = services or Services.build(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.services.close()
+
+    app = FastAPI(
+        title="giftcard",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    if services is not None:
+        app.state.services = services
+    problems.install(app)
+    app.include_router(customers_router)
+    app.include_router(cards_router)
+    app.include_router(service_router)
+    app.include_router(pages_router)
+    app.add_middleware(BodySizeLimit, limit_bytes=settings.request_body_bytes_max)
+    app.add_middleware(AccessLog)
+    return app

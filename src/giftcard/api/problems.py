@@ -1,0 +1,153 @@
+"""RFC 9457 problem responses: one shape for every error the API can give."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://giftcard.dev/problems/"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document with giftcard's stable `code`."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    param: str | None = None
+
+
+def problem_body(code: ErrorCode, detail: str, param: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + code.value,
+        "title": code.problem_title,
+        "status": code.status,
+        "detail": detail,
+        "code": code.value,
+    }
+    if param is not None:
+        body["param"] = param
+    return body
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+def problem_response(
+    code: ErrorCode,
+    detail: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> ProblemResponse:
+    return ProblemResponse(
+        problem_body(code, detail, param), status_code=code.status, headers=headers
+    )
+
+
+def error_response(error: GiftcardError) -> ProblemResponse:
+    headers = None
+    if isinstance(error, TooManyAttempts):
+        headers = {"Retry-After": str(error.retry_after_s)}
+    return problem_response(error.code, error.detail, error.param, headers)
+
+
+def problem_json(error: GiftcardError) -> str:
+    return json.dumps(problem_body(error.code, error.detail, error.param))
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the problem statuses a route can give."""
+    return {
+        status: {
+            "model": Problem,
+            "description": _STATUS_DESCRIPTIONS.get(status, "Problem"),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in sorted({*statuses, 413, 422, 500})
+    }
+
+
+_STATUS_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Missing, unknown or expired credentials",
+    403: "The caller's role may not do this",
+    404: "Not found",
+    409: "Conflict with the current state",
+    413: "Request body too large",
+    422: "Invalid input",
+    429: "Too many attempts; see Retry-After",
+    500: "Internal error",
+}
+
+
+def _param_of(location: tuple[Any, ...] | list[Any]) -> str | None:
+    parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
+    return ".".join(parts) if parts else None
+
+
+def _validation_detail(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        return "The request body is not valid JSON."
+    if kind == "missing":
+        return "This field is required."
+    if kind == "extra_forbidden":
+        return "This field is not accepted here."
+    message = str(error.get("msg", "Invalid value."))
+    return message[0].upper() + message[1:] + ("" if message.endswith(".") else ".")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(GiftcardError)
+    async def _giftcard(_: Request, error: GiftcardError) -> ProblemResponse:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, error: RequestValidationError) -> ProblemResponse:
+        first = error.errors()[0] if error.errors() else {}
+        param = _param_of(first.get("loc", ()))
+        detail = _validation_detail(first)
+        if param:
+            detail = f"{param}: {detail}"
+        return problem_response(ErrorCode.VALIDATION_ERROR, detail, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException) -> ProblemResponse:
+        if error.status_code == 404:
+            return problem_response(ErrorCode.NOT_FOUND, "There is nothing at this address.")
+        if error.status_code == 405:
+            return problem_response(
+                ErrorCode.METHOD_NOT_ALLOWED,
+                "This address does not accept this method.",
+                headers=dict(error.headers or {}),
+            )
+        if error.status_code == 401:
+            return problem_response(ErrorCode.UNAUTHORIZED, str(error.detail))
+        code = (
+            ErrorCode.VALIDATION_ERROR
+            if 400 <= error.status_code < 500
+            else ErrorCode.INTERNAL_ERROR
+        )
+        response = problem_response(code, str(error.detail))
+        response.status_code = error.status_code
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> ProblemResponse:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return problem_response(ErrorCode.INTERNAL_ERROR, "Something went wrong on our side.")

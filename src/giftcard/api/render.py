@@ -1,0 +1,89 @@
+"""Domain values to response bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from giftcard.api import ids, schemas
+from giftcard.cards import Card, IssuedCard
+from giftcard.codes import format_code
+from giftcard.customers import Customer, StaffPrincipal
+from giftcard.history import HistoryItem
+from giftcard.redemption import Balance, Redemption
+
+
+def customer(value: Customer) -> schemas.CustomerOut:
+    return schemas.CustomerOut(
+        id=ids.format_id(ids.CUSTOMER, value.id),
+        email=value.email,
+        name=value.name,
+        region=value.region,
+        currency=value.currency,
+        refund_preference=value.refund_preference.value,
+    )
+
+
+def staff(value: StaffPrincipal) -> schemas.StaffOut:
+    return schemas.StaffOut(
+        id=ids.format_id(ids.STAFF, value.staff_id),
+        email=value.email,
+        role=value.role.value,
+    )
+
+
+def balance(value: Balance) -> schemas.BalanceOut:
+    return schemas.BalanceOut(
+        currency=value.currency, available=value.available, held=value.held, total=value.total
+    )
+
+
+def redemption(value: Redemption) -> dict[str, Any]:
+    return schemas.RedemptionOut(
+        id=ids.format_id(ids.TRANSACTION, value.transaction_id),
+        amount=value.amount,
+        currency=value.currency,
+        balance=balance(value.balance),
+        card=schemas.CardRef(serial=value.card_serial, last4=value.card_last4),
+        created_at=value.created_at,
+    ).model_dump(mode="json")
+
+
+def history_item(value: HistoryItem) -> schemas.TransactionOut:
+    return schemas.TransactionOut(
+        id=ids.format_id(ids.TRANSACTION, value.transaction_id),
+        type=value.type,
+        amount=value.amount,
+        currency=value.currency,
+        balance_after=value.balance_after,
+        description=value.description,
+        created_at=value.created_at,
+        payment_id=None if value.payment_id is None else f"pay_{value.payment_id}",
+        card_last4=value.card_last4,
+    )
+
+
+def _card_fields(value: Card) -> dict[str, Any]:
+    return {
+        "id": ids.format_id(ids.CARD, value.id),
+        "serial": value.serial,
+        "last4": value.last4,
+        "kind": value.kind.value,
+        "state": value.state.value,
+        "amount": value.amount,
+        "currency": value.currency,
+        "region": value.region,
+        "expires_at": value.expires_at,
+        "activated_at": value.activated_at,
+        "redeemed_at": value.redeemed_at,
+        "created_at": value.created_at,
+    }
+
+
+def card(value: Card) -> schemas.CardOut:
+    return schemas.CardOut(**_card_fields(value))
+
+
+def issued_card(value: IssuedCard, *, with_code: bool = True) -> schemas.IssuedCardOut:
+    return schemas.IssuedCardOut(
+        **_card_fields(value.card), code=format_code(value.code) if with_code else None
+    )

@@ -1,0 +1,207 @@
+"""Sign-up, sessions, and the customer's own account, balance, redemptions and history."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from giftcard import customers, history, redemption
+from giftcard.api import ids, render, schemas
+from giftcard.api.deps import client_address, customer, principal, run_idempotent, services
+from giftcard.api.problems import problems
+from giftcard.customers import CustomerPrincipal, Principal, RefundPreference
+from giftcard.errors import ErrorCode, GiftcardError, RedemptionError
+from giftcard.metrics import REDEMPTIONS
+from giftcard.services import Services
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post(
+    "/customers",
+    status_code=201,
+    response_model=schemas.CustomerOut,
+    responses=problems(409, 429),
+    tags=["customers"],
+    summary="Sign up a customer",
+)
+async def sign_up(
+    body: schemas.CustomerCreate, request: Request, svc: Services = Depends(services)
+) -> schemas.CustomerOut:
+    await svc.limits.signup_attempt(client_address(request))
+    created = await customers.sign_up(
+        svc.db,
+        email=body.email,
+        password=body.password,
+        region=body.region,
+        name=body.name,
+        clock=svc.clock,
+    )
+    return render.customer(created)
+
+
+@router.post(
+    "/sessions",
+    status_code=201,
+    response_model=schemas.SessionOut,
+    response_model_exclude_none=True,
+    responses=problems(401, 429),
+    tags=["sessions"],
+    summary="Log in (customers and staff)",
+)
+async def log_in(
+    body: schemas.SessionCreate, svc: Services = Depends(services)
+) -> schemas.SessionOut:
+    email_key = body.email.strip().lower()
+    await svc.limits.check_login(email_key)
+    try:
+        session = await customers.log_in(
+            svc.db,
+            email=body.email,
+            password=body.password,
+            ttl_s=svc.settings.session_ttl_s,
+            clock=svc.clock,
+        )
+    except GiftcardError as error:
+        if error.code is ErrorCode.INVALID_CREDENTIALS:
+            await svc.limits.login_failed(email_key)
+        raise
+    return schemas.SessionOut(
+        token=session.token,
+        expires_at=session.expires_at,
+        customer=render.customer(session.customer) if session.customer else None,
+        staff=render.staff(session.staff) if session.staff else None,
+    )
+
+
+@router.delete(
+    "/sessions/current",
+    status_code=204,
+    responses=problems(401),
+    tags=["sessions"],
+    summary="Log out: the token stops working",
+)
+async def log_out(
+    who: Principal = Depends(principal), svc: Services = Depends(services)
+) -> Response:
+    if isinstance(who, customers.ApiKeyPrincipal):
+        raise GiftcardError(ErrorCode.FORBIDDEN, "An API key is not a session.")
+    await customers.log_out(svc.db, who.session_id, clock=svc.clock)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/me",
+    response_model=schemas.CustomerOut,
+    responses=problems(401, 403),
+    tags=["me"],
+    summary="The customer",
+)
+async def me(who: CustomerPrincipal = Depends(customer)) -> schemas.CustomerOut:
+    return render.customer(who.customer)
+
+
+@router.patch(
+    "/me",
+    response_model=schemas.CustomerOut,
+    responses=problems(401, 403),
+    tags=["me"],
+    summary="Change the refund preference or name",
+)
+async def update_me(
+    body: schemas.MePatch,
+    who: CustomerPrincipal = Depends(customer),
+    svc: Services = Depends(services),
+) -> schemas.CustomerOut:
+    updated = await customers.update_customer(
+        svc.db,
+        who.customer.id,
+        refund_preference=RefundPreference(body.refund_preference)
+        if body.refund_preference
+        else None,
+        name=body.name,
+    )
+    return render.customer(updated)
+
+
+@router.post(
+    "/me/redemptions",
+    status_code=201,
+    response_model=schemas.RedemptionOut,
+    responses=problems(401, 403, 404, 409, 429),
+    tags=["me"],
+    summary="Redeem a gift card code into the balance",
+)
+async def redeem(
+    body: schemas.RedemptionCreate,
+    request: Request,
+    who: CustomerPrincipal = Depends(customer),
+    svc: Services = Depends(services),
+) -> Any:
+    address = client_address(request)
+
+    async def act(before_commit: Any) -> redemption.Redemption:
+        await svc.limits.check_redeem(who.customer.id, address)
+        try:
+            result = await redemption.redeem(
+                svc.db,
+                who.customer,
+                body.code,
+                secret_key=svc.settings.secret_key,
+                actor=who.actor,
+                clock=svc.clock,
+                before_commit=before_commit,
+            )
+        except RedemptionError as error:
+            REDEMPTIONS.labels(outcome=error.code.value).inc()
+            await svc.limits.redeem_refused(who.customer.id, address)
+            raise
+        REDEMPTIONS.labels(outcome="redeemed").inc()
+        return result
+
+    return await run_idempotent(
+        request,
+        who=who,
+        body=body.model_dump(),
+        status=201,
+        act=act,
+        render=render.redemption,
+    )
+
+
+@router.get(
+    "/me/balance",
+    response_model=schemas.BalanceOut,
+    responses=problems(401, 403),
+    tags=["me"],
+    summary="The gift card balance",
+)
+async def balance(
+    who: CustomerPrincipal = Depends(customer), svc: Services = Depends(services)
+) -> schemas.BalanceOut:
+    return render.balance(await redemption.balance(svc.db, who.customer))
+
+
+@router.get(
+    "/me/transactions",
+    response_model=schemas.TransactionList,
+    responses=problems(401, 403),
+    tags=["me"],
+    summary="The balance's history, newest first",
+)
+async def transactions(
+    who: CustomerPrincipal = Depends(customer),
+    svc: Services = Depends(services),
+    limit: Annotated[int, Query(ge=1, le=history.PAGE_SIZE_MAX)] = history.PAGE_SIZE_DEFAULT,
+    starting_after: Annotated[str | None, Query(max_length=40)] = None,
+) -> schemas.TransactionList:
+    page = await history.customer_history(
+        svc.db,
+        who.customer,
+        limit=limit,
+        starting_after=ids.parse_cursor(ids.TRANSACTION, starting_after),
+    )
+    return schemas.TransactionList(
+        data=[render.history_item(item) for item in page.items], has_more=page.has_more
+    )

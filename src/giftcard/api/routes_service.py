@@ -1,0 +1,47 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from sqlalchemy import text
+
+from giftcard.api import schemas
+from giftcard.api.deps import services
+from giftcard.api.problems import problem_response, problems
+from giftcard.errors import ErrorCode
+from giftcard.metrics import exposition
+from giftcard.services import Services
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", response_model=schemas.Health, summary="The process is alive")
+async def healthz() -> schemas.Health:
+    return schemas.Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=schemas.Health,
+    responses=problems(503),
+    summary="The database answers",
+)
+async def readyz(svc: Services = Depends(services)) -> Response | schemas.Health:
+    try:
+        async with svc.db.transaction(write=False) as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:
+        return problem_response(ErrorCode.SERVICE_UNAVAILABLE, "The database does not answer.")
+    return schemas.Health(status="ok")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}},
+    summary="Prometheus metrics",
+)
+async def metrics() -> Response:
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,146 @@
+"""Request and response bodies. Money is always an integer in minor units beside its
+currency; a float is refused, never rounded."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from giftcard.money import AMOUNT_MINOR_MAX
+
+AmountMinor = Annotated[StrictInt, Field(ge=1, le=AMOUNT_MINOR_MAX, description="Minor units")]
+Currency = Annotated[StrictStr, Field(min_length=3, max_length=3, examples=["USD"])]
+RegionCode = Annotated[StrictStr, Field(min_length=1, max_length=8, examples=["US"])]
+Email = Annotated[StrictStr, Field(min_length=3, max_length=254, examples=["ada@example.com"])]
+Password = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+Name = Annotated[StrictStr, Field(max_length=200)]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CustomerCreate(Input):
+    email: Email
+    password: Password
+    region: RegionCode
+    name: Name | None = None
+
+
+class CustomerOut(BaseModel):
+    id: str = Field(examples=["cus_1"])
+    email: str
+    name: str | None
+    region: str
+    currency: str
+    refund_preference: Literal["gift_card_balance", "original_payment_method"]
+
+
+class SessionCreate(Input):
+    email: Email
+    password: Password
+
+
+class StaffOut(BaseModel):
+    id: str = Field(examples=["stf_1"])
+    email: str
+    role: Literal["support", "admin"]
+
+
+class SessionOut(BaseModel):
+    token: str
+    expires_at: datetime
+    customer: CustomerOut | None = None
+    staff: StaffOut | None = None
+
+
+class MePatch(Input):
+    refund_preference: Literal["gift_card_balance", "original_payment_method"] | None = None
+    name: Name | None = None
+
+
+class BalanceOut(BaseModel):
+    currency: str
+    available: int
+    held: int
+    total: int
+
+
+class CardRef(BaseModel):
+    serial: str
+    last4: str
+
+
+class RedemptionCreate(Input):
+    code: Annotated[StrictStr, Field(max_length=256, examples=["7KQ4-M2ZP-X9CD-R3TW"])]
+
+
+class RedemptionOut(BaseModel):
+    id: str = Field(examples=["txn_1"])
+    amount: int
+    currency: str
+    balance: BalanceOut
+    card: CardRef
+    created_at: datetime
+
+
+class TransactionOut(BaseModel):
+    id: str
+    type: Literal["redemption", "payment", "refund", "adjustment", "release"]
+    amount: int
+    currency: str
+    balance_after: int
+    description: str
+    created_at: datetime
+    payment_id: str | None = None
+    card_last4: str | None = None
+
+
+class TransactionList(BaseModel):
+    data: list[TransactionOut]
+    has_more: bool
+
+
+class CardCreate(Input):
+    amount: AmountMinor
+    currency: Currency | None = None
+    region: RegionCode
+    kind: Literal["digital", "physical"]
+    expires_at: AwareDatetime | None = None
+    count: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+
+
+class CardOut(BaseModel):
+    id: str = Field(examples=["card_1"])
+    serial: str
+    last4: str
+    kind: Literal["digital", "physical"]
+    state: Literal["inactive", "active", "redeemed", "frozen", "cancelled", "expired"]
+    amount: int
+    currency: str
+    region: str
+    expires_at: datetime | None
+    activated_at: datetime | None
+    redeemed_at: datetime | None
+    created_at: datetime
+
+
+class IssuedCardOut(CardOut):
+    code: str | None = Field(
+        description="The full code, shown in this response only. A response replayed for a "
+        "repeated Idempotency-Key has null here: codes are never stored."
+    )
+
+
+class IssuedCardList(BaseModel):
+    data: list[IssuedCardOut]
+
+
+class CardActivate(Input):
+    serial: Annotated[StrictStr, Field(min_length=1, max_length=64, examples=["412345678903"])]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]

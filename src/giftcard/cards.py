@@ -1,0 +1,413 @@
+"""Cards: issuing (one or 100,000), activating physical cards, freezing, cancelling.
+
+A card's value lives in its own ledger account. A digital card is issued `active` and
+funded at once (the store's issuance account pays the card's account); a physical card is
+issued `inactive` with an empty account and is funded when it is activated at a till.
+An `active` card past its `expires_at` reads as `expired`; the stored state stays
+`active`, so nothing has to run at midnight for a card to expire.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from giftcard import codes, ledger
+from giftcard.clock import Clock
+from giftcard.db.bulk import allocate_ids, copy_rows
+from giftcard.db.engine import Database
+from giftcard.db.tables import card_events, cards, ledger_accounts
+from giftcard.errors import ErrorCode, GiftcardError, validation_error
+from giftcard.money import AMOUNT_MINOR_MAX, Region
+
+CARDS_PER_REQUEST_MAX = 1000
+CARDS_PER_BATCH_MAX = 1_000_000
+# Rows written per bulk statement, and the step of progress reports.
+CARDS_PER_CHUNK = 5000
+SERIAL_DRAW_ATTEMPTS_MAX = 5
+
+
+class CardKind(enum.StrEnum):
+    DIGITAL = "digital"
+    PHYSICAL = "physical"
+
+
+class CardState(enum.StrEnum):
+    INACTIVE = "inactive"
+    ACTIVE = "active"
+    REDEEMED = "redeemed"
+    FROZEN = "frozen"
+    CANCELLED = "cancelled"
+    # Never stored: how an active card past its expiry reads.
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Card:
+    """A card as anyone but its first recipient sees it: never the code."""
+
+    id: int
+    serial: str
+    last4: str
+    kind: CardKind
+    state: CardState
+    amount: int
+    currency: str
+    region: str
+    expires_at: datetime | None
+    activated_at: datetime | None
+    redeemed_at: datetime | None
+    redeemed_customer_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """A card just issued, with its full code: shown once, then never again."""
+
+    card: Card
+    code: str
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    amount: int
+    region: Region
+    kind: CardKind
+    count: int = 1
+    expires_at: datetime | None = None
+
+
+ProgressCallback = Callable[[int], None]
+# Called inside the issuing transaction, before it commits: the CLI writes its CSV here,
+# so that cards whose codes were never written down are never committed.
+BeforeCommit = Callable[[AsyncConnection, Sequence[IssuedCard]], Awaitable[None]]
+
+
+def effective_state(state: str, expires_at: datetime | None, now: datetime) -> CardState:
+    if state == CardState.ACTIVE and expires_at is not None and expires_at <= now:
+        return CardState.EXPIRED
+    return CardState(state)
+
+
+def card_from_row(row: Row[Any], now: datetime) -> Card:
+    return Card(
+        id=row.id,
+        serial=row.serial,
+        last4=row.last4,
+        kind=CardKind(row.kind),
+        state=effective_state(row.state, row.expires_at, now),
+        amount=row.amount,
+        currency=row.currency,
+        region=row.region,
+        expires_at=row.expires_at,
+        activated_at=row.activated_at,
+        redeemed_at=row.redeemed_at,
+        redeemed_customer_id=row.redeemed_customer_id,
+        created_at=row.created_at,
+    )
+
+
+def check_issue_request(request: IssueRequest, now: datetime, *, count_max: int) -> None:
+    if type(request.amount) is not int or not 0 < request.amount <= AMOUNT_MINOR_MAX:
+        raise validation_error(
+            f"The amount must be a whole number of minor units from 1 to {AMOUNT_MINOR_MAX}.",
+            "amount",
+        )
+    if not 1 <= request.count <= count_max:
+        raise validation_error(f"count must be from 1 to {count_max}.", "count")
+    if request.expires_at is not None and request.expires_at <= now:
+        raise validation_error("expires_at must be in the future.", "expires_at")
+
+
+async def issue(
+    db: Database,
+    request: IssueRequest,
+    *,
+    secret_key: bytes,
+    actor: str,
+    clock: Clock,
+    count_max: int = CARDS_PER_REQUEST_MAX,
+    on_progress: ProgressCallback | None = None,
+    before_commit: BeforeCommit | None = None,
+) -> list[IssuedCard]:
+    """Issue `request.count` cards in one transaction: all of them or none."""
+    now = clock.now()
+    check_issue_request(request, now, count_max=count_max)
+    drafts = [(codes.generate_code(), codes.generate_serial()) for _ in range(request.count)]
+
+    async def work(connection: AsyncConnection) -> list[IssuedCard]:
+        unique_drafts = await _replace_taken_serials(connection, drafts)
+        issued = await _insert_cards(
+            connection, request, unique_drafts, secret_key, actor, now, on_progress
+        )
+        if before_commit is not None:
+            await before_commit(connection, issued)
+        return issued
+
+    # No automatic retry: a second attempt would hand out codes the first one may have
+    # already passed to before_commit.
+    async with db.transaction() as connection:
+        return await work(connection)
+
+
+async def _replace_taken_serials(
+    connection: AsyncConnection, drafts: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Serials are random and short enough to collide with existing cards now and then;
+    draw new ones for those. (Codes have 75 random bits; their unique key is enough.)"""
+    result = list(drafts)
+    for _ in range(SERIAL_DRAW_ATTEMPTS_MAX):
+        wanted = [serial for _, serial in result]
+        taken: set[str] = set()
+        for start in range(0, len(wanted), CARDS_PER_CHUNK):
+            chunk = wanted[start : start + CARDS_PER_CHUNK]
+            rows = await connection.execute(select(cards.c.serial).where(cards.c.serial.in_(chunk)))
+            taken.update(row.serial for row in rows)
+        seen: set[str] = set()
+        clean = True
+        for index, (code, serial) in enumerate(result):
+            if serial in taken or serial in seen:
+                result[index] = (code, codes.generate_serial())
+                clean = False
+            seen.add(result[index][1])
+        if clean:
+            return result
+    raise GiftcardError(ErrorCode.INTERNAL_ERROR, "Could not draw unique serials; try again.")
+
+
+async def _insert_cards(
+    connection: AsyncConnection,
+    request: IssueRequest,
+    drafts: list[tuple[str, str]],
+    secret_key: bytes,
+    actor: str,
+    now: datetime,
+    on_progress: ProgressCallback | None,
+) -> list[IssuedCard]:
+    count = len(drafts)
+    digital = request.kind is CardKind.DIGITAL
+    state = CardState.ACTIVE if digital else CardState.INACTIVE
+    region = request.region
+    account_ids = await allocate_ids(connection, ledger_accounts, count)
+    card_ids = await allocate_ids(connection, cards, count)
+    issued: list[IssuedCard] = []
+    for start in range(0, count, CARDS_PER_CHUNK):
+        stop = min(count, start + CARDS_PER_CHUNK)
+        card_rows = []
+        event_rows = []
+        for index in range(start, stop):
+            code, serial = drafts[index]
+            card = Card(
+                id=card_ids[index],
+                serial=serial,
+                last4=codes.code_last4(code),
+                kind=request.kind,
+                state=state,
+                amount=request.amount,
+                currency=region.currency,
+                region=region.code,
+                expires_at=request.expires_at,
+                activated_at=now if digital else None,
+                redeemed_at=None,
+                redeemed_customer_id=None,
+                created_at=now,
+            )
+            card_rows.append(
+                {
+                    "id": card.id,
+                    "serial": serial,
+                    "code_hash": codes.code_hash(secret_key, code),
+                    "last4": card.last4,
+                    "kind": card.kind.value,
+                    "state": card.state.value,
+                    "amount": card.amount,
+                    "currency": card.currency,
+                    "region": card.region,
+                    "account_id": account_ids[index],
+                    "expires_at": card.expires_at,
+                    "activated_at": card.activated_at,
+                    "created_at": now,
+                }
+            )
+            event_rows.append(
+                {"card_id": card.id, "type": "issued", "actor": actor, "created_at": now}
+            )
+            issued.append(IssuedCard(card, code))
+        await ledger.open_card_accounts(
+            connection,
+            account_ids[start:stop],
+            currency=region.currency,
+            funded_amount=request.amount if digital else 0,
+            description=f"Issued {stop - start} digital card(s) of {region.store_name}",
+            actor=actor,
+            now=now,
+        )
+        await copy_rows(connection, cards, card_rows)
+        await copy_rows(connection, card_events, event_rows)
+        if on_progress is not None:
+            on_progress(stop - start)
+    return issued
+
+
+async def get(db: Database, card_id: int, *, clock: Clock) -> Card:
+    async with db.transaction(write=False) as connection:
+        row = (await connection.execute(select(cards).where(cards.c.id == card_id))).one_or_none()
+    if row is None:
+        raise GiftcardError(ErrorCode.NOT_FOUND, f"No card card_{card_id}.")
+    return card_from_row(row, clock.now())
+
+
+async def activate(db: Database, serial: str, *, actor: str, clock: Clock) -> Card:
+    """A physical card sold at a till: it becomes active and its value is funded."""
+    serial = codes.normalize_serial(serial)
+    now = clock.now()
+
+    async def work(connection: AsyncConnection) -> Card:
+        row = (
+            await connection.execute(
+                update(cards)
+                .where(
+                    cards.c.serial == serial,
+                    cards.c.state == CardState.INACTIVE.value,
+                    (cards.c.expires_at.is_(None)) | (cards.c.expires_at > now),
+                )
+                .values(state=CardState.ACTIVE.value, activated_at=now)
+                .returning(*cards.c)
+            )
+        ).one_or_none()
+        if row is None:
+            _raise_not_activatable(
+                (
+                    await connection.execute(select(cards).where(cards.c.serial == serial))
+                ).one_or_none(),
+                now,
+            )
+        await ledger.post(
+            connection,
+            ledger.Entry(
+                type=ledger.TransactionType.ACTIVATION,
+                currency=row.currency,
+                description=f"Activated card {row.serial}",
+                actor=actor,
+                card_id=row.id,
+                postings=[
+                    await ledger.system_posting(
+                        connection, ledger.AccountKind.ISSUANCE, row.currency, -row.amount
+                    ),
+                    ledger.Posting(row.account_id, row.amount),
+                ],
+            ),
+            now=now,
+        )
+        await record_event(connection, row.id, "activated", actor=actor, now=now)
+        return card_from_row(row, now)
+
+    return await db.run(work)
+
+
+def _raise_not_activatable(row: Row[Any] | None, now: datetime) -> NoReturn:
+    if row is None:
+        raise GiftcardError(ErrorCode.NOT_FOUND, "No card has this serial.", param="serial")
+    state = effective_state(row.state, row.expires_at, now)
+    if row.state == CardState.INACTIVE:
+        raise GiftcardError(ErrorCode.INVALID_STATE, "This card expired before it was sold.")
+    raise GiftcardError(
+        ErrorCode.INVALID_STATE, f"This card cannot be activated: it is {state.value}."
+    )
+
+
+async def record_event(
+    connection: AsyncConnection,
+    card_id: int,
+    event_type: str,
+    *,
+    actor: str,
+    now: datetime,
+    reason: str | None = None,
+    transaction_id: int | None = None,
+    customer_id: int | None = None,
+) -> None:
+    await connection.execute(
+        insert(card_events).values(
+            card_id=card_id,
+            type=event_type,
+            actor=actor,
+            reason=reason,
+            transaction_id=transaction_id,
+            customer_id=customer_id,
+            created_at=now,
+        )
+    )
+
+
+async def freeze(db: Database, card_id: int, *, reason: str, actor: str, clock: Clock) -> Card:
+    """A reversible support hold; the card keeps its value and cannot be redeemed."""
+    return await _set_state(
+        db,
+        card_id,
+        to=CardState.FROZEN,
+        allowed=(CardState.INACTIVE, CardState.ACTIVE),
+        event="frozen",
+        reason=reason,
+        actor=actor,
+        clock=clock,
+    )
+
+
+async def unfreeze(db: Database, card_id: int, *, reason: str, actor: str, clock: Clock) -> Card:
+    return await _set_state(
+        db,
+        card_id,
+        to=None,
+        allowed=(CardState.FROZEN,),
+        event="unfrozen",
+        reason=reason,
+        actor=actor,
+        clock=clock,
+    )
+
+
+async def _set_state(
+    db: Database,
+    card_id: int,
+    *,
+    to: CardState | None,
+    allowed: tuple[CardState, ...],
+    event: str,
+    reason: str,
+    actor: str,
+    clock: Clock,
+) -> Card:
+    if not reason.strip():
+        raise validation_error("Give a reason.", "reason")
+    now = clock.now()
+
+    async def work(connection: AsyncConnection) -> Card:
+        row = (
+            await connection.execute(select(cards).where(cards.c.id == card_id).with_for_update())
+        ).one_or_none()
+        if row is None:
+            raise GiftcardError(ErrorCode.NOT_FOUND, f"No card card_{card_id}.")
+        if row.state not in allowed:
+            raise GiftcardError(ErrorCode.INVALID_STATE, f"The card is {row.state}.")
+        values: dict[str, Any]
+        if to is CardState.FROZEN:
+            values = {"state": to.value, "state_before_freeze": row.state}
+        else:
+            values = {"state": row.state_before_freeze, "state_before_freeze": None}
+        updated = (
+            await connection.execute(
+                update(cards).where(cards.c.id == card_id).values(**values).returning(*cards.c)
+            )
+        ).one()
+        await record_event(connection, card_id, event, actor=actor, now=now, reason=reason)
+        return card_from_row(updated, now)
+
+    return await db.run(work)

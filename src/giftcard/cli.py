@@ -1,0 +1,343 @@
+"""The `giftcard` command: a thin layer over the library. Each command builds what it
+needs, calls one use case, and prints the result; errors become a message and a
+non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from giftcard import cards, customers
+from giftcard import verify as verify_ledger
+from giftcard.clock import SystemClock
+from giftcard.codes import format_code
+from giftcard.config import ConfigError, Settings, load_settings
+from giftcard.db.engine import Database
+from giftcard.db.migrate import upgrade
+from giftcard.errors import GiftcardError
+from giftcard.money import format_major_plain, parse_major
+from giftcard.money import region as find_region
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="giftcard: a self-hostable gift card service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cards_app = typer.Typer(help="Issue gift cards.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+staff_app = typer.Typer(help="Manage support staff.", no_args_is_help=True)
+app.add_typer(cards_app, name="cards")
+app.add_typer(keys_app, name="keys")
+app.add_typer(staff_app, name="staff")
+
+err = Console(stderr=True)
+CARDS_PER_CLI_BATCH_MAX = 1_000_000
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(work)
+    except GiftcardError as error:
+        raise _fail(error.detail) from None
+
+
+def command_errors(function: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return function(*args, **kwargs)
+        except GiftcardError as error:
+            raise _fail(error.detail) from None
+        except ConfigError as error:
+            raise _fail(str(error)) from None
+
+    return wrapper
+
+
+@app.command()
+@command_errors
+def migrate() -> None:
+    """Bring the database schema up to date.
+
+    Example: GIFTCARD_DATABASE_URL=postgresql://app@db/giftcard giftcard migrate
+    """
+    settings = _settings()
+    asyncio.run(upgrade(settings.database_url))
+    typer.echo("Database schema is up to date.")
+
+
+@app.command()
+@command_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes; default: one per CPU core.", min=1)
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Add a demo shopper, staff, API key and codes.")
+    ] = False,
+) -> None:
+    """Run the API and web pages, migrating the database first.
+
+    Example: giftcard serve --demo --port 8000
+    """
+    import uvicorn
+
+    from giftcard import logs
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(upgrade(settings.database_url))
+    if demo:
+        from giftcard.demo import seed
+
+        for line in asyncio.run(seed(settings)):
+            typer.echo(line)
+    worker_count = workers or os.cpu_count() or 1
+    if worker_count > 1:
+        if not settings.redis_url:
+            err.print(
+                f"note: {worker_count} workers count abuse limits each in its own memory; "
+                "set GIFTCARD_REDIS_URL to share them.",
+                highlight=False,
+            )
+        os.environ.setdefault(
+            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="giftcard-metrics-")
+        )
+    typer.echo(f"Serving on http://{host}:{port}/ with {worker_count} worker(s)")
+    uvicorn.run(
+        "giftcard.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=worker_count,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("GIFTCARD_FORWARDED_ALLOW_IPS", "127.0.0.1"),
+    )
+
+
+def _expiry(text: str | None) -> datetime | None:
+    """A card marked to expire on a date is good through the end of that day (UTC)."""
+    if text is None:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"--expires must be a date like 2027-12-31, not {text!r}") from None
+    return datetime.combine(day + timedelta(days=1), time(0, 0), tzinfo=UTC)
+
+
+@cards_app.command("issue")
+@command_errors
+def cards_issue(
+    count: Annotated[int, typer.Option(help="How many cards.", min=1, max=CARDS_PER_CLI_BATCH_MAX)],
+    amount: Annotated[str, typer.Option(help="Face value in major units, e.g. 25.00.")],
+    region: Annotated[str, typer.Option(help="Store region: US GB DE FR JP CA AU IN.")],
+    out: Annotated[Path, typer.Option(help="CSV file to write; must not exist yet.")],
+    physical: Annotated[
+        bool, typer.Option("--physical", help="Printed cards, inactive until sold.")
+    ] = False,
+    expires: Annotated[
+        str | None, typer.Option(help="Last valid day, YYYY-MM-DD (through its end, UTC).")
+    ] = None,
+) -> None:
+    """Issue cards and write their codes to a CSV file, the only place they will exist.
+
+    Example: giftcard cards issue --count 500 --amount 25.00 --region US --out cards.csv
+    """
+    if out.exists():
+        raise _fail(f"{out} exists already; refusing to overwrite a file of codes.")
+    if not out.parent.exists():
+        raise _fail(f"the folder {out.parent} does not exist.")
+    settings = _settings()
+    store = find_region(region)
+    request = cards.IssueRequest(
+        amount=parse_major(amount, store.currency, param="amount"),
+        region=store,
+        kind=cards.CardKind.PHYSICAL if physical else cards.CardKind.DIGITAL,
+        count=count,
+        expires_at=_expiry(expires),
+    )
+    issued = asyncio.run(_issue_to_csv(settings, request, out))
+    typer.echo(f"Issued {len(issued)} card(s); codes written to {out}")
+
+
+async def _issue_to_csv(
+    settings: Settings, request: cards.IssueRequest, out: Path
+) -> Sequence[cards.IssuedCard]:
+    partial = out.with_name(out.name + ".partial")
+    db = Database(settings.database_url)
+    try:
+        with Progress(
+            TextColumn("Issuing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+        ) as progress:
+            task = progress.add_task("issue", total=request.count)
+
+            async def write_csv(_: AsyncConnection, issued: Sequence[cards.IssuedCard]) -> None:
+                # Written before the cards commit: a card whose code was never written down
+                # must not exist.
+                _write_csv(partial, issued)
+
+            issued = await cards.issue(
+                db,
+                request,
+                secret_key=settings.secret_key,
+                actor="cli",
+                clock=SystemClock(),
+                count_max=CARDS_PER_CLI_BATCH_MAX,
+                on_progress=lambda done: progress.advance(task, done),
+                before_commit=write_csv,
+            )
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        await db.dispose()
+    try:
+        os.link(partial, out)
+    except FileExistsError:
+        raise _fail(f"{out} appeared while issuing; the codes are in {partial}") from None
+    partial.unlink()
+    return issued
+
+
+def _write_csv(path: Path, issued: Sequence[cards.IssuedCard]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["serial", "code", "amount", "currency", "region", "kind", "expires_at"])
+        for item in issued:
+            card = item.card
+            writer.writerow(
+                [
+                    card.serial,
+                    format_code(item.code),
+                    format_major_plain(card.amount, card.currency),
+                    card.currency,
+                    card.region,
+                    card.kind.value,
+                    card.expires_at.isoformat() if card.expires_at else "",
+                ]
+            )
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@keys_app.command("create")
+@command_errors
+def keys_create(
+    role: Annotated[customers.Role, typer.Option(help="admin, merchant or support.")],
+    name: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
+) -> None:
+    """Create an API key and print it (last line); it is never shown again.
+
+    Example: giftcard keys create --role merchant --name "web shop"
+    """
+    settings = _settings()
+
+    async def work() -> tuple[int, str]:
+        db = Database(settings.database_url)
+        try:
+            return await customers.create_api_key(db, role=role, name=name, clock=SystemClock())
+        finally:
+            await db.dispose()
+
+    key_id, key = asyncio.run(work())
+    typer.echo(
+        f"Created API key {key_id} with role {role.value}. Keep it secret; it is shown once:"
+    )
+    typer.echo(key)
+
+
+@staff_app.command("create")
+@command_errors
+def staff_create(
+    email: Annotated[str, typer.Option(help="The staff member's email, used to log in.")],
+    role: Annotated[customers.Role, typer.Option(help="support or admin.")],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Create a staff member; the password is the first line of standard input.
+
+    Example: echo "$PASSWORD" | giftcard staff create --email ana@store.example --role support
+    """
+    settings = _settings()
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise _fail("give the password as the first line of standard input.")
+
+    async def work() -> int:
+        db = Database(settings.database_url)
+        try:
+            return await customers.create_staff(
+                db, email=email, password=password, role=role, name=name, clock=SystemClock()
+            )
+        finally:
+            await db.dispose()
+
+    staff_id = asyncio.run(work())
+    typer.echo(f"Created staff member {staff_id} ({email}, {role.value}).")
+
+
+@app.command()
+@command_errors
+def verify() -> None:
+    """Check every ledger invariant; exit 0 with a summary, or 1 naming each culprit.
+
+    Example: giftcard verify
+    """
+    settings = _settings()
+
+    async def work() -> verify_ledger.Report:
+        db = Database(settings.database_url)
+        try:
+            return await verify_ledger.verify(db)
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(work())
+    for line in report.summary():
+        typer.echo(line)
+    if report.problems:
+        for problem in report.problems:
+            err.print(f"[red]FAIL[/red] {problem}", highlight=False)
+        raise typer.Exit(1)
+    typer.echo("OK: every invariant holds.")
+
+
+def main() -> None:
+    app()

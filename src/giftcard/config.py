@@ -1,0 +1,168 @@
+"""Settings, read once from the environment (every variable is documented in README.md)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from limits import parse as parse_limit
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE_URL = "sqlite:///giftcard.db"
+SECRET_KEY_BYTES_MIN = 32
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
+_DURATION_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def parse_duration_s(name: str, text: str) -> int:
+    """`90`, `90s`, `15m`, `12h`, `7d` → seconds."""
+    match = _DURATION.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise ConfigError(f"{name} must be a duration such as 90s, 15m, 12h or 7d, not {text!r}")
+    return int(match.group(1)) * _DURATION_UNIT_S[match.group(2)]
+
+
+def _limit(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip()
+    try:
+        parse_limit(value)
+    except ValueError as error:
+        raise ConfigError(
+            f"{name} must be in the limits notation N/period, not {value!r}"
+        ) from error
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    text = env.get(name)
+    if text is None or text.strip() == "":
+        return default
+    if not text.strip().isdigit() or int(text) < minimum:
+        raise ConfigError(f"{name} must be a whole number of at least {minimum}, not {text!r}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    secret_key: bytes = field(default=b"", repr=False)
+    redis_url: str | None = None
+    smtp_url: str | None = None
+    session_ttl_s: int = 7 * 86400
+    limit_redeem_failures_account: str = "10/15minutes"
+    limit_redeem_failures_address: str = "50/15minutes"
+    limit_signups_address: str = "20/hour"
+    limit_login_failures_account: str = "10/15minutes"
+    request_body_bytes_max: int = 64 * 1024
+    database_pool_size: int = 10
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql", "postgres"))
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the environment, resolving the secret key as the README says."""
+    env = os.environ if env is None else env
+    database_url = env.get("GIFTCARD_DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+    if not database_url.startswith(("sqlite", "postgresql", "postgres")):
+        raise ConfigError("GIFTCARD_DATABASE_URL must start with sqlite:// or postgresql://")
+    log_format = env.get("GIFTCARD_LOG_FORMAT", "json").strip().lower()
+    if log_format not in ("json", "text"):
+        raise ConfigError("GIFTCARD_LOG_FORMAT must be json or text")
+    return Settings(
+        database_url=database_url,
+        secret_key=_secret_key(env.get("GIFTCARD_SECRET_KEY", ""), database_url),
+        redis_url=env.get("GIFTCARD_REDIS_URL") or None,
+        smtp_url=env.get("GIFTCARD_SMTP_URL") or None,
+        session_ttl_s=parse_duration_s(
+            "GIFTCARD_SESSION_TTL", env.get("GIFTCARD_SESSION_TTL", "7d")
+        ),
+        limit_redeem_failures_account=_limit(
+            env, "GIFTCARD_LIMIT_REDEEM_FAILURES_ACCOUNT", "10/15minutes"
+        ),
+        limit_redeem_failures_address=_limit(
+            env, "GIFTCARD_LIMIT_REDEEM_FAILURES_ADDRESS", "50/15minutes"
+        ),
+        limit_signups_address=_limit(env, "GIFTCARD_LIMIT_SIGNUPS_ADDRESS", "20/hour"),
+        limit_login_failures_account=_limit(
+            env, "GIFTCARD_LIMIT_LOGIN_FAILURES_ACCOUNT", "10/15minutes"
+        ),
+        request_body_bytes_max=_int(
+            env, "GIFTCARD_REQUEST_BODY_MAX_BYTES", 64 * 1024, minimum=1024
+        ),
+        database_pool_size=_int(env, "GIFTCARD_DATABASE_POOL_SIZE", 10, minimum=1),
+        log_level=env.get("GIFTCARD_LOG_LEVEL", "INFO").strip().upper() or "INFO",
+        log_format=log_format,
+    )
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for an in-memory database."""
+    path = database_url.split("///", 1)[1] if "///" in database_url else ""
+    if path in ("", ":memory:"):
+        return None
+    return Path(path)
+
+
+def _secret_key(text: str, database_url: str) -> bytes:
+    """The key for code hashes. Without one, development on SQLite gets a generated key
+    kept in a file beside the database, so hashes stay valid across restarts; PostgreSQL
+    is production and must be given one explicitly."""
+    if text:
+        key = text.encode()
+        if len(key) < SECRET_KEY_BYTES_MIN:
+            raise ConfigError(
+                f"GIFTCARD_SECRET_KEY must be at least {SECRET_KEY_BYTES_MIN} characters long"
+            )
+        return key
+    if not database_url.startswith("sqlite"):
+        raise ConfigError(
+            "GIFTCARD_SECRET_KEY is required with PostgreSQL: the code hashes depend on it. "
+            'Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+        )
+    database_file = sqlite_path(database_url)
+    key_file = (
+        database_file.with_name(database_file.name + ".secret")
+        if database_file
+        else Path("giftcard.secret")
+    )
+    if key_file.exists():
+        return key_file.read_text().strip().encode()
+    log.warning(
+        "GIFTCARD_SECRET_KEY is not set: generated one into %s. Keep that file with the "
+        "database; set GIFTCARD_SECRET_KEY in production.",
+        key_file,
+    )
+    generated = secrets.token_urlsafe(48)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    # Write a private temporary file, then link it into place: the link fails if another
+    # process got there first, so every process ends up with the same, complete key.
+    temporary = key_file.with_name(f"{key_file.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(generated + "\n")
+    try:
+        os.link(temporary, key_file)
+    except FileExistsError:
+        return key_file.read_text().strip().encode()
+    finally:
+        temporary.unlink()
+    return generated.encode()

@@ -1,0 +1,429 @@
+"""Accounts and who is calling: customers, staff, sessions, API keys, roles.
+
+Secrets handed out here (session tokens, API keys) are random, shown once, and stored
+only as SHA-256 hashes; they carry 256 random bits, so no key stretching is needed.
+The prefix of a secret tells which table to look in: `gcs_` a session, `gck_` an API key.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from giftcard import ledger
+from giftcard.clock import Clock
+from giftcard.db.engine import Database, is_unique_violation
+from giftcard.db.tables import api_keys, customers, sessions, staff
+from giftcard.errors import ErrorCode, GiftcardError, validation_error
+from giftcard.money import region as find_region
+from giftcard.passwords import (
+    PASSWORD_LENGTH_MAX,
+    PASSWORD_LENGTH_MIN,
+    hash_password,
+    verify_password,
+)
+
+SESSION_PREFIX = "gcs_"
+API_KEY_PREFIX = "gck_"
+SECRET_LENGTH_MAX = 128
+NAME_LENGTH_MAX = 200
+EMAIL_LENGTH_MAX = 254
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    MERCHANT = "merchant"
+    SUPPORT = "support"
+
+
+class RefundPreference(enum.StrEnum):
+    GIFT_CARD_BALANCE = "gift_card_balance"
+    ORIGINAL_PAYMENT_METHOD = "original_payment_method"
+
+
+@dataclass(frozen=True)
+class Customer:
+    id: int
+    email: str
+    name: str | None
+    region: str
+    currency: str
+    refund_preference: RefundPreference
+    available_account_id: int
+    held_account_id: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CustomerPrincipal:
+    customer: Customer
+    session_id: int
+
+    @property
+    def actor(self) -> str:
+        return f"customer:{self.customer.id}"
+
+
+@dataclass(frozen=True)
+class StaffPrincipal:
+    staff_id: int
+    email: str
+    role: Role
+    session_id: int
+
+    @property
+    def actor(self) -> str:
+        return f"staff:{self.staff_id}"
+
+
+@dataclass(frozen=True)
+class ApiKeyPrincipal:
+    key_id: int
+    role: Role
+    name: str | None
+
+    @property
+    def actor(self) -> str:
+        return f"api_key:{self.key_id}"
+
+
+Principal = CustomerPrincipal | StaffPrincipal | ApiKeyPrincipal
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str
+    expires_at: datetime
+    customer: Customer | None
+    staff: StaffPrincipal | None
+
+
+def secret_hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > EMAIL_LENGTH_MAX or not _EMAIL.match(email):
+        raise validation_error("Enter a valid email address.", "email")
+    return email
+
+
+def check_password(password: str) -> None:
+    if not PASSWORD_LENGTH_MIN <= len(password) <= PASSWORD_LENGTH_MAX:
+        raise validation_error(
+            f"The password must be {PASSWORD_LENGTH_MIN} to {PASSWORD_LENGTH_MAX} characters.",
+            "password",
+        )
+
+
+def check_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    name = name.strip()
+    if len(name) > NAME_LENGTH_MAX or any(ord(ch) < 32 for ch in name):
+        raise validation_error(
+            f"The name must be at most {NAME_LENGTH_MAX} printable characters.", "name"
+        )
+    return name or None
+
+
+def customer_from_row(row: Row[Any]) -> Customer:
+    return Customer(
+        id=row.id,
+        email=row.email,
+        name=row.name,
+        region=row.region,
+        currency=row.currency,
+        refund_preference=RefundPreference(row.refund_preference),
+        available_account_id=row.available_account_id,
+        held_account_id=row.held_account_id,
+        created_at=row.created_at,
+    )
+
+
+async def sign_up(
+    db: Database, *, email: str, password: str, region: str, name: str | None, clock: Clock
+) -> Customer:
+    email = normalize_email(email)
+    check_password(password)
+    name = check_name(name)
+    store = find_region(region)
+    # Hash before looking at the database, so a taken email costs the same time.
+    password_hash = await hash_password(password)
+    now = clock.now()
+
+    async def work(connection: AsyncConnection) -> Customer:
+        taken = (
+            await connection.execute(select(customers.c.id).where(customers.c.email == email))
+        ).first()
+        if taken is not None:
+            raise _email_taken()
+        available = await ledger.open_account(
+            connection, ledger.AccountKind.CUSTOMER_AVAILABLE, store.currency, now=now
+        )
+        held = await ledger.open_account(
+            connection, ledger.AccountKind.CUSTOMER_HELD, store.currency, now=now
+        )
+        row = (
+            await connection.execute(
+                insert(customers)
+                .values(
+                    email=email,
+                    name=name,
+                    password_hash=password_hash,
+                    region=store.code,
+                    currency=store.currency,
+                    refund_preference=RefundPreference.ORIGINAL_PAYMENT_METHOD.value,
+                    available_account_id=available,
+                    held_account_id=held,
+                    created_at=now,
+                )
+                .returning(*customers.c)
+            )
+        ).one()
+        return customer_from_row(row)
+
+    try:
+        return await db.run(work)
+    except IntegrityError as error:
+        if is_unique_violation(error):
+            raise _email_taken() from None
+        raise
+
+
+def _email_taken() -> GiftcardError:
+    return GiftcardError(
+        ErrorCode.EMAIL_TAKEN,
+        "An account with this email already exists. Log in instead.",
+        param="email",
+    )
+
+
+async def log_in(db: Database, *, email: str, password: str, ttl_s: int, clock: Clock) -> Session:
+    """A new session for a customer or a staff member with these credentials."""
+    try:
+        email = normalize_email(email)
+    except GiftcardError:
+        raise _invalid_credentials() from None
+    if len(password) > PASSWORD_LENGTH_MAX:
+        raise _invalid_credentials()
+    async with db.transaction(write=False) as connection:
+        customer_row = (
+            await connection.execute(select(customers).where(customers.c.email == email))
+        ).one_or_none()
+        staff_row = None
+        if customer_row is None:
+            staff_row = (
+                await connection.execute(
+                    select(staff).where(staff.c.email == email, staff.c.disabled_at.is_(None))
+                )
+            ).one_or_none()
+    row = customer_row or staff_row
+    if not await verify_password(row.password_hash if row is not None else None, password):
+        raise _invalid_credentials()
+    assert row is not None
+    token = SESSION_PREFIX + secrets.token_urlsafe(32)
+    now = clock.now()
+    expires_at = now + timedelta(seconds=ttl_s)
+
+    async def work(connection: AsyncConnection) -> int:
+        return int(
+            (
+                await connection.execute(
+                    insert(sessions)
+                    .values(
+                        token_hash=secret_hash(token),
+                        customer_id=customer_row.id if customer_row is not None else None,
+                        staff_id=staff_row.id if staff_row is not None else None,
+                        expires_at=expires_at,
+                        created_at=now,
+                    )
+                    .returning(sessions.c.id)
+                )
+            ).scalar_one()
+        )
+
+    session_id = await db.run(work)
+    if customer_row is not None:
+        return Session(token, expires_at, customer_from_row(customer_row), None)
+    assert staff_row is not None
+    return Session(
+        token,
+        expires_at,
+        None,
+        StaffPrincipal(staff_row.id, staff_row.email, Role(staff_row.role), session_id),
+    )
+
+
+def _invalid_credentials() -> GiftcardError:
+    return GiftcardError(ErrorCode.INVALID_CREDENTIALS, "The email or password is wrong.")
+
+
+async def log_out(db: Database, session_id: int, *, clock: Clock) -> None:
+    now = clock.now()
+
+    async def work(connection: AsyncConnection) -> None:
+        await connection.execute(
+            update(sessions)
+            .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    await db.run(work)
+
+
+async def authenticate(db: Database, secret: str, *, clock: Clock) -> Principal | None:
+    """Who holds this bearer secret, or None if it is unknown, expired or revoked."""
+    if not secret or len(secret) > SECRET_LENGTH_MAX:
+        return None
+    digest = secret_hash(secret)
+    now = clock.now()
+    async with db.transaction(write=False) as connection:
+        if secret.startswith(API_KEY_PREFIX):
+            return await _api_key_principal(connection, digest)
+        if not secret.startswith(SESSION_PREFIX):
+            return None
+        row = (
+            await connection.execute(
+                select(sessions.c.id.label("session_id"), sessions.c.staff_id, customers)
+                .select_from(
+                    sessions.outerjoin(customers, customers.c.id == sessions.c.customer_id)
+                )
+                .where(
+                    sessions.c.token_hash == digest,
+                    sessions.c.revoked_at.is_(None),
+                    sessions.c.expires_at > now,
+                )
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        if row.staff_id is None:
+            return CustomerPrincipal(customer_from_row(row), row.session_id)
+        staff_row = (
+            await connection.execute(
+                select(staff).where(staff.c.id == row.staff_id, staff.c.disabled_at.is_(None))
+            )
+        ).one_or_none()
+        if staff_row is None:
+            return None
+        return StaffPrincipal(staff_row.id, staff_row.email, Role(staff_row.role), row.session_id)
+
+
+async def _api_key_principal(connection: AsyncConnection, digest: bytes) -> ApiKeyPrincipal | None:
+    row = (
+        await connection.execute(
+            select(api_keys).where(api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None))
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return ApiKeyPrincipal(row.id, Role(row.role), row.name)
+
+
+async def get_customer(db: Database, customer_id: int) -> Customer:
+    async with db.transaction(write=False) as connection:
+        row = (
+            await connection.execute(select(customers).where(customers.c.id == customer_id))
+        ).one_or_none()
+    if row is None:
+        raise GiftcardError(ErrorCode.NOT_FOUND, f"No customer cus_{customer_id}.")
+    return customer_from_row(row)
+
+
+async def update_customer(
+    db: Database,
+    customer_id: int,
+    *,
+    refund_preference: RefundPreference | None = None,
+    name: str | None = None,
+    clear_name: bool = False,
+) -> Customer:
+    values: dict[str, Any] = {}
+    if refund_preference is not None:
+        values["refund_preference"] = refund_preference.value
+    if name is not None or clear_name:
+        values["name"] = check_name(name)
+
+    async def work(connection: AsyncConnection) -> Customer:
+        if values:
+            await connection.execute(
+                update(customers).where(customers.c.id == customer_id).values(**values)
+            )
+        row = (
+            await connection.execute(select(customers).where(customers.c.id == customer_id))
+        ).one()
+        return customer_from_row(row)
+
+    return await db.run(work)
+
+
+async def create_api_key(
+    db: Database, *, role: Role, name: str | None, clock: Clock
+) -> tuple[int, str]:
+    """A new API key: its id and the secret, which is never shown again."""
+    name = check_name(name)
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    now = clock.now()
+
+    async def work(connection: AsyncConnection) -> int:
+        return int(
+            (
+                await connection.execute(
+                    insert(api_keys)
+                    .values(
+                        name=name,
+                        role=role.value,
+                        key_hash=secret_hash(key),
+                        prefix=key[:12],
+                        created_at=now,
+                    )
+                    .returning(api_keys.c.id)
+                )
+            ).scalar_one()
+        )
+
+    return await db.run(work), key
+
+
+async def create_staff(
+    db: Database, *, email: str, password: str, role: Role, name: str | None = None, clock: Clock
+) -> int:
+    if role not in (Role.SUPPORT, Role.ADMIN):
+        raise validation_error("Staff are support or admin.", "role")
+    email = normalize_email(email)
+    check_password(password)
+    password_hash = await hash_password(password)
+    now = clock.now()
+
+    async def work(connection: AsyncConnection) -> int:
+        if (await connection.execute(select(staff.c.id).where(staff.c.email == email))).first():
+            raise _email_taken()
+        return int(
+            (
+                await connection.execute(
+                    insert(staff)
+                    .values(
+                        email=email,
+                        name=check_name(name),
+                        password_hash=password_hash,
+                        role=role.value,
+                        created_at=now,
+                    )
+                    .returning(staff.c.id)
+                )
+            ).scalar_one()
+        )
+
+    return await db.run(work)

@@ -1,0 +1,1 @@
+"""Storage: the tables, the engine with its per-dialect settings, the unit of work."""

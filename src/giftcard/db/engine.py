@@ -1,0 +1,152 @@
+"""The engine and the unit of work.
+
+Every use case runs inside :meth:`Database.transaction` (or :meth:`Database.run`, which
+adds retries): one database transaction, committed once, rolled back on any exception.
+
+SQLite: WAL, foreign keys on, and write transactions opened with ``BEGIN IMMEDIATE`` so
+that a writer takes the write lock at its start instead of failing half-way when it
+upgrades from a read lock. PostgreSQL: asyncpg, READ COMMITTED by default or SERIALIZABLE
+when configured; either way, serialization failures and deadlocks are retried here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_S = 30
+RETRY_ATTEMPTS_MAX = 8
+RETRY_BACKOFF_BASE_S = 0.005
+RETRY_BACKOFF_MAX_S = 0.25
+# PostgreSQL's serialization_failure and deadlock_detected: the transaction did nothing
+# and may simply be run again.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def async_url(database_url: str) -> str:
+    """Map the user-facing URL onto the async driver for its database."""
+    if database_url.startswith("sqlite+aiosqlite"):
+        return database_url
+    if database_url.startswith("sqlite"):
+        return "sqlite+aiosqlite" + database_url[len("sqlite") :]
+    for prefix in ("postgresql+asyncpg", "postgresql", "postgres"):
+        if database_url.startswith(prefix + "://"):
+            return "postgresql+asyncpg://" + database_url[len(prefix) + 3 :]
+    raise ValueError("unsupported database URL")
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    original: Any = error.orig
+    for candidate in (original, getattr(original, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if code:
+            return str(code)
+    return None
+
+
+def is_retryable(error: BaseException) -> bool:
+    return isinstance(error, DBAPIError) and _sqlstate(error) in RETRYABLE_SQLSTATES
+
+
+def is_unique_violation(error: BaseException) -> bool:
+    if not isinstance(error, DBAPIError):
+        return False
+    if _sqlstate(error) == "23505":
+        return True
+    return "UNIQUE constraint failed" in str(error.orig)
+
+
+class Database:
+    """One engine, its dialect's quirks, and the unit of work."""
+
+    def __init__(self, database_url: str, *, pool_size: int = 10, isolation: str | None = None):
+        self.url = async_url(database_url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self.engine: AsyncEngine = self._create_engine(pool_size, isolation)
+
+    def _create_engine(self, pool_size: int, isolation: str | None) -> AsyncEngine:
+        if self.is_sqlite:
+            engine = create_async_engine(
+                self.url,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+                poolclass=NullPool if ":memory:" not in self.url else None,
+            )
+            _configure_sqlite(engine)
+            return engine
+        options: dict[str, Any] = {
+            "pool_size": pool_size,
+            "max_overflow": pool_size,
+            "pool_pre_ping": False,
+            "pool_recycle": 1800,
+        }
+        if isolation:
+            options["isolation_level"] = isolation
+        return create_async_engine(self.url, **options)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncConnection]:
+        """One transaction: commits when the block ends, rolls back if it raises."""
+        async with self.engine.connect() as connection:
+            if self.is_sqlite:
+                await connection.execution_options(giftcard_write=write)
+            async with connection.begin():
+                yield connection
+
+    async def run(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        write: bool = True,
+    ) -> T:
+        """Run `work` in one transaction, again if the database says it may (bounded,
+        with jittered back-off). `work` must not have effects outside the database."""
+        for attempt in range(1, RETRY_ATTEMPTS_MAX + 1):
+            try:
+                async with self.transaction(write=write) as connection:
+                    return await work(connection)
+            except DBAPIError as error:
+                if not is_retryable(error) or attempt == RETRY_ATTEMPTS_MAX:
+                    raise
+                delay_s = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * 2**attempt)
+                log.info(
+                    "retrying transaction", extra={"attempt": attempt, "sqlstate": _sqlstate(error)}
+                )
+                await asyncio.sleep(random.uniform(0, delay_s))
+        raise AssertionError("unreachable")
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours to write.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get("giftcard_write", True)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

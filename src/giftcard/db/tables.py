@@ -1,0 +1,256 @@
+"""The schema. Alembic migrations create it; this module describes it for queries.
+
+Conventions: integer primary keys (exposed with a prefix, e.g. `cus_12`), money as
+BIGINT minor units beside an ISO currency, timestamps in UTC. The database backs the
+code up with CHECK constraints and unique keys: they are the last line of defence,
+not the first.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only makes INTEGER PRIMARY KEY an alias of the auto-incrementing rowid.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps always leave and enter Python as timezone-aware UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        # SQLite keeps text; a naive UTC value keeps comparisons between stored values right.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _id() -> Column[int]:
+    return Column("id", Id, primary_key=True, autoincrement=True)
+
+
+def _created_at() -> Column[datetime]:
+    return Column("created_at", UTCDateTime(), nullable=False)
+
+
+ledger_accounts = Table(
+    "ledger_accounts",
+    metadata,
+    _id(),
+    # customer_available, customer_held, card, or a system account: issuance, ...
+    Column("kind", String(32), nullable=False),
+    Column("currency", String(3), nullable=False),
+    # Tracked accounts keep their balance here, in the same transaction as each posting.
+    # System accounts (the store's side of every movement) are not tracked: their balance
+    # is the sum of their postings, so that no single row becomes a hot spot.
+    Column("tracked", Boolean, nullable=False),
+    Column("balance", BigInteger, nullable=False, server_default=text("0")),
+    _created_at(),
+    CheckConstraint("balance >= 0", name="balance_not_negative"),
+    CheckConstraint("tracked OR balance = 0", name="untracked_balance_zero"),
+)
+Index(
+    "uq_ledger_accounts_system_kind_currency",
+    ledger_accounts.c.kind,
+    ledger_accounts.c.currency,
+    unique=True,
+    sqlite_where=text("NOT tracked"),
+    postgresql_where=text("NOT tracked"),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    _id(),
+    Column("email", String(254), nullable=False, unique=True),
+    Column("name", String(200), nullable=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("region", String(2), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("refund_preference", String(32), nullable=False),
+    Column("available_account_id", Id, ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("held_account_id", Id, ForeignKey("ledger_accounts.id"), nullable=False),
+    _created_at(),
+    CheckConstraint(
+        "refund_preference IN ('gift_card_balance', 'original_payment_method')",
+        name="refund_preference_known",
+    ),
+)
+
+staff = Table(
+    "staff",
+    metadata,
+    _id(),
+    Column("email", String(254), nullable=False, unique=True),
+    Column("name", String(200), nullable=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("disabled_at", UTCDateTime(), nullable=True),
+    _created_at(),
+    CheckConstraint("role IN ('support', 'admin')", name="role_known"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    _id(),
+    Column("name", String(200), nullable=True),
+    Column("role", String(16), nullable=False),
+    Column("key_hash", LargeBinary(32), nullable=False, unique=True),
+    # The first characters of the key, to recognise it in lists without revealing it.
+    Column("prefix", String(16), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    _created_at(),
+    CheckConstraint("role IN ('admin', 'merchant', 'support')", name="role_known"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    _id(),
+    Column("token_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("customer_id", Id, ForeignKey("customers.id"), nullable=True),
+    Column("staff_id", Id, ForeignKey("staff.id"), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    _created_at(),
+    CheckConstraint("(customer_id IS NULL) <> (staff_id IS NULL)", name="one_principal"),
+)
+
+cards = Table(
+    "cards",
+    metadata,
+    _id(),
+    Column("serial", String(12), nullable=False, unique=True),
+    Column("code_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("last4", String(4), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    # The state a frozen card returns to when unfrozen.
+    Column("state_before_freeze", String(16), nullable=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("region", String(2), nullable=False),
+    Column("account_id", Id, ForeignKey("ledger_accounts.id"), nullable=False, unique=True),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("activated_at", UTCDateTime(), nullable=True),
+    Column("redeemed_at", UTCDateTime(), nullable=True),
+    Column("redeemed_customer_id", Id, ForeignKey("customers.id"), nullable=True),
+    Column("redeemed_transaction_id", Id, nullable=True),
+    _created_at(),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("kind IN ('digital', 'physical')", name="kind_known"),
+    CheckConstraint(
+        "state IN ('inactive', 'active', 'redeemed', 'frozen', 'cancelled')", name="state_known"
+    ),
+    CheckConstraint(
+        "(state = 'redeemed') = (redeemed_customer_id IS NOT NULL)", name="redeemed_has_customer"
+    ),
+)
+Index("ix_cards_redeemed_customer_id", cards.c.redeemed_customer_id)
+
+card_events = Table(
+    "card_events",
+    metadata,
+    _id(),
+    Column("card_id", Id, ForeignKey("cards.id"), nullable=False),
+    # issued, activated, redeemed, frozen, unfrozen, cancelled
+    Column("type", String(32), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("transaction_id", Id, nullable=True),
+    Column("customer_id", Id, nullable=True),
+    _created_at(),
+)
+Index("ix_card_events_card_id", card_events.c.card_id)
+
+journal_transactions = Table(
+    "journal_transactions",
+    metadata,
+    _id(),
+    # issue, activation, redemption, hold, capture, release, refund, adjustment, cancellation
+    Column("type", String(32), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("description", String(500), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("customer_id", Id, ForeignKey("customers.id"), nullable=True),
+    Column("card_id", Id, ForeignKey("cards.id"), nullable=True),
+    _created_at(),
+)
+
+postings = Table(
+    "postings",
+    metadata,
+    _id(),
+    Column("transaction_id", Id, ForeignKey("journal_transactions.id"), nullable=False),
+    Column("account_id", Id, ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    # The account's balance right after this posting; NULL on untracked system accounts.
+    Column("balance_after", BigInteger, nullable=True),
+    CheckConstraint("amount <> 0", name="amount_not_zero"),
+    CheckConstraint("balance_after IS NULL OR balance_after >= 0", name="balance_after_ok"),
+)
+Index("ix_postings_account_id_id", postings.c.account_id, postings.c.id)
+Index("ix_postings_transaction_id", postings.c.transaction_id)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    _id(),
+    # Whose key it is: keys of different callers never collide.
+    Column("scope", String(64), nullable=False),
+    Column("key", String(255), nullable=False),
+    # A keyed hash of the request: method, path and body. Never the body itself.
+    Column("fingerprint", LargeBinary(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("response_status", Integer, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Column("locked_at", UTCDateTime(), nullable=False),
+    _created_at(),
+    UniqueConstraint("scope", "key", name="uq_idempotency_keys_scope_key"),
+    CheckConstraint("state IN ('in_progress', 'complete')", name="state_known"),
+)
+Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)

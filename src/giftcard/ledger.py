@@ -1,0 +1,299 @@
+"""The only place where balances change.
+
+Every movement of money is one journal transaction whose postings sum to zero; each
+posting on a tracked account (a card's value, a customer's available or held balance)
+updates that account's balance in the same database transaction, guarded so that it
+never goes below zero, and records the balance after it. The store's own side of each
+movement (issued value, adjustments, ...) lives in untracked system accounts whose
+balance is the sum of their postings, which keeps the hot paths off a single shared row.
+
+Accounts are always updated in ascending id order, so two transactions touching the same
+accounts lock them in the same order and cannot deadlock each other.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from giftcard.db.bulk import copy_rows
+from giftcard.db.tables import journal_transactions, ledger_accounts, postings
+from giftcard.errors import ErrorCode, GiftcardError, LedgerInvariantError
+
+POSTINGS_PER_TRANSACTION_MAX = 100_001
+
+
+class AccountKind(enum.StrEnum):
+    CUSTOMER_AVAILABLE = "customer_available"
+    CUSTOMER_HELD = "customer_held"
+    CARD = "card"
+    # System accounts, one per currency, created by the migrations.
+    ISSUANCE = "issuance"
+    ADJUSTMENTS = "adjustments"
+    PAYMENTS = "payments"
+
+
+SYSTEM_KINDS = frozenset({AccountKind.ISSUANCE, AccountKind.ADJUSTMENTS, AccountKind.PAYMENTS})
+
+
+class TransactionType(enum.StrEnum):
+    ISSUE = "issue"
+    ACTIVATION = "activation"
+    REDEMPTION = "redemption"
+    CANCELLATION = "cancellation"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+    PAYMENT = "payment"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+class InsufficientBalance(GiftcardError):
+    """A tracked account would have gone below zero; nothing was written."""
+
+    def __init__(self, account_id: int) -> None:
+        super().__init__(ErrorCode.INSUFFICIENT_BALANCE, "The balance is too low for this.")
+        self.account_id = account_id
+
+
+@dataclass(frozen=True)
+class Posting:
+    account_id: int
+    amount: int
+    # False for system accounts, whose balance is derived from their postings.
+    tracked: bool = True
+
+
+@dataclass(frozen=True)
+class Entry:
+    type: TransactionType
+    currency: str
+    description: str
+    actor: str
+    postings: Sequence[Posting]
+    customer_id: int | None = None
+    card_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Posted:
+    transaction_id: int
+    created_at: datetime
+    # The balance after the transaction, for each tracked account it touched.
+    balances_after: dict[int, int]
+
+
+def check_entry(entry: Entry) -> None:
+    """Refuse an entry that would break double entry, before anything is written."""
+    if len(entry.postings) < 2:
+        raise LedgerInvariantError("a journal transaction needs at least two postings")
+    if len(entry.postings) > POSTINGS_PER_TRANSACTION_MAX:
+        raise LedgerInvariantError("too many postings in one journal transaction")
+    if len({posting.account_id for posting in entry.postings}) != len(entry.postings):
+        raise LedgerInvariantError("an account appears twice in one journal transaction")
+    for posting in entry.postings:
+        if type(posting.amount) is not int or posting.amount == 0:
+            raise LedgerInvariantError(f"posting amount must be a non-zero int: {posting!r}")
+    if sum(posting.amount for posting in entry.postings) != 0:
+        raise LedgerInvariantError(f"postings of a {entry.type} transaction do not sum to zero")
+
+
+async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> Posted:
+    """Write one balanced journal transaction and move the balances it names."""
+    check_entry(entry)
+    transaction_id = (
+        await connection.execute(
+            insert(journal_transactions)
+            .values(
+                type=entry.type.value,
+                currency=entry.currency,
+                description=entry.description[:500],
+                actor=entry.actor,
+                customer_id=entry.customer_id,
+                card_id=entry.card_id,
+                created_at=now,
+            )
+            .returning(journal_transactions.c.id)
+        )
+    ).scalar_one()
+    balances_after: dict[int, int] = {}
+    for posting in sorted(entry.postings, key=lambda p: p.account_id):
+        if posting.tracked:
+            balances_after[posting.account_id] = await _move(connection, posting, entry.currency)
+    await connection.execute(
+        insert(postings),
+        [
+            {
+                "transaction_id": transaction_id,
+                "account_id": posting.account_id,
+                "amount": posting.amount,
+                "currency": entry.currency,
+                "balance_after": balances_after.get(posting.account_id),
+            }
+            for posting in entry.postings
+        ],
+    )
+    return Posted(transaction_id, now, balances_after)
+
+
+async def _move(connection: AsyncConnection, posting: Posting, currency: str) -> int:
+    """Add to one tracked account's balance, never below zero; return the new balance."""
+    account = ledger_accounts.c
+    new_balance = (
+        await connection.execute(
+            update(ledger_accounts)
+            .where(
+                account.id == posting.account_id,
+                account.tracked.is_(True),
+                account.currency == currency,
+                account.balance + posting.amount >= 0,
+            )
+            .values(balance=account.balance + posting.amount)
+            .returning(account.balance)
+        )
+    ).scalar_one_or_none()
+    if new_balance is not None:
+        return int(new_balance)
+    row = (
+        await connection.execute(
+            select(account.tracked, account.currency).where(account.id == posting.account_id)
+        )
+    ).one_or_none()
+    if row is None or not row.tracked or row.currency != currency:
+        raise LedgerInvariantError(f"posting to an unusable account: {posting!r} in {currency}")
+    raise InsufficientBalance(posting.account_id)
+
+
+async def open_card_accounts(
+    connection: AsyncConnection,
+    account_ids: Sequence[int],
+    *,
+    currency: str,
+    funded_amount: int,
+    description: str,
+    actor: str,
+    now: datetime,
+) -> None:
+    """Open many card accounts at once (ids from :func:`allocate_ids`), each funded with
+    `funded_amount` from the issuance account in one journal transaction, or empty."""
+    if funded_amount < 0 or not account_ids:
+        raise LedgerInvariantError("card accounts open empty or with a positive amount")
+    await copy_rows(
+        connection,
+        ledger_accounts,
+        [
+            {
+                "id": account_id,
+                "kind": AccountKind.CARD.value,
+                "currency": currency,
+                "tracked": True,
+                "balance": funded_amount,
+                "created_at": now,
+            }
+            for account_id in account_ids
+        ],
+    )
+    if funded_amount == 0:
+        return
+    issuance = await system_account(connection, AccountKind.ISSUANCE, currency)
+    transaction_id = (
+        await connection.execute(
+            insert(journal_transactions)
+            .values(
+                type=TransactionType.ISSUE.value,
+                currency=currency,
+                description=description[:500],
+                actor=actor,
+                created_at=now,
+            )
+            .returning(journal_transactions.c.id)
+        )
+    ).scalar_one()
+    rows = [
+        {
+            "transaction_id": transaction_id,
+            "account_id": issuance.account_id,
+            "amount": -funded_amount * len(account_ids),
+            "currency": currency,
+            "balance_after": None,
+        }
+    ]
+    rows.extend(
+        {
+            "transaction_id": transaction_id,
+            "account_id": account_id,
+            "amount": funded_amount,
+            "currency": currency,
+            "balance_after": funded_amount,
+        }
+        for account_id in account_ids
+    )
+    await copy_rows(connection, postings, rows)
+
+
+async def open_account(
+    connection: AsyncConnection, kind: AccountKind, currency: str, *, now: datetime
+) -> int:
+    """A new tracked account with a zero balance."""
+    if kind in SYSTEM_KINDS:
+        raise LedgerInvariantError("system accounts are created by the migrations")
+    return int(
+        (
+            await connection.execute(
+                insert(ledger_accounts)
+                .values(kind=kind.value, currency=currency, tracked=True, balance=0, created_at=now)
+                .returning(ledger_accounts.c.id)
+            )
+        ).scalar_one()
+    )
+
+
+async def system_account(connection: AsyncConnection, kind: AccountKind, currency: str) -> Posting:
+    """The untracked system account of `kind` in `currency`, as a posting target (amount 0
+    here; use :func:`dataclasses.replace` or :func:`system_posting`)."""
+    account_id = (
+        await connection.execute(
+            select(ledger_accounts.c.id).where(
+                ledger_accounts.c.kind == kind.value,
+                ledger_accounts.c.currency == currency,
+                ledger_accounts.c.tracked.is_(False),
+            )
+        )
+    ).scalar_one_or_none()
+    if account_id is None:
+        raise LedgerInvariantError(f"no {kind} system account for {currency}; run migrations")
+    return Posting(int(account_id), 0, tracked=False)
+
+
+async def system_posting(
+    connection: AsyncConnection, kind: AccountKind, currency: str, amount: int
+) -> Posting:
+    account = await system_account(connection, kind, currency)
+    return Posting(account.account_id, amount, tracked=False)
+
+
+async def balance_of(connection: AsyncConnection, account_id: int) -> int:
+    value = (
+        await connection.execute(
+            select(ledger_accounts.c.balance).where(ledger_accounts.c.id == account_id)
+        )
+    ).scalar_one()
+    return int(value)
+
+
+async def derived_balance(connection: AsyncConnection, account_id: int) -> int:
+    """The sum of an account's postings: the balance of an untracked account."""
+    value = (
+        await connection.execute(
+            select(func.coalesce(func.sum(postings.c.amount), 0)).where(
+                postings.c.account_id == account_id
+            )
+        )
+    ).scalar_one()
+    return int(value)

@@ -1,0 +1,227 @@
+"""Redeeming a code: its value moves into one customer's balance, exactly once.
+
+The claim on the card is one guarded UPDATE (`... WHERE code_hash = :h AND state =
+'active' ...`): of any number of concurrent attempts on one code, exactly one sees a row
+come back; the rest find nothing to update and are told why by :func:`_refusal`. The
+card's state and the customer's balance change in the same transaction, so neither can
+happen without the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from babel.dates import format_date
+from sqlalchemy import Row, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from giftcard import codes, ledger
+from giftcard.cards import CardState, effective_state, record_event
+from giftcard.clock import Clock
+from giftcard.customers import Customer
+from giftcard.db.engine import Database
+from giftcard.db.tables import cards, ledger_accounts
+from giftcard.errors import ErrorCode, RedemptionError
+from giftcard.money import REGIONS, format_minor
+
+
+@dataclass(frozen=True)
+class Balance:
+    currency: str
+    available: int
+    held: int
+
+    @property
+    def total(self) -> int:
+        return self.available + self.held
+
+
+@dataclass(frozen=True)
+class Redemption:
+    transaction_id: int
+    amount: int
+    currency: str
+    balance: Balance
+    card_serial: str
+    card_last4: str
+    created_at: datetime
+
+
+# Runs inside the redemption's transaction just before it commits (idempotency records).
+BeforeCommit = Callable[[AsyncConnection, Redemption], Awaitable[None]]
+
+
+async def redeem(
+    db: Database,
+    customer: Customer,
+    raw_code: str,
+    *,
+    secret_key: bytes,
+    actor: str,
+    clock: Clock,
+    before_commit: BeforeCommit | None = None,
+) -> Redemption:
+    """Move a card's value into `customer`'s available balance, or raise RedemptionError."""
+    code = codes.check_code(raw_code)
+    digest = codes.code_hash(secret_key, code)
+
+    async def work(connection: AsyncConnection) -> Redemption:
+        now = clock.now()
+        card = (
+            await connection.execute(
+                update(cards)
+                .where(
+                    cards.c.code_hash == digest,
+                    cards.c.state == CardState.ACTIVE.value,
+                    cards.c.region == customer.region,
+                    cards.c.expires_at.is_(None) | (cards.c.expires_at > now),
+                )
+                .values(
+                    state=CardState.REDEEMED.value,
+                    redeemed_at=now,
+                    redeemed_customer_id=customer.id,
+                )
+                .returning(
+                    cards.c.id,
+                    cards.c.account_id,
+                    cards.c.amount,
+                    cards.c.currency,
+                    cards.c.serial,
+                    cards.c.last4,
+                )
+            )
+        ).one_or_none()
+        if card is None:
+            raise await _refusal(connection, digest, customer, now)
+        posted = await ledger.post(
+            connection,
+            ledger.Entry(
+                type=ledger.TransactionType.REDEMPTION,
+                currency=card.currency,
+                description=f"Gift card ending {card.last4} redeemed",
+                actor=actor,
+                customer_id=customer.id,
+                card_id=card.id,
+                postings=[
+                    ledger.Posting(card.account_id, -card.amount),
+                    ledger.Posting(customer.available_account_id, card.amount),
+                ],
+            ),
+            now=now,
+        )
+        await connection.execute(
+            update(cards)
+            .where(cards.c.id == card.id)
+            .values(redeemed_transaction_id=posted.transaction_id)
+        )
+        await record_event(
+            connection,
+            card.id,
+            "redeemed",
+            actor=actor,
+            now=now,
+            transaction_id=posted.transaction_id,
+            customer_id=customer.id,
+        )
+        held = await ledger.balance_of(connection, customer.held_account_id)
+        redemption = Redemption(
+            transaction_id=posted.transaction_id,
+            amount=card.amount,
+            currency=card.currency,
+            balance=Balance(
+                card.currency, posted.balances_after[customer.available_account_id], held
+            ),
+            card_serial=card.serial,
+            card_last4=card.last4,
+            created_at=now,
+        )
+        if before_commit is not None:
+            await before_commit(connection, redemption)
+        return redemption
+
+    return await db.run(work)
+
+
+async def _refusal(
+    connection: AsyncConnection, digest: bytes, customer: Customer, now: datetime
+) -> RedemptionError:
+    """Why the guarded update found no card to redeem, in words a shopper understands."""
+    card = (
+        await connection.execute(select(cards).where(cards.c.code_hash == digest))
+    ).one_or_none()
+    if card is None:
+        return RedemptionError(
+            ErrorCode.CODE_NOT_FOUND,
+            "We couldn't find a gift card with this code. Check that you typed it exactly "
+            "as printed.",
+            param="code",
+        )
+    return _refusal_for_card(card, customer, now)
+
+
+def _refusal_for_card(card: Row[Any], customer: Customer, now: datetime) -> RedemptionError:
+    locale = REGIONS[customer.region].locale
+    state = effective_state(card.state, card.expires_at, now)
+    if state is CardState.REDEEMED:
+        when = format_date(card.redeemed_at, format="long", locale=locale)
+        if card.redeemed_customer_id == customer.id:
+            detail = f"This code was already added to your account on {when}."
+        else:
+            detail = (
+                f"This code was already redeemed by another account on {when}. If you "
+                "think that is wrong, contact support."
+            )
+        return RedemptionError(ErrorCode.CODE_ALREADY_REDEEMED, detail, param="code")
+    if state is CardState.FROZEN:
+        return RedemptionError(
+            ErrorCode.CODE_FROZEN,
+            "This gift card is on hold. Please contact support to have it released.",
+            param="code",
+        )
+    if state is CardState.CANCELLED:
+        return RedemptionError(
+            ErrorCode.CODE_NOT_ACTIVE,
+            "This gift card was cancelled and cannot be used. Please contact support.",
+            param="code",
+        )
+    if state is CardState.INACTIVE:
+        return RedemptionError(
+            ErrorCode.CODE_NOT_ACTIVE,
+            "This gift card has not been activated yet. Cards are activated when they are "
+            "bought; if you bought this one, keep the receipt and contact the store.",
+            param="code",
+        )
+    if state is CardState.EXPIRED:
+        when = format_date(card.expires_at, format="long", locale=locale)
+        return RedemptionError(
+            ErrorCode.CODE_EXPIRED, f"This gift card expired on {when}.", param="code"
+        )
+    card_store = REGIONS[card.region]
+    own_store = REGIONS[customer.region]
+    return RedemptionError(
+        ErrorCode.REGION_MISMATCH,
+        f"This gift card ({format_minor(card.amount, card.currency)}) is for the "
+        f"{card_store.store_name}, but your account belongs to the {own_store.store_name}. "
+        "It can only be redeemed in an account of its own store.",
+        param="code",
+    )
+
+
+async def balance(db: Database, customer: Customer) -> Balance:
+    async with db.transaction(write=False) as connection:
+        rows = (
+            await connection.execute(
+                select(ledger_accounts.c.id, ledger_accounts.c.balance).where(
+                    ledger_accounts.c.id.in_(
+                        [customer.available_account_id, customer.held_account_id]
+                    )
+                )
+            )
+        ).all()
+    by_id = {row.id: int(row.balance) for row in rows}
+    return Balance(
+        customer.currency, by_id[customer.available_account_id], by_id[customer.held_account_id]
+    )

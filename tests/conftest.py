@@ -1,0 +1,181 @@
+"""Shared fixtures. Integration tests take `backend` and run once on SQLite and once on
+PostgreSQL, each test in a database of its own, migrated by the real Alembic migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from giftcard import passwords
+from giftcard.api.app import create_app
+from giftcard.clock import FrozenClock
+from giftcard.config import Settings
+from giftcard.db.migrate import upgrade
+from giftcard.services import Services
+
+pytest_plugins = ["tests.services"]
+
+TEST_SECRET_KEY = b"test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+
+passwords.use_fast_hashing_for_tests()
+
+
+def _with_database(url: str, name: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+# Fixtures that prepare databases are synchronous and run their own short event loop, so
+# that they can be looked up lazily (SQLite tests never start PostgreSQL).
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    asyncio.run(upgrade(f"sqlite:///{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_url: str) -> Iterator[str]:
+    """A migrated database that every test's own database is copied from."""
+    name = f"giftcard_template_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        await upgrade(_with_database(postgres_url, name))
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(drop())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _admin(server: str, statement: str) -> None:
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "giftcard.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite:///{path}"
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    template_name: str = request.getfixturevalue("postgres_template")
+    name = f"giftcard_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server, f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
+    yield _with_database(server, name)
+    asyncio.run(_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, secret_key=TEST_SECRET_KEY)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+@pytest.fixture
+async def services(settings: Settings, clock: FrozenClock) -> AsyncIterator[Services]:
+    svc = Services.build(settings, clock=clock)
+    yield svc
+    await svc.close()
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(services=services)
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4711))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@dataclass
+class Shopper:
+    id: str
+    email: str
+    token: str
+    region: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+_counter = iter(range(1, 10**9))
+
+
+async def sign_up(client: httpx.AsyncClient, region: str = "US", **extra: Any) -> Shopper:
+    """Sign up and log in a new shopper."""
+    email = f"shopper{next(_counter)}-{uuid.uuid4().hex[:6]}@example.com"
+    password = "correct horse battery"
+    created = await client.post(
+        "/v1/customers", json={"email": email, "password": password, "region": region, **extra}
+    )
+    assert created.status_code == 201, created.text
+    session = await client.post("/v1/sessions", json={"email": email, "password": password})
+    assert session.status_code == 201, session.text
+    return Shopper(created.json()["id"], email, session.json()["token"], region)
+
+
+async def api_key(services: Services, role: str = "admin") -> dict[str, str]:
+    from giftcard.customers import Role, create_api_key
+
+    _, key = await create_api_key(services.db, role=Role(role), name="test", clock=services.clock)
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def issue(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    *,
+    amount: int = 2500,
+    region: str = "US",
+    kind: str = "digital",
+    count: int = 1,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    response = await client.post(
+        "/v1/cards",
+        json={"amount": amount, "region": region, "kind": kind, "count": count, **extra},
+        headers=headers,
+    )
+    assert response.status_code == 201, response.text
+    cards: list[dict[str, Any]] = response.json()["data"]
+    return cards
+
+
+__all__ = ["Shopper", "api_key", "issue", "replace", "sign_up"]
