@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/giftcard serve --demo
+	GIFTCARD_LOG_FORMAT=$${GIFTCARD_LOG_FORMAT:-text} $(BIN)/giftcard serve --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

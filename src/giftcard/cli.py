@@ -135,7 +135,7 @@ def serve(
         )
     typer.echo(f"Serving on http://{host}:{port}/ with {worker_count} worker(s)")
     uvicorn.run(
-        "giftcard.api.app:create_app",
+        "giftcard.api.app:serving_app",
         factory=True,
         host=host,
         port=port,

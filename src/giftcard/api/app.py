@@ -54,3 +54,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(BodySizeLimit, limit_bytes=settings.request_body_bytes_max)
     app.add_middleware(AccessLog)
     return app
+
+
+def serving_app() -> FastAPI:
+    """The factory `giftcard serve` hands to uvicorn: each worker process reads the
+    settings, sets up its own logging, and builds the app."""
+    from giftcard import logs
+
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    return create_app(settings)

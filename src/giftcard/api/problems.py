@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -17,7 +16,8 @@ from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-TYPE_BASE = "https://giftcard.dev/problems/"
+# Problem types are relative URIs served by this API (GET /problems/{code}).
+TYPE_BASE = "/problems/"
 
 
 class Problem(BaseModel):
@@ -67,7 +67,8 @@ def error_response(error: GiftcardError) -> ProblemResponse:
 
 
 def problem_json(error: GiftcardError) -> str:
-    return json.dumps(problem_body(error.code, error.detail, error.param))
+    """The body `error_response` sends, byte for byte: what a replay must send again."""
+    return bytes(error_response(error).body).decode()
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from giftcard.api import schemas
 from giftcard.api.deps import services
 from giftcard.api.problems import problem_response, problems
-from giftcard.errors import ErrorCode
+from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.metrics import exposition
 from giftcard.services import Services
 
@@ -45,3 +45,17 @@ async def readyz(svc: Services = Depends(services)) -> Response | schemas.Health
 async def metrics() -> Response:
     body, content_type = exposition()
     return Response(body, media_type=content_type)
+
+
+@router.get(
+    "/problems/{code}",
+    response_model=schemas.ProblemType,
+    responses=problems(404),
+    summary="What a problem type means (the `type` of every error points here)",
+)
+async def problem_type(code: str) -> schemas.ProblemType:
+    try:
+        known = ErrorCode(code)
+    except ValueError:
+        raise GiftcardError(ErrorCode.NOT_FOUND, "No such problem type.") from None
+    return schemas.ProblemType(code=known.value, title=known.problem_title, status=known.status)

@@ -144,3 +144,9 @@ class CardActivate(Input):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+class ProblemType(BaseModel):
+    code: str
+    title: str
+    status: int

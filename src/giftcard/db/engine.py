@@ -22,7 +22,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,8 @@ class Database:
             engine = create_async_engine(
                 self.url,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
-                poolclass=NullPool if ":memory:" not in self.url else None,
+                pool_size=pool_size,
+                max_overflow=pool_size,
             )
             _configure_sqlite(engine)
             return engine
