@@ -51,7 +51,7 @@ CARDS_PER_CLI_BATCH_MAX = 1_000_000
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -334,7 +334,8 @@ def verify() -> None:
         typer.echo(line)
     if report.problems:
         for problem in report.problems:
-            err.print(f"[red]FAIL[/red] {problem}", highlight=False)
+            # One culprit a line, never wrapped to the terminal width: scripts grep it.
+            err.print(f"[red]FAIL[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     typer.echo("OK: every invariant holds.")
 

@@ -114,7 +114,10 @@ def secret_hash(secret: str) -> bytes:
 
 def normalize_email(email: str) -> str:
     email = email.strip().lower()
-    if len(email) > EMAIL_LENGTH_MAX or not _EMAIL.match(email):
+    # Control and invisible formatting characters (NUL, bidi overrides, BOM) are never
+    # part of a real address, and PostgreSQL cannot even store NUL: refuse them here,
+    # before any query, rather than fail in the database.
+    if len(email) > EMAIL_LENGTH_MAX or not email.isprintable() or not _EMAIL.match(email):
         raise validation_error("Enter a valid email address.", "email")
     return email
 

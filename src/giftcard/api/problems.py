@@ -139,6 +139,12 @@ def install(app: FastAPI) -> None:
             )
         if error.status_code == 401:
             return problem_response(ErrorCode.UNAUTHORIZED, str(error.detail))
+        if error.status_code == 400:
+            # FastAPI's answer to a body it cannot decode at all (bytes that are not UTF-8):
+            # invalid input like any other, so validation_error with its own status, 422.
+            return problem_response(
+                ErrorCode.VALIDATION_ERROR, "The request body is not valid JSON."
+            )
         code = (
             ErrorCode.VALIDATION_ERROR
             if 400 <= error.status_code < 500

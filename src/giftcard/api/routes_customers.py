@@ -54,19 +54,19 @@ async def log_in(
     body: schemas.SessionCreate, svc: Services = Depends(services)
 ) -> schemas.SessionOut:
     email_key = body.email.strip().lower()
-    await svc.limits.check_login(email_key)
-    try:
-        session = await customers.log_in(
-            svc.db,
-            email=body.email,
-            password=body.password,
-            ttl_s=svc.settings.session_ttl_s,
-            clock=svc.clock,
-        )
-    except GiftcardError as error:
-        if error.code is ErrorCode.INVALID_CREDENTIALS:
-            await svc.limits.login_failed(email_key)
-        raise
+    async with svc.limits.login_attempt(email_key):
+        try:
+            session = await customers.log_in(
+                svc.db,
+                email=body.email,
+                password=body.password,
+                ttl_s=svc.settings.session_ttl_s,
+                clock=svc.clock,
+            )
+        except GiftcardError as error:
+            if error.code is ErrorCode.INVALID_CREDENTIALS:
+                await svc.limits.login_failed(email_key)
+            raise
     return schemas.SessionOut(
         token=session.token,
         expires_at=session.expires_at,
@@ -142,21 +142,21 @@ async def redeem(
     address = client_address(request)
 
     async def act(before_commit: Any) -> redemption.Redemption:
-        await svc.limits.check_redeem(who.customer.id, address)
-        try:
-            result = await redemption.redeem(
-                svc.db,
-                who.customer,
-                body.code,
-                secret_key=svc.settings.secret_key,
-                actor=who.actor,
-                clock=svc.clock,
-                before_commit=before_commit,
-            )
-        except RedemptionError as error:
-            REDEMPTIONS.labels(outcome=error.code.value).inc()
-            await svc.limits.redeem_refused(who.customer.id, address)
-            raise
+        async with svc.limits.redeem_attempt(who.customer.id, address):
+            try:
+                result = await redemption.redeem(
+                    svc.db,
+                    who.customer,
+                    body.code,
+                    secret_key=svc.settings.secret_key,
+                    actor=who.actor,
+                    clock=svc.clock,
+                    before_commit=before_commit,
+                )
+            except RedemptionError as error:
+                REDEMPTIONS.labels(outcome=error.code.value).inc()
+                await svc.limits.redeem_refused(who.customer.id, address)
+                raise
         REDEMPTIONS.labels(outcome="redeemed").inc()
         return result
 

@@ -16,7 +16,12 @@ from giftcard.services import Services
 router = APIRouter(tags=["service"])
 
 
-@router.get("/healthz", response_model=schemas.Health, summary="The process is alive")
+@router.get(
+    "/healthz",
+    response_model=schemas.Health,
+    responses=problems(),
+    summary="The process is alive",
+)
 async def healthz() -> schemas.Health:
     return schemas.Health(status="ok")
 
@@ -39,7 +44,10 @@ async def readyz(svc: Services = Depends(services)) -> Response | schemas.Health
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"},
+        **problems(),
+    },
     summary="Prometheus metrics",
 )
 async def metrics() -> Response:

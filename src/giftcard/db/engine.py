@@ -82,6 +82,7 @@ class Database:
             engine = create_async_engine(
                 self.url,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+                hide_parameters=True,
                 pool_size=pool_size,
                 max_overflow=pool_size,
             )
@@ -92,6 +93,8 @@ class Database:
             "max_overflow": pool_size,
             "pool_pre_ping": False,
             "pool_recycle": 1800,
+            # Error messages must not carry bound values into logs.
+            "hide_parameters": True,
         }
         if isolation:
             options["isolation_level"] = isolation

@@ -1,0 +1,338 @@
+"""The OpenAPI document is the API's contract: every route is in it with the problems it
+can answer, and a generated-input run (schemathesis) finds no response it does not
+describe and no server error.
+
+These tests run on SQLite only: they check the documented surface, which does not depend
+on the database; the behaviour behind it runs on both databases in the other tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
+from hypothesis import HealthCheck
+from schemathesis.checks import not_a_server_error
+from schemathesis.python.asgi import shutdown_lifespans
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from giftcard import customers
+from giftcard.api.app import create_app
+from giftcard.clock import SystemClock
+from giftcard.config import Settings
+from giftcard.db.engine import Database
+from tests.conftest import TEST_SECRET_KEY
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_REF = "#/components/schemas/Problem"
+# Statuses every operation can answer with: an invalid request, a body over the size
+# limit (checked before routing), and an unexpected failure.
+PROBLEM_STATUSES_ALWAYS = ("413", "422", "500")
+
+# Every endpoint of SPEC §6 (method, path). The app grows into this list; whatever part
+# of it exists must be in the OpenAPI document.
+SPEC_ENDPOINTS = (
+    ("POST", "/v1/customers"),
+    ("POST", "/v1/sessions"),
+    ("DELETE", "/v1/sessions/current"),
+    ("GET", "/v1/me"),
+    ("PATCH", "/v1/me"),
+    ("POST", "/v1/me/redemptions"),
+    ("GET", "/v1/me/balance"),
+    ("GET", "/v1/me/transactions"),
+    ("GET", "/v1/me/gifts"),
+    ("POST", "/v1/cards"),
+    ("POST", "/v1/cards/activate"),
+    ("GET", "/v1/cards/{id}"),
+    ("POST", "/v1/payments"),
+    ("POST", "/v1/payments/{id}/capture"),
+    ("POST", "/v1/payments/{id}/void"),
+    ("POST", "/v1/payments/{id}/refunds"),
+    ("GET", "/v1/payments/{id}"),
+    ("POST", "/v1/gifts"),
+    ("POST", "/v1/gifts/{id}/resend"),
+    ("POST", "/v1/support/lookups"),
+    ("GET", "/v1/support/customers"),
+    ("GET", "/v1/support/customers/{id}"),
+    ("GET", "/v1/support/customers/{id}/transactions"),
+    ("POST", "/v1/support/customers/{id}/adjustments"),
+    ("POST", "/v1/support/adjustments/{id}/approve"),
+    ("POST", "/v1/support/adjustments/{id}/reject"),
+    ("POST", "/v1/support/cards/{id}/freeze"),
+    ("POST", "/v1/support/cards/{id}/unfreeze"),
+    ("GET", "/v1/support/audit-log"),
+    ("GET", "/v1/reports/liability"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+)
+# What exists today; the test fails if one of these disappears from the app.
+IMPLEMENTED_AT_LEAST = {
+    ("POST", "/v1/customers"),
+    ("POST", "/v1/sessions"),
+    ("DELETE", "/v1/sessions/current"),
+    ("GET", "/v1/me"),
+    ("PATCH", "/v1/me"),
+    ("POST", "/v1/me/redemptions"),
+    ("GET", "/v1/me/balance"),
+    ("GET", "/v1/me/transactions"),
+    ("POST", "/v1/cards"),
+    ("POST", "/v1/cards/activate"),
+    ("GET", "/v1/cards/{id}"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+}
+
+# Schemathesis: a bounded run per operation and generation mode.
+EXAMPLES_PER_OPERATION_MAX = 25
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+# The abuse limits are raised so that generated input reaches the code behind them; a
+# lock-out answers every request the same way and would hide the rest.
+LIMIT_GENEROUS = "100000/hour"
+
+# Built without a database: the document does not depend on one.
+_DOCUMENT_APP = create_app(Settings(database_url="sqlite://", secret_key=TEST_SECRET_KEY))
+
+
+def _document() -> dict[str, Any]:
+    return _DOCUMENT_APP.openapi()
+
+
+def _api_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path template) of every route the app lists in its schema, including
+    those of included routers."""
+    return sorted(
+        (method, str(route.path))
+        for route in iter_route_contexts(app.routes)
+        if getattr(route, "include_in_schema", False)
+        for method in route.methods or ()
+        if method != "HEAD"
+    )
+
+
+def _operations() -> list[tuple[str, str]]:
+    return sorted(
+        (method.upper(), path)
+        for path, item in _document()["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    )
+
+
+def _fuzz_runs() -> list[tuple[str, str, schemathesis.GenerationMode]]:
+    """Valid input for every operation; invalid input for those that take a body or a
+    query, as an operation without either has no input to get wrong."""
+    paths = _document()["paths"]
+    runs = []
+    for method, path in _operations():
+        runs.append((method, path, schemathesis.GenerationMode.POSITIVE))
+        operation = paths[path][method.lower()]
+        parameters = operation.get("parameters", [])
+        if "requestBody" in operation or any(item["in"] == "query" for item in parameters):
+            runs.append((method, path, schemathesis.GenerationMode.NEGATIVE))
+    return runs
+
+
+def _exists_in_app(app: FastAPI, method: str, spec_path: str) -> bool:
+    """Whether a route of the app answers `method spec_path`, whatever its ids are named."""
+    for route_method, template in _api_routes(app):
+        # Templates hold only letters, digits, "/", "-", "_" and {names}.
+        pattern = re.sub(r"\{[^}]+\}", "[^/]+", template)
+        if route_method == method and re.fullmatch(pattern, spec_path.replace("{id}", "x_1")):
+            return True
+    return False
+
+
+# -- (a) the document --------------------------------------------------------------------
+
+
+def test_every_route_is_documented_with_its_problem_responses() -> None:
+    """Every route of the app is an operation of /openapi.json whose error statuses are
+    problem documents; an operation behind authentication documents 401."""
+    paths = _document()["paths"]
+    routes = _api_routes(_DOCUMENT_APP)
+    complaints: list[str] = []
+
+    for method, path in routes:
+        label = f"{method} {path}"
+        operation = paths.get(path, {}).get(method.lower())
+        if operation is None:
+            complaints.append(f"{label} is missing from /openapi.json")
+            continue
+        responses = operation["responses"]
+        complaints += [
+            f"{label} does not document {status}"
+            for status in PROBLEM_STATUSES_ALWAYS
+            if status not in responses
+        ]
+        for status, entry in responses.items():
+            if not (status.isdigit() and int(status) >= 400):
+                continue
+            schema = entry.get("content", {}).get(PROBLEM_MEDIA_TYPE, {}).get("schema")
+            if schema != {"$ref": PROBLEM_REF}:
+                complaints.append(f"{label} {status} is not a {PROBLEM_MEDIA_TYPE} Problem")
+        if operation.get("security") and "401" not in responses:
+            complaints.append(f"{label} needs credentials but does not document 401")
+
+    assert len(routes) >= len(IMPLEMENTED_AT_LEAST)
+    assert complaints == []
+
+
+def test_problem_schema_is_rfc_9457_with_a_code() -> None:
+    """The Problem schema names the RFC 9457 members and giftcard's stable `code`."""
+    problem = _document()["components"]["schemas"]["Problem"]
+
+    assert set(problem["required"]) == {"type", "title", "status", "detail", "code"}
+    assert {"type", "title", "status", "detail", "code", "param"} <= set(problem["properties"])
+
+
+def test_spec_endpoints_that_exist_are_documented() -> None:
+    """Each SPEC §6 endpoint the app serves is in /openapi.json under the same path, and
+    the ones implemented today are all there."""
+    documented = {(method, re.sub(r"\{[^}]+\}", "{id}", path)) for method, path in _operations()}
+    existing = {
+        (method, path)
+        for method, path in SPEC_ENDPOINTS
+        if _exists_in_app(_DOCUMENT_APP, method, path)
+    }
+
+    assert existing >= IMPLEMENTED_AT_LEAST
+    assert existing <= documented, sorted(existing - documented)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_openapi_json_and_docs_are_served(client: Any) -> None:
+    """/openapi.json is the document the tests read, and /docs renders it."""
+    document = await client.get("/openapi.json")
+    docs = await client.get("/docs")
+
+    assert document.status_code == 200
+    assert document.json() == _document()
+    assert docs.status_code == 200
+    assert "/openapi.json" in docs.text
+
+
+# -- (b) generated input -----------------------------------------------------------------
+
+
+@dataclass
+class Fuzzing:
+    app: FastAPI
+    api_key: str
+    customer_token: str
+    new_session_token: Callable[[], str]
+
+
+@pytest.fixture
+def fuzzing(database_url: str) -> Iterator[Fuzzing]:
+    """An app on its own database, with an admin API key and a signed-in customer.
+
+    The app builds its services in its lifespan, which schemathesis runs in its own event
+    loop thread, so that every connection is opened in the loop that uses it; the set-up
+    here uses a database handle of its own in a loop of its own."""
+    settings = Settings(
+        database_url=database_url,
+        secret_key=TEST_SECRET_KEY,
+        limit_redeem_failures_account=LIMIT_GENEROUS,
+        limit_redeem_failures_address=LIMIT_GENEROUS,
+        limit_signups_address=LIMIT_GENEROUS,
+        limit_login_failures_account=LIMIT_GENEROUS,
+    )
+    email, password = "fuzz@example.com", "correct horse battery"
+    clock = SystemClock()
+
+    async def seed() -> str:
+        db = Database(database_url)
+        try:
+            _, key = await customers.create_api_key(
+                db, role=customers.Role.ADMIN, name="fuzz", clock=clock
+            )
+            await customers.sign_up(
+                db, email=email, password=password, region="US", name=None, clock=clock
+            )
+        finally:
+            await db.dispose()
+        return key
+
+    async def log_in() -> str:
+        db = Database(database_url)
+        try:
+            session = await customers.log_in(
+                db, email=email, password=password, ttl_s=3600, clock=clock
+            )
+        finally:
+            await db.dispose()
+        return session.token
+
+    api_key = asyncio.run(seed())
+    yield Fuzzing(
+        app=create_app(settings),
+        api_key=api_key,
+        customer_token=asyncio.run(log_in()),
+        new_session_token=lambda: asyncio.run(log_in()),
+    )
+    # Runs the lifespan's shutdown, which closes the app's database connections.
+    shutdown_lifespans()
+
+
+def _credentials(fuzzing: Fuzzing, method: str, path: str) -> Callable[[], str | None]:
+    """Who calls `method path`: a fresh session for log-out (which ends it), the API key
+    for cards, the customer for the rest of what needs a token."""
+    if (method, path) == ("DELETE", "/v1/sessions/current"):
+        return fuzzing.new_session_token
+    if path.startswith("/v1/cards"):
+        return lambda: fuzzing.api_key
+    if path.startswith(("/v1/me", "/v1/sessions/")):
+        return lambda: fuzzing.customer_token
+    return lambda: None
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("method", "path", "mode"), _fuzz_runs())
+def test_generated_requests_get_documented_answers(
+    fuzzing: Fuzzing, method: str, path: str, mode: schemathesis.GenerationMode
+) -> None:
+    """Given generated requests, valid and invalid, to one operation, every answer has a
+    documented status, content type and body shape, and none is a server error; and the
+    credentials work, so the answers come from the operation and not from the door."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzzing.app)
+    operation = schema[path][method]
+    secret = _credentials(fuzzing, method, path)
+    statuses: list[int] = []
+
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    @hypothesis.settings(
+        max_examples=EXAMPLES_PER_OPERATION_MAX,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    def exchange(case: schemathesis.Case) -> None:
+        token = secret()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        response = case.call_and_validate(headers=headers, checks=CHECKS)
+        statuses.append(response.status_code)
+
+    exchange()
+
+    assert statuses
+    if secret() is not None and mode is schemathesis.GenerationMode.POSITIVE:
+        assert 401 not in statuses, "the credentials were refused"
