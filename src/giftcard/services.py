@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
+from giftcard import idempotency
 from giftcard.abuse import AbuseLimits
 from giftcard.clock import Clock, SystemClock
 from giftcard.config import Settings
 from giftcard.db.engine import Database
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL_S = 600
 
 
 @dataclass
@@ -28,3 +35,16 @@ class Services:
 
     async def close(self) -> None:
         await self.db.dispose()
+
+    async def maintain(self, *, interval_s: float = MAINTENANCE_INTERVAL_S) -> None:
+        """Housekeeping while the server runs: forget idempotency keys past their time.
+        Safe with several servers: each run deletes a bounded batch of old rows."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                purged = await idempotency.purge(self.db, now=self.clock.now())
+            except Exception:
+                log.exception("idempotency key purge failed; will retry")
+                continue
+            if purged:
+                log.info("purged idempotency keys", extra={"count": purged})

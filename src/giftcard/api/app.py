@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,12 +33,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
-        app.state.services = services or Services.build(settings)
+        running: Services = services or Services.build(settings)
+        app.state.services = running
+        maintenance = asyncio.create_task(running.maintain())
         try:
             yield
         finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
             if owned:
-                await app.state.services.close()
+                await running.close()
 
     app = FastAPI(
         title="giftcard",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,6 +24,19 @@ from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts
 from giftcard.services import Services
 
 T = TypeVar("T")
+
+# Declared on every money-moving POST so the OpenAPI document shows it; read by
+# run_idempotent from the request itself.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=idempotency.KEY_LENGTH_MAX,
+        description="Retry safely: a repeated request with the same key and body returns "
+        "the first response without acting again.",
+    ),
+]
 
 bearer = HTTPBearer(
     auto_error=False, description="A customer or staff session token, or an API key"

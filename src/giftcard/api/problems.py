@@ -75,11 +75,10 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the problem statuses a route can give."""
     return {
         status: {
-            "model": Problem,
             "description": _STATUS_DESCRIPTIONS.get(status, "Problem"),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
-        for status in sorted({*statuses, 413, 422, 500})
+        for status in sorted({*statuses, 413, 415, 422, 500})
     }
 
 
@@ -90,6 +89,7 @@ _STATUS_DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict with the current state",
     413: "Request body too large",
+    415: "The body is not JSON",
     422: "Invalid input",
     429: "Too many attempts; see Retry-After",
     500: "Internal error",
@@ -114,12 +114,30 @@ def _validation_detail(error: dict[str, Any]) -> str:
 
 
 def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into a problem response, and the
+    Problem schema the OpenAPI responses refer to."""
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = build_openapi()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema())
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(GiftcardError)
     async def _giftcard(_: Request, error: GiftcardError) -> ProblemResponse:
         return error_response(error)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, error: RequestValidationError) -> ProblemResponse:
+    async def _validation(request: Request, error: RequestValidationError) -> ProblemResponse:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type and not (media_type == "application/json" or media_type.endswith("+json")):
+            return problem_response(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"Send the body as application/json, not {media_type[:60]}.",
+            )
         first = error.errors()[0] if error.errors() else {}
         param = _param_of(first.get("loc", ()))
         detail = _validation_detail(first)
@@ -150,9 +168,9 @@ def install(app: FastAPI) -> None:
             if 400 <= error.status_code < 500
             else ErrorCode.INTERNAL_ERROR
         )
-        response = problem_response(code, str(error.detail))
-        response.status_code = error.status_code
-        return response
+        body = problem_body(code, str(error.detail))
+        body["status"] = error.status_code
+        return ProblemResponse(body, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> ProblemResponse:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from giftcard import cards
 from giftcard.api import ids, render, schemas
-from giftcard.api.deps import roles, run_idempotent, services
+from giftcard.api.deps import IdempotencyKey, roles, run_idempotent, services
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role
 from giftcard.errors import ErrorCode, GiftcardError
@@ -29,6 +29,7 @@ merchant = roles(Role.ADMIN, Role.MERCHANT)
 async def issue(
     body: schemas.CardCreate,
     request: Request,
+    idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
     svc: Services = Depends(services),
 ) -> Any:

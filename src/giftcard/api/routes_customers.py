@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from giftcard import customers, history, redemption
 from giftcard.api import ids, render, schemas
-from giftcard.api.deps import client_address, customer, principal, run_idempotent, services
+from giftcard.api.deps import (
+    IdempotencyKey,
+    client_address,
+    customer,
+    principal,
+    run_idempotent,
+    services,
+)
 from giftcard.api.problems import problems
 from giftcard.customers import CustomerPrincipal, Principal, RefundPreference
 from giftcard.errors import ErrorCode, GiftcardError, RedemptionError
@@ -45,14 +53,11 @@ async def sign_up(
     "/sessions",
     status_code=201,
     response_model=schemas.SessionOut,
-    response_model_exclude_none=True,
     responses=problems(401, 429),
     tags=["sessions"],
     summary="Log in (customers and staff)",
 )
-async def log_in(
-    body: schemas.SessionCreate, svc: Services = Depends(services)
-) -> schemas.SessionOut:
+async def log_in(body: schemas.SessionCreate, svc: Services = Depends(services)) -> Any:
     email_key = body.email.strip().lower()
     async with svc.limits.login_attempt(email_key):
         try:
@@ -67,11 +72,16 @@ async def log_in(
             if error.code is ErrorCode.INVALID_CREDENTIALS:
                 await svc.limits.login_failed(email_key)
             raise
-    return schemas.SessionOut(
+    # A session is either a customer's or a staff member's: the other key is left out.
+    out = schemas.SessionOut(
         token=session.token,
         expires_at=session.expires_at,
         customer=render.customer(session.customer) if session.customer else None,
         staff=render.staff(session.staff) if session.staff else None,
+    )
+    return JSONResponse(
+        out.model_dump(mode="json", exclude={"staff"} if session.customer else {"customer"}),
+        status_code=201,
     )
 
 
@@ -136,6 +146,7 @@ async def update_me(
 async def redeem(
     body: schemas.RedemptionCreate,
     request: Request,
+    idempotency_key: IdempotencyKey = None,
     who: CustomerPrincipal = Depends(customer),
     svc: Services = Depends(services),
 ) -> Any:
