@@ -16,8 +16,8 @@ run: $(STAMP)
 	GIFTCARD_LOG_FORMAT=$${GIFTCARD_LOG_FORMAT:-text} $(BIN)/giftcard serve --demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -33,6 +33,11 @@ e2e: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# Issue 100,000 cards and redeem codes (use case and HTTP) on SQLite and PostgreSQL, in
+# scratch databases removed afterwards; PostgreSQL is skipped when 127.0.0.1:5432 is down.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
 
 # Re-resolve every dependency to its newest release and pin the result.
 lock:

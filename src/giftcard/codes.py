@@ -271,9 +271,10 @@ def _luhn_check_digit(digits: str) -> str:
 
 def generate_serial() -> str:
     """Return a new 12-digit serial: 11 random digits, the first never 0, and a Luhn digit."""
-    first = str(1 + secrets.randbelow(9))
-    rest = "".join(str(secrets.randbelow(10)) for _ in range(SERIAL_LENGTH - 2))
-    payload = first + rest
+    # One draw from [10^10, 10^11) is the same distribution as a non-zero first digit and
+    # ten free digits, at a tenth of the cost of drawing the digits one by one.
+    smallest = 10 ** (SERIAL_LENGTH - 2)
+    payload = str(smallest + secrets.randbelow(9 * smallest))
     return payload + _luhn_check_digit(payload)
 
 

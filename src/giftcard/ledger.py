@@ -182,22 +182,23 @@ async def open_card_accounts(
 ) -> None:
     """Open many card accounts at once (ids from :func:`allocate_ids`), each funded with
     `funded_amount` from the issuance account in one journal transaction, or empty."""
-    if funded_amount < 0 or not account_ids:
+    count = len(account_ids)
+    if funded_amount < 0 or count == 0:
         raise LedgerInvariantError("card accounts open empty or with a positive amount")
+    # One posting per card and one for the issuance account that pays them all.
+    if count + 1 > POSTINGS_PER_TRANSACTION_MAX:
+        raise LedgerInvariantError("too many card accounts for one journal transaction")
     await copy_rows(
         connection,
         ledger_accounts,
-        [
-            {
-                "id": account_id,
-                "kind": AccountKind.CARD.value,
-                "currency": currency,
-                "tracked": True,
-                "balance": funded_amount,
-                "created_at": now,
-            }
-            for account_id in account_ids
-        ],
+        {"id": account_ids},
+        {
+            "kind": AccountKind.CARD.value,
+            "currency": currency,
+            "tracked": True,
+            "balance": funded_amount,
+            "created_at": now,
+        },
     )
     if funded_amount == 0:
         return
@@ -215,26 +216,18 @@ async def open_card_accounts(
             .returning(journal_transactions.c.id)
         )
     ).scalar_one()
-    rows = [
+    # The issuance account pays for every card in one posting; each card's posting
+    # records the balance its account opens with.
+    await copy_rows(
+        connection,
+        postings,
         {
-            "transaction_id": transaction_id,
-            "account_id": issuance.account_id,
-            "amount": -funded_amount * len(account_ids),
-            "currency": currency,
-            "balance_after": None,
-        }
-    ]
-    rows.extend(
-        {
-            "transaction_id": transaction_id,
-            "account_id": account_id,
-            "amount": funded_amount,
-            "currency": currency,
-            "balance_after": funded_amount,
-        }
-        for account_id in account_ids
+            "account_id": [issuance.account_id, *account_ids],
+            "amount": [-funded_amount * count] + [funded_amount] * count,
+            "balance_after": [None] + [funded_amount] * count,
+        },
+        {"transaction_id": transaction_id, "currency": currency},
     )
-    await copy_rows(connection, postings, rows)
 
 
 async def open_account(

@@ -76,6 +76,11 @@ class Database:
         self.url = async_url(database_url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.engine: AsyncEngine = self._create_engine(pool_size, isolation)
+        # SQLite has one writer at a time. Writers of this process queue here, in order,
+        # rather than in SQLite's busy handler, which polls with growing sleeps and lets
+        # an unlucky writer wait seconds behind later ones. Other processes still meet
+        # at BEGIN IMMEDIATE.
+        self._sqlite_writer = asyncio.Lock()
 
     def _create_engine(self, pool_size: int, isolation: str | None) -> AsyncEngine:
         if self.is_sqlite:
@@ -106,6 +111,15 @@ class Database:
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncConnection]:
         """One transaction: commits when the block ends, rolls back if it raises."""
+        if self.is_sqlite and write:
+            async with self._sqlite_writer, self._connection(write=True) as connection:
+                yield connection
+        else:
+            async with self._connection(write=write) as connection:
+                yield connection
+
+    @asynccontextmanager
+    async def _connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as connection:
             if self.is_sqlite:
                 await connection.execution_options(giftcard_write=write)

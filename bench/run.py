@@ -1,0 +1,388 @@
+"""Benchmarks: `make bench`, on SQLite and on PostgreSQL.
+
+For each backend, in a scratch database that is removed afterwards:
+
+1. issue 100,000 cards with the real command (`giftcard cards issue ... --out cards.csv`),
+   timed from start to exit, so interpreter start-up and the CSV are included;
+2. redeem codes from that CSV through the use case (`giftcard.redemption.redeem`), with
+   one asyncio task per customer running side by side;
+3. redeem other codes from it over HTTP, against a real `giftcard serve --workers 2` on
+   loopback, with a bounded number of requests in flight (httpx);
+4. check every ledger invariant (`giftcard.verify`) over what the runs wrote.
+
+PostgreSQL is reached at 127.0.0.1:5432 (override with GIFTCARD_BENCH_POSTGRES_URL, a URL
+of a database to connect to while creating the scratch one); when it does not answer,
+its row says so and the run goes on. Every phase has a time limit, so a hung server or
+database ends the run instead of stalling it.
+
+Run: .venv/bin/python bench/run.py [--cards N] [--redemptions N] [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+import httpx
+
+from giftcard import customers, passwords, redemption, verify
+from giftcard.clock import SystemClock
+from giftcard.db.engine import Database
+from giftcard.db.migrate import upgrade
+
+T = TypeVar("T")
+
+POSTGRES_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+CARDS_DEFAULT = 100_000
+REDEMPTIONS_DEFAULT = 2_000
+REQUESTS_DEFAULT = 2_000
+# Customers redeeming side by side through the use case, and requests in flight over HTTP.
+USE_CASE_CONCURRENCY = 32
+HTTP_CONCURRENCY = 32
+SERVER_WORKERS = 2
+REGION = "US"
+# Time limits, per phase: generous for this 2-core machine, short enough that nothing
+# stalls a run for long.
+ISSUE_TIMEOUT_S = 300
+MIGRATE_TIMEOUT_S = 120
+REDEEM_TIMEOUT_S = 300
+SERVER_START_TIMEOUT_S = 60
+SERVER_STOP_TIMEOUT_S = 15
+POSTGRES_CONNECT_TIMEOUT_S = 5
+REQUEST_TIMEOUT_S = 30
+VERIFY_TIMEOUT_S = 300
+
+GIFTCARD = Path(sys.executable).with_name("giftcard")
+
+
+@dataclass
+class Latencies:
+    """How long each operation of a run took, and how many went wrong."""
+
+    elapsed_s: float = 0.0
+    samples_s: list[float] = field(default_factory=list)
+    failures: int = 0
+
+    def per_second(self) -> float:
+        return len(self.samples_s) / self.elapsed_s if self.elapsed_s else 0.0
+
+    def percentile_ms(self, percent: int) -> float:
+        if len(self.samples_s) < 2:
+            return self.samples_s[0] * 1000 if self.samples_s else 0.0
+        return statistics.quantiles(self.samples_s, n=100)[percent - 1] * 1000
+
+
+@dataclass
+class Result:
+    backend: str
+    issue_s: float | None = None
+    use_case: Latencies | None = None
+    http: Latencies | None = None
+    verified: str = "-"
+    note: str = ""
+
+
+async def main() -> int:
+    options = _options()
+    passwords.use_fast_hashing_for_tests()  # Customers are set up, not benchmarked.
+    results = []
+    with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as folder:
+        work = Path(folder)
+        sqlite_url = f"sqlite:///{work / 'bench.db'}"
+        results.append(await _run_backend("sqlite", sqlite_url, work, options))
+        results.append(await _run_postgres(work, options))
+    _print_table(results, options)
+    failed = [result for result in results if result.note.startswith("failed")]
+    return 1 if failed or any(result.verified not in ("OK", "-") for result in results) else 0
+
+
+def _options() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cards", type=int, default=CARDS_DEFAULT)
+    parser.add_argument("--redemptions", type=int, default=REDEMPTIONS_DEFAULT)
+    parser.add_argument("--requests", type=int, default=REQUESTS_DEFAULT)
+    options = parser.parse_args()
+    if options.redemptions + options.requests > options.cards:
+        parser.error("--cards must cover --redemptions plus --requests")
+    return options
+
+
+async def _run_postgres(work: Path, options: argparse.Namespace) -> Result:
+    admin_url = os.environ.get("GIFTCARD_BENCH_POSTGRES_URL", POSTGRES_URL_DEFAULT)
+    name = f"giftcard_bench_{os.getpid()}"
+    try:
+        admin = await asyncpg.connect(admin_url, timeout=POSTGRES_CONNECT_TIMEOUT_S)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        return Result("postgresql", note=f"skipped: {admin_url} unreachable ({error})")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        scratch_url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+        return await _run_backend("postgresql", scratch_url, work, options)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _run_backend(
+    backend: str, database_url: str, work: Path, options: argparse.Namespace
+) -> Result:
+    print(f"[{backend}] migrating", flush=True)
+    result = Result(backend)
+    env = {
+        **os.environ,
+        "GIFTCARD_DATABASE_URL": database_url,
+        "GIFTCARD_SECRET_KEY": secrets.token_urlsafe(36),
+        "GIFTCARD_LOG_LEVEL": "WARNING",
+    }
+    try:
+        await _bounded(upgrade(database_url), MIGRATE_TIMEOUT_S, "migrating")
+        print(f"[{backend}] issuing {options.cards:,} cards", flush=True)
+        out = work / f"{backend}-cards.csv"
+        result.issue_s = await _issue(env, out, options.cards)
+        codes = _read_codes(out)
+        db = Database(database_url, pool_size=USE_CASE_CONCURRENCY)
+        try:
+            secret_key = env["GIFTCARD_SECRET_KEY"].encode()
+            print(f"[{backend}] redeeming {options.redemptions:,} codes (use case)", flush=True)
+            result.use_case = await _bounded(
+                _redeem_use_case(db, secret_key, codes[: options.redemptions]),
+                REDEEM_TIMEOUT_S,
+                "redeeming through the use case",
+            )
+            print(f"[{backend}] redeeming {options.requests:,} codes over HTTP", flush=True)
+            http_codes = codes[options.redemptions : options.redemptions + options.requests]
+            result.http = await _redeem_http(db, env, work, http_codes)
+            report = await _bounded(verify.verify(db), VERIFY_TIMEOUT_S, "verifying")
+            result.verified = "OK" if not report.problems else f"{len(report.problems)} problems"
+        finally:
+            await db.dispose()
+    except BenchError as error:
+        result.note = f"failed: {error}"
+        print(f"[{backend}] {result.note}", flush=True)
+    return result
+
+
+class BenchError(Exception):
+    """A phase failed or ran out of time; the backend's row says which."""
+
+
+async def _bounded(work: Awaitable[T], timeout_s: float, what: str) -> T:
+    try:
+        return await asyncio.wait_for(work, timeout_s)
+    except TimeoutError:
+        raise BenchError(f"{what} took over {timeout_s} s") from None
+
+
+async def _issue(env: dict[str, str], out: Path, count: int) -> float:
+    command = [str(GIFTCARD), "cards", "issue", "--count", str(count), "--amount", "25.00"]
+    command += ["--region", REGION, "--out", str(out)]
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), ISSUE_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise BenchError(f"issuing took over {ISSUE_TIMEOUT_S} s") from None
+    elapsed_s = time.perf_counter() - started
+    if process.returncode != 0:
+        raise BenchError(f"giftcard cards issue failed: {stderr.decode()[-500:]}")
+    return elapsed_s
+
+
+def _read_codes(path: Path) -> list[str]:
+    with path.open(newline="") as handle:
+        return [row["code"] for row in csv.DictReader(handle)]
+
+
+async def _customers(
+    db: Database, count: int, label: str, password: str
+) -> list[customers.Customer]:
+    created = []
+    for index in range(count):
+        created.append(
+            await customers.sign_up(
+                db,
+                email=f"bench-{label}-{index}@example.com",
+                password=password,
+                region=REGION,
+                name=None,
+                clock=SystemClock(),
+            )
+        )
+    return created
+
+
+async def _redeem_use_case(db: Database, secret_key: bytes, codes: Sequence[str]) -> Latencies:
+    shoppers = await _customers(db, USE_CASE_CONCURRENCY, "use-case", secrets.token_urlsafe(16))
+    clock = SystemClock()
+
+    async def one(index: int, code: str) -> None:
+        await redemption.redeem(
+            db, shoppers[index], code, secret_key=secret_key, actor="bench", clock=clock
+        )
+
+    return await _drive(codes, USE_CASE_CONCURRENCY, one)
+
+
+async def _drive(
+    codes: Sequence[str], concurrency: int, one: Callable[[int, str], Awaitable[None]]
+) -> Latencies:
+    """Run `one(worker, code)` for every code, `concurrency` at a time: worker i takes
+    codes i, i + concurrency, ... in turn, so each customer redeems one code at a time."""
+    latencies = Latencies()
+
+    async def worker(index: int) -> None:
+        for code in codes[index::concurrency]:
+            started = time.perf_counter()
+            try:
+                await one(index, code)
+            except Exception as error:  # Counted and shown, never hidden.
+                latencies.failures += 1
+                if latencies.failures <= 3:
+                    print(f"  failure: {error!r}", flush=True)
+                continue
+            latencies.samples_s.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(index) for index in range(concurrency)))
+    latencies.elapsed_s = time.perf_counter() - started
+    return latencies
+
+
+async def _redeem_http(
+    db: Database, env: dict[str, str], work: Path, codes: Sequence[str]
+) -> Latencies:
+    password = secrets.token_urlsafe(16)
+    shoppers = await _customers(db, HTTP_CONCURRENCY, "http", password)
+    tokens = []
+    for shopper in shoppers:
+        session = await customers.log_in(
+            db, email=shopper.email, password=password, ttl_s=3600, clock=SystemClock()
+        )
+        tokens.append(session.token)
+    port = _free_port()
+    metrics_folder = work / "metrics"
+    metrics_folder.mkdir(exist_ok=True)
+    command = [str(GIFTCARD), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    server = await asyncio.create_subprocess_exec(
+        *command,
+        "--workers",
+        str(SERVER_WORKERS),
+        env={**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_folder)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        limits = httpx.Limits(max_connections=HTTP_CONCURRENCY)
+        async with httpx.AsyncClient(
+            base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S
+        ) as client:
+            await _wait_until_ready(client, server)
+
+            async def one(index: int, code: str) -> None:
+                response = await client.post(
+                    "/v1/me/redemptions",
+                    json={"code": code},
+                    headers={
+                        "Authorization": f"Bearer {tokens[index]}",
+                        "Idempotency-Key": secrets.token_hex(16),
+                    },
+                )
+                if response.status_code != 201:
+                    raise BenchError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+            return await _bounded(
+                _drive(codes, HTTP_CONCURRENCY, one), REDEEM_TIMEOUT_S, "redeeming over HTTP"
+            )
+    finally:
+        await _stop(server)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _wait_until_ready(client: httpx.AsyncClient, server: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.returncode is not None:
+            raise BenchError(f"giftcard serve exited with {server.returncode}")
+        try:
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    raise BenchError(f"giftcard serve was not ready within {SERVER_START_TIMEOUT_S} s")
+
+
+async def _stop(server: asyncio.subprocess.Process) -> None:
+    """Stop the server and its workers: they run in a process group of their own."""
+    if server.returncode is None:
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(server.wait(), SERVER_STOP_TIMEOUT_S)
+    except TimeoutError:
+        os.killpg(server.pid, signal.SIGKILL)
+        await server.wait()
+
+
+def _print_table(results: Sequence[Result], options: argparse.Namespace) -> None:
+    print()
+    print(
+        f"issue: {options.cards:,} cards with `giftcard cards issue` (wall clock, CSV included); "
+        f"use case: {options.redemptions:,} redemptions, {USE_CASE_CONCURRENCY} customers "
+        f"at once; HTTP: {options.requests:,} POST /v1/me/redemptions, {HTTP_CONCURRENCY} in "
+        f"flight, {SERVER_WORKERS} server workers"
+    )
+    header = (
+        f"{'backend':<11} {'issue s':>8}  {'use case /s':>11} {'p50 ms':>7} {'p99 ms':>7}"
+        f"  {'HTTP /s':>8} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}  {'verify':<6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for result in results:
+        print(_row(result))
+
+
+def _row(result: Result) -> str:
+    issue = f"{result.issue_s:8.2f}" if result.issue_s is not None else f"{'-':>8}"
+    columns = [f"{result.backend:<11} {issue}"]
+    failures = 0
+    for latencies, width in ((result.use_case, 11), (result.http, 8)):
+        if latencies is None:
+            columns.append(f"{'-':>{width}} {'-':>7} {'-':>7}")
+            continue
+        failures += latencies.failures
+        columns.append(
+            f"{latencies.per_second():{width}.0f} {latencies.percentile_ms(50):7.1f} "
+            f"{latencies.percentile_ms(99):7.1f}"
+        )
+    line = "  ".join(columns) + f" {failures:>6}  {result.verified:<6}"
+    return line + (f"  {result.note}" if result.note else "")
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
