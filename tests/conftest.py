@@ -178,4 +178,28 @@ async def issue(
     return cards
 
 
-__all__ = ["Shopper", "api_key", "issue", "replace", "sign_up"]
+PROBLEM = "application/problem+json"
+ANY: Any = object()
+
+
+def assert_problem(
+    response: httpx.Response, status: int, code: str, *, param: object = ANY, why: str = ""
+) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with this status and code, its type and
+    title, and a sentence for people; `param` too when given."""
+    assert response.status_code == status, (why, response.status_code, response.text)
+    assert response.headers["content-type"].startswith(PROBLEM), (why, response.headers)
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code, (why, body)
+    assert body["status"] == status, (why, body)
+    assert body["type"].endswith(code), (why, body)
+    assert isinstance(body["title"], str), why
+    assert body["title"], (why, body)
+    assert isinstance(body["detail"], str), why
+    assert body["detail"], (why, body)
+    if param is not ANY:
+        assert body.get("param") == param, (why, body)
+    return body
+
+
+__all__ = ["ANY", "PROBLEM", "Shopper", "api_key", "assert_problem", "issue", "replace", "sign_up"]

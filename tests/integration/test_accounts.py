@@ -12,27 +12,9 @@ import httpx
 from giftcard.clock import FrozenClock
 from giftcard.customers import Role, create_staff
 from giftcard.services import Services
-from tests.conftest import Shopper, api_key, issue, sign_up
+from tests.conftest import Shopper, api_key, assert_problem, issue, sign_up
 
-PROBLEM = "application/problem+json"
 PASSWORD = "correct horse battery"
-ANY = object()
-
-
-def assert_problem(
-    response: httpx.Response, status: int, code: str, *, param: object = ANY
-) -> dict[str, Any]:
-    """The response is an RFC 9457 problem with this status and code, and a sentence."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["status"] == status
-    assert isinstance(body["detail"], str)
-    assert body["detail"], body
-    if param is not ANY:
-        assert body.get("param") == param, body
-    return body
 
 
 def new_email() -> str:

@@ -17,28 +17,10 @@ from sqlalchemy import func, select
 from giftcard.config import Settings
 from giftcard.db.tables import cards, customers, idempotency_keys, journal_transactions
 from giftcard.services import Services
-from tests.conftest import Shopper, api_key, issue, sign_up
+from tests.conftest import PROBLEM, Shopper, api_key, assert_problem, issue, sign_up
 
-PROBLEM = "application/problem+json"
-ANY = object()
 GOOD_CARD = {"amount": 2500, "region": "US", "kind": "digital"}
 GOOD_CODE = "7KQ4-M2ZP-X9CD-R3TW"
-
-
-def assert_problem(
-    response: httpx.Response, status: int, code: str, *, param: object = ANY, why: str = ""
-) -> dict[str, Any]:
-    """The response is an RFC 9457 problem with this status and code, and a sentence."""
-    assert response.status_code == status, (why, response.status_code, response.text)
-    assert response.headers["content-type"].startswith(PROBLEM), (why, response.headers)
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, (why, body)
-    assert body["status"] == status, (why, body)
-    assert isinstance(body["detail"], str), why
-    assert body["detail"], (why, body)
-    if param is not ANY:
-        assert body.get("param") == param, (why, body)
-    return body
 
 
 @pytest.fixture

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Any
 
 import httpx
 
 from giftcard.clock import FrozenClock
 from giftcard.codes import ALPHABET, generate_serial
 from giftcard.services import Services
-from tests.conftest import api_key, issue
+from tests.conftest import api_key, assert_problem, issue
 
-PROBLEM = "application/problem+json"
-ANY = object()
 CODE_SHAPE = re.compile(rf"^[{ALPHABET}]{{4}}(-[{ALPHABET}]{{4}}){{3}}$")
 SERIAL_SHAPE = re.compile(r"^[1-9][0-9]{11}$")
 CARD_FIELDS = {
@@ -32,22 +29,6 @@ CARD_FIELDS = {
     "redeemed_at",
     "created_at",
 }
-
-
-def assert_problem(
-    response: httpx.Response, status: int, code: str, *, param: object = ANY
-) -> dict[str, Any]:
-    """The response is an RFC 9457 problem with this status and code, and a sentence."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["status"] == status
-    assert isinstance(body["detail"], str)
-    assert body["detail"], body
-    if param is not ANY:
-        assert body.get("param") == param, body
-    return body
 
 
 async def card_count(services: Services) -> int:
