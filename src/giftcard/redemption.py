@@ -112,11 +112,6 @@ async def redeem(
             ),
             now=now,
         )
-        await connection.execute(
-            update(cards)
-            .where(cards.c.id == card.id)
-            .values(redeemed_transaction_id=posted.transaction_id)
-        )
         await record_event(
             connection,
             card.id,

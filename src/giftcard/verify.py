@@ -81,13 +81,15 @@ _CHECKS: list[tuple[str, str, str]] = [
     ),
     (
         "redemption credited to its customer",
-        """SELECT c.id, c.serial, c.redeemed_customer_id, c.redeemed_transaction_id
+        """SELECT c.id, c.serial, c.redeemed_customer_id
            FROM cards c WHERE c.state = 'redeemed' AND NOT EXISTS (
-             SELECT 1 FROM postings p JOIN customers u ON u.available_account_id = p.account_id
-             WHERE p.transaction_id = c.redeemed_transaction_id
+             SELECT 1 FROM journal_transactions t
+             JOIN postings p ON p.transaction_id = t.id
+             JOIN customers u ON u.available_account_id = p.account_id
+             WHERE t.card_id = c.id AND t.type = 'redemption'
                AND u.id = c.redeemed_customer_id AND p.amount = c.amount)""",
-        "card {id} (serial {serial}) is redeemed by customer {redeemed_customer_id} but "
-        "transaction {redeemed_transaction_id} does not credit them its value",
+        "card {id} (serial {serial}) is redeemed by customer {redeemed_customer_id} but its "
+        "redemption does not credit them its value",
     ),
     (
         "customer accounts",

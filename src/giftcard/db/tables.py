@@ -178,7 +178,6 @@ cards = Table(
     Column("activated_at", UTCDateTime(), nullable=True),
     Column("redeemed_at", UTCDateTime(), nullable=True),
     Column("redeemed_customer_id", Id, ForeignKey("customers.id"), nullable=True),
-    Column("redeemed_transaction_id", Id, nullable=True),
     _created_at(),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint("kind IN ('digital', 'physical')", name="kind_known"),
@@ -219,6 +218,9 @@ journal_transactions = Table(
     Column("card_id", Id, ForeignKey("cards.id"), nullable=True),
     _created_at(),
 )
+
+Index("ix_journal_transactions_card_id", journal_transactions.c.card_id)
+Index("ix_journal_transactions_customer_id", journal_transactions.c.customer_id)
 
 postings = Table(
     "postings",

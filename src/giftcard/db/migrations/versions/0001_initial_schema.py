@@ -185,11 +185,6 @@ def upgrade() -> None:
             sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
             nullable=True,
         ),
-        sa.Column(
-            "redeemed_transaction_id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            nullable=True,
-        ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
             "(state = 'redeemed') = (redeemed_customer_id IS NOT NULL)",
@@ -338,6 +333,8 @@ def upgrade() -> None:
         batch_op.create_index("ix_postings_account_id_id", ["account_id", "id"], unique=False)
         batch_op.create_index("ix_postings_transaction_id", ["transaction_id"], unique=False)
 
+    op.create_index("ix_journal_transactions_card_id", "journal_transactions", ["card_id"])
+    op.create_index("ix_journal_transactions_customer_id", "journal_transactions", ["customer_id"])
     ledger_accounts = sa.table(
         "ledger_accounts",
         sa.column("kind", sa.String),
@@ -363,6 +360,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_journal_transactions_customer_id", table_name="journal_transactions")
+    op.drop_index("ix_journal_transactions_card_id", table_name="journal_transactions")
     with op.batch_alter_table("postings", schema=None) as batch_op:
         batch_op.drop_index("ix_postings_transaction_id")
         batch_op.drop_index("ix_postings_account_id_id")
