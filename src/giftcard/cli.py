@@ -129,6 +129,7 @@ def serve(
                 f"note: {worker_count} workers count abuse limits each in its own memory; "
                 "set GIFTCARD_REDIS_URL to share them.",
                 highlight=False,
+                soft_wrap=True,
             )
         os.environ.setdefault(
             "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="giftcard-metrics-")

@@ -1,0 +1,28 @@
+"""Log lines carry the facts passed with them, in JSON or in text."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from giftcard.logs import JsonFormatter, TextFormatter
+
+
+def record() -> logging.LogRecord:
+    entry = logging.LogRecord("giftcard.access", logging.INFO, __file__, 1, "request", (), None)
+    entry.__dict__.update({"method": "POST", "status": 201, "color_message": "\x1b[1m"})
+    return entry
+
+
+def test_json_lines_hold_the_extra_fields() -> None:
+    line = json.loads(JsonFormatter().format(record()))
+    assert line["message"] == "request"
+    assert line["method"] == "POST"
+    assert line["status"] == 201
+    assert line["level"] == "info"
+    assert "color_message" not in line
+
+
+def test_text_lines_hold_the_extra_fields() -> None:
+    line = TextFormatter().format(record())
+    assert line.endswith("INFO giftcard.access request method=POST status=201")
