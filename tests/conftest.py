@@ -71,7 +71,16 @@ def postgres_template(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest) -> str:
+    """Which database a test runs on. Money-moving tests may also ask for
+    "postgresql-serializable": PostgreSQL with every transaction SERIALIZABLE."""
     return str(request.param)
+
+
+# Parametrize a test module with this to run it on SQLite, PostgreSQL, and PostgreSQL at
+# SERIALIZABLE isolation (where the retry of serialization failures is exercised).
+ALL_ISOLATIONS = pytest.mark.parametrize(
+    "backend", ["sqlite", "postgresql", "postgresql-serializable"], indirect=True
+)
 
 
 async def _admin(server: str, statement: str) -> None:
@@ -90,6 +99,8 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
         shutil.copyfile(template, path)
         yield f"sqlite:///{path}"
         return
+    if not backend.startswith("postgresql"):
+        raise ValueError(f"unknown backend {backend!r}")
     server: str = request.getfixturevalue("postgres_url")
     template_name: str = request.getfixturevalue("postgres_template")
     name = f"giftcard_test_{uuid.uuid4().hex[:12]}"
@@ -99,8 +110,11 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, secret_key=TEST_SECRET_KEY)
+def settings(database_url: str, backend: str) -> Settings:
+    isolation = "SERIALIZABLE" if backend == "postgresql-serializable" else None
+    return Settings(
+        database_url=database_url, secret_key=TEST_SECRET_KEY, database_isolation=isolation
+    )
 
 
 @pytest.fixture
@@ -202,4 +216,14 @@ def assert_problem(
     return body
 
 
-__all__ = ["ANY", "PROBLEM", "Shopper", "api_key", "assert_problem", "issue", "replace", "sign_up"]
+__all__ = [
+    "ALL_ISOLATIONS",
+    "ANY",
+    "PROBLEM",
+    "Shopper",
+    "api_key",
+    "assert_problem",
+    "issue",
+    "replace",
+    "sign_up",
+]

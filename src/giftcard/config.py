@@ -60,6 +60,9 @@ class Settings:
     redis_url: str | None = None
     smtp_url: str | None = None
     session_ttl_s: int = 7 * 86400
+    hold_ttl_s: int = 7 * 86400
+    # PostgreSQL isolation: None keeps the server's default (READ COMMITTED).
+    database_isolation: str | None = None
     limit_redeem_failures_account: str = "10/15minutes"
     limit_redeem_failures_address: str = "50/15minutes"
     limit_signups_address: str = "20/hour"
@@ -95,6 +98,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_ttl_s=parse_duration_s(
             "GIFTCARD_SESSION_TTL", env.get("GIFTCARD_SESSION_TTL", "7d")
         ),
+        hold_ttl_s=parse_duration_s("GIFTCARD_HOLD_TTL", env.get("GIFTCARD_HOLD_TTL", "7d")),
+        database_isolation=_isolation(env.get("GIFTCARD_DATABASE_ISOLATION", "")),
         limit_redeem_failures_account=_limit(
             env, "GIFTCARD_LIMIT_REDEEM_FAILURES_ACCOUNT", "10/15minutes"
         ),
@@ -112,6 +117,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=env.get("GIFTCARD_LOG_LEVEL", "INFO").strip().upper() or "INFO",
         log_format=log_format,
     )
+
+
+_ISOLATION_LEVELS = {"read_committed": "READ COMMITTED", "serializable": "SERIALIZABLE"}
+
+
+def _isolation(text: str) -> str | None:
+    """PostgreSQL's isolation level; every transaction is retried on serialization
+    failures, so SERIALIZABLE is safe to choose."""
+    name = text.strip().lower()
+    if not name:
+        return None
+    if name not in _ISOLATION_LEVELS:
+        raise ConfigError("GIFTCARD_DATABASE_ISOLATION must be read_committed or serializable")
+    return _ISOLATION_LEVELS[name]
 
 
 def sqlite_path(database_url: str) -> Path | None:

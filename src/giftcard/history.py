@@ -64,6 +64,7 @@ async def customer_history(
             journal_transactions.c.type,
             journal_transactions.c.description,
             journal_transactions.c.created_at,
+            journal_transactions.c.payment_id,
             cards.c.last4,
         )
         .select_from(
@@ -88,7 +89,7 @@ async def customer_history(
             balance_after=row.balance_after,
             description=row.description,
             created_at=row.created_at,
-            payment_id=None,
+            payment_id=row.payment_id,
             card_last4=row.last4,
         )
         for row in rows[:limit]

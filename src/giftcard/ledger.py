@@ -36,9 +36,19 @@ class AccountKind(enum.StrEnum):
     ISSUANCE = "issuance"
     ADJUSTMENTS = "adjustments"
     PAYMENTS = "payments"
+    # Refunds of what another payment method paid, credited to a balance at the
+    # shopper's wish: new value the store gives, like issuing a card.
+    STORE_CREDIT = "store_credit"
 
 
-SYSTEM_KINDS = frozenset({AccountKind.ISSUANCE, AccountKind.ADJUSTMENTS, AccountKind.PAYMENTS})
+SYSTEM_KINDS = frozenset(
+    {
+        AccountKind.ISSUANCE,
+        AccountKind.ADJUSTMENTS,
+        AccountKind.PAYMENTS,
+        AccountKind.STORE_CREDIT,
+    }
+)
 
 
 class TransactionType(enum.StrEnum):
@@ -79,6 +89,7 @@ class Entry:
     postings: Sequence[Posting]
     customer_id: int | None = None
     card_id: int | None = None
+    payment_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,7 @@ async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> P
                 actor=entry.actor,
                 customer_id=entry.customer_id,
                 card_id=entry.card_id,
+                payment_id=entry.payment_id,
                 created_at=now,
             )
             .returning(journal_transactions.c.id)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from giftcard import idempotency
+from giftcard import idempotency, payments
 from giftcard.abuse import AbuseLimits
 from giftcard.clock import Clock, SystemClock
 from giftcard.config import Settings
@@ -14,7 +14,7 @@ from giftcard.db.engine import Database
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE_INTERVAL_S = 600
+MAINTENANCE_INTERVAL_S = 60
 
 
 @dataclass
@@ -28,7 +28,11 @@ class Services:
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
         return cls(
             settings=settings,
-            db=Database(settings.database_url, pool_size=settings.database_pool_size),
+            db=Database(
+                settings.database_url,
+                pool_size=settings.database_pool_size,
+                isolation=settings.database_isolation,
+            ),
             clock=clock or SystemClock(),
             limits=AbuseLimits(settings),
         )
@@ -37,14 +41,19 @@ class Services:
         await self.db.dispose()
 
     async def maintain(self, *, interval_s: float = MAINTENANCE_INTERVAL_S) -> None:
-        """Housekeeping while the server runs: forget idempotency keys past their time.
-        Safe with several servers: each run deletes a bounded batch of old rows."""
+        """Housekeeping while the server runs: release holds past their expiry and forget
+        idempotency keys past their time. Safe with several servers: every hold is
+        claimed by a guarded update, and each purge deletes a bounded batch."""
         while True:
             await asyncio.sleep(interval_s)
-            try:
-                purged = await idempotency.purge(self.db, now=self.clock.now())
-            except Exception:
-                log.exception("idempotency key purge failed; will retry")
-                continue
-            if purged:
-                log.info("purged idempotency keys", extra={"count": purged})
+            await self.maintain_once()
+
+    async def maintain_once(self) -> None:
+        try:
+            released = await payments.expire_holds(self.db, clock=self.clock)
+            purged = await idempotency.purge(self.db, now=self.clock.now())
+        except Exception:
+            log.exception("maintenance failed; will retry")
+            return
+        if released or purged:
+            log.info("maintenance", extra={"holds_released": released, "keys_purged": purged})

@@ -8,6 +8,8 @@ CUSTOMER = "cus"
 CARD = "card"
 TRANSACTION = "txn"
 STAFF = "stf"
+PAYMENT = "pay"
+REFUND = "re"
 ID_DIGITS_MAX = 18
 
 

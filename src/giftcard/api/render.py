@@ -9,6 +9,7 @@ from giftcard.cards import Card, IssuedCard
 from giftcard.codes import format_code
 from giftcard.customers import Customer, StaffPrincipal
 from giftcard.history import HistoryItem
+from giftcard.payments import Payment, Refund
 from giftcard.redemption import Balance, Redemption
 
 
@@ -57,7 +58,9 @@ def history_item(value: HistoryItem) -> schemas.TransactionOut:
         balance_after=value.balance_after,
         description=value.description,
         created_at=value.created_at,
-        payment_id=None if value.payment_id is None else f"pay_{value.payment_id}",
+        payment_id=None
+        if value.payment_id is None
+        else ids.format_id(ids.PAYMENT, value.payment_id),
         card_last4=value.card_last4,
     )
 
@@ -87,3 +90,33 @@ def issued_card(value: IssuedCard, *, with_code: bool = True) -> schemas.IssuedC
     return schemas.IssuedCardOut(
         **_card_fields(value.card), code=format_code(value.code) if with_code else None
     )
+
+
+def refund(value: Refund, currency: str) -> schemas.RefundOut:
+    return schemas.RefundOut(
+        id=ids.format_id(ids.REFUND, value.id),
+        payment_id=ids.format_id(ids.PAYMENT, value.payment_id),
+        amount=value.amount,
+        currency=currency,
+        to_gift_card_balance=value.to_gift_card_balance,
+        to_original_payment_method=value.to_original_payment_method,
+        created_at=value.created_at,
+    )
+
+
+def payment(value: Payment) -> dict[str, Any]:
+    return schemas.PaymentOut(
+        id=ids.format_id(ids.PAYMENT, value.id),
+        status=value.status.value,
+        customer_id=ids.format_id(ids.CUSTOMER, value.customer_id),
+        order_id=value.order_id,
+        amount=value.amount,
+        currency=value.currency,
+        gift_card_amount=value.gift_card_amount,
+        other_amount=value.other_amount,
+        captured_amount=value.captured_amount,
+        refunded_amount=value.refunded_amount,
+        hold_expires_at=value.hold_expires_at,
+        created_at=value.created_at,
+        refunds=[refund(item, value.currency) for item in value.refunds],
+    ).model_dump(mode="json")

@@ -6,7 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 from giftcard.money import AMOUNT_MINOR_MAX
 
@@ -150,3 +158,51 @@ class ProblemType(BaseModel):
     code: str
     title: str
     status: int
+
+
+class PaymentCreate(Input):
+    customer_id: Annotated[StrictStr, Field(max_length=40, examples=["cus_1"])]
+    order_id: Annotated[StrictStr, Field(min_length=1, max_length=255, examples=["order-1001"])]
+    amount: AmountMinor
+    currency: Currency
+    use_balance: Literal["max", "none"] | Annotated[StrictInt, Field(ge=0, le=AMOUNT_MINOR_MAX)] = (
+        Field(
+            default="max",
+            description='"max" (all the balance can pay), "none", or at most this many minor units',
+        )
+    )
+    capture: StrictBool = True
+
+
+class PaymentCapture(Input):
+    amount: AmountMinor | None = None
+
+
+class RefundCreate(Input):
+    amount: AmountMinor
+
+
+class RefundOut(BaseModel):
+    id: str = Field(examples=["re_1"])
+    payment_id: str
+    amount: int
+    currency: str
+    to_gift_card_balance: int
+    to_original_payment_method: int
+    created_at: datetime
+
+
+class PaymentOut(BaseModel):
+    id: str = Field(examples=["pay_1"])
+    status: Literal["authorized", "captured", "voided", "expired", "refunded"]
+    customer_id: str
+    order_id: str
+    amount: int
+    currency: str
+    gift_card_amount: int
+    other_amount: int
+    captured_amount: int
+    refunded_amount: int
+    hold_expires_at: datetime | None
+    created_at: datetime
+    refunds: list[RefundOut]

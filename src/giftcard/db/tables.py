@@ -217,6 +217,7 @@ journal_transactions = Table(
     Column("customer_id", Id, ForeignKey("customers.id"), nullable=True),
     Column("card_id", Id, ForeignKey("cards.id"), nullable=True),
     _created_at(),
+    Column("payment_id", Id, ForeignKey("payments.id"), nullable=True),
 )
 
 Index("ix_journal_transactions_card_id", journal_transactions.c.card_id)
@@ -256,3 +257,87 @@ idempotency_keys = Table(
     CheckConstraint("state IN ('in_progress', 'complete')", name="state_known"),
 )
 Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)
+
+payments = Table(
+    "payments",
+    metadata,
+    _id(),
+    Column("customer_id", Id, ForeignKey("customers.id"), nullable=False),
+    Column("order_id", String(255), nullable=False),
+    Column("currency", String(3), nullable=False),
+    # The order total, and how it is split: the balance's part and the rest, which the
+    # store charges to another payment method.
+    Column("amount", BigInteger, nullable=False),
+    Column("gift_card_amount", BigInteger, nullable=False),
+    Column("other_amount", BigInteger, nullable=False),
+    # authorized, captured, voided, expired, refunded
+    Column("status", String(16), nullable=False),
+    Column("captured_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("captured_gift_card_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("refunded_amount", BigInteger, nullable=False, server_default=text("0")),
+    Column("refunded_gift_card_amount", BigInteger, nullable=False, server_default=text("0")),
+    # An authorization not captured by then is released by the sweeper.
+    Column("hold_expires_at", UTCDateTime(), nullable=True),
+    Column("actor", String(64), nullable=False),
+    _created_at(),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(
+        "gift_card_amount >= 0 AND other_amount >= 0 AND gift_card_amount + other_amount = amount",
+        name="split_adds_up",
+    ),
+    CheckConstraint(
+        "captured_amount >= 0 AND captured_amount <= amount "
+        "AND captured_gift_card_amount >= 0 AND captured_gift_card_amount <= gift_card_amount "
+        "AND captured_gift_card_amount <= captured_amount",
+        name="captured_within_amount",
+    ),
+    CheckConstraint(
+        "refunded_amount >= 0 AND refunded_amount <= captured_amount "
+        "AND refunded_gift_card_amount >= 0 "
+        "AND refunded_gift_card_amount <= captured_gift_card_amount "
+        "AND refunded_gift_card_amount <= refunded_amount",
+        name="refunded_within_captured",
+    ),
+    CheckConstraint(
+        "status IN ('authorized', 'captured', 'voided', 'expired', 'refunded')",
+        name="status_known",
+    ),
+)
+# One live payment per order and customer: a store retrying without its idempotency key
+# must not charge twice.
+Index(
+    "uq_payments_live_order",
+    payments.c.customer_id,
+    payments.c.order_id,
+    unique=True,
+    sqlite_where=text("status IN ('authorized', 'captured')"),
+    postgresql_where=text("status IN ('authorized', 'captured')"),
+)
+Index(
+    "ix_payments_hold_expires_at",
+    payments.c.hold_expires_at,
+    sqlite_where=text("status = 'authorized'"),
+    postgresql_where=text("status = 'authorized'"),
+)
+
+refunds = Table(
+    "refunds",
+    metadata,
+    _id(),
+    Column("payment_id", Id, ForeignKey("payments.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("gift_card_amount", BigInteger, nullable=False),
+    Column("to_gift_card_balance", BigInteger, nullable=False),
+    Column("to_original_payment_method", BigInteger, nullable=False),
+    Column("transaction_id", Id, ForeignKey("journal_transactions.id"), nullable=True),
+    Column("actor", String(64), nullable=False),
+    _created_at(),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(
+        "to_gift_card_balance >= 0 AND to_original_payment_method >= 0 "
+        "AND to_gift_card_balance + to_original_payment_method = amount",
+        name="split_adds_up",
+    ),
+)
+Index("ix_refunds_payment_id", refunds.c.payment_id)

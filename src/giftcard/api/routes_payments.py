@@ -1,0 +1,168 @@
+"""Checkout: the store's back end applies a customer's balance to an order (API keys
+admin, merchant)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from giftcard import payments
+from giftcard.api import ids, render, schemas
+from giftcard.api.deps import IdempotencyKey, roles, run_idempotent, services
+from giftcard.api.problems import problems
+from giftcard.customers import Principal, Role
+from giftcard.services import Services
+
+router = APIRouter(prefix="/v1/payments", tags=["payments"])
+merchant = roles(Role.ADMIN, Role.MERCHANT)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=schemas.PaymentOut,
+    responses=problems(401, 403, 404, 409),
+    summary="Pay for an order with the balance, alone or with another payment method",
+)
+async def create_payment(
+    body: schemas.PaymentCreate,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+    who: Principal = Depends(merchant),
+    svc: Services = Depends(services),
+) -> Any:
+    payment_request = payments.PaymentRequest(
+        customer_id=ids.parse_id(ids.CUSTOMER, body.customer_id, param="customer_id"),
+        order_id=body.order_id,
+        amount=body.amount,
+        currency=body.currency,
+        use_balance=body.use_balance,
+        capture=body.capture,
+    )
+
+    async def act(before_commit: Any) -> payments.Payment:
+        return await payments.create(
+            svc.db,
+            payment_request,
+            hold_ttl_s=svc.settings.hold_ttl_s,
+            actor=who.actor,
+            clock=svc.clock,
+            before_commit=before_commit,
+        )
+
+    return await run_idempotent(
+        request, who=who, body=body.model_dump(), status=201, act=act, render=render.payment
+    )
+
+
+@router.post(
+    "/{payment_id}/capture",
+    response_model=schemas.PaymentOut,
+    responses=problems(401, 403, 404, 409),
+    summary="Capture an authorized payment, in full or in part (the rest is released)",
+)
+async def capture_payment(
+    payment_id: str,
+    request: Request,
+    body: schemas.PaymentCapture | None = None,
+    idempotency_key: IdempotencyKey = None,
+    who: Principal = Depends(merchant),
+    svc: Services = Depends(services),
+) -> Any:
+    number = ids.parse_id(ids.PAYMENT, payment_id)
+    amount = body.amount if body else None
+
+    async def act(before_commit: Any) -> payments.Payment:
+        return await payments.capture(
+            svc.db,
+            number,
+            amount=amount,
+            actor=who.actor,
+            clock=svc.clock,
+            before_commit=before_commit,
+        )
+
+    return await run_idempotent(
+        request,
+        who=who,
+        body=body.model_dump() if body else None,
+        status=200,
+        act=act,
+        render=render.payment,
+    )
+
+
+@router.post(
+    "/{payment_id}/void",
+    response_model=schemas.PaymentOut,
+    responses=problems(401, 403, 404, 409),
+    summary="Cancel an authorized payment: its hold goes back to the balance",
+)
+async def void_payment(
+    payment_id: str,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+    who: Principal = Depends(merchant),
+    svc: Services = Depends(services),
+) -> Any:
+    number = ids.parse_id(ids.PAYMENT, payment_id)
+
+    async def act(before_commit: Any) -> payments.Payment:
+        return await payments.void(
+            svc.db, number, actor=who.actor, clock=svc.clock, before_commit=before_commit
+        )
+
+    return await run_idempotent(
+        request, who=who, body=None, status=200, act=act, render=render.payment
+    )
+
+
+@router.post(
+    "/{payment_id}/refunds",
+    status_code=201,
+    response_model=schemas.RefundOut,
+    responses=problems(401, 403, 404, 409),
+    summary="Refund part or all of a captured payment",
+)
+async def refund_payment(
+    payment_id: str,
+    body: schemas.RefundCreate,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+    who: Principal = Depends(merchant),
+    svc: Services = Depends(services),
+) -> Any:
+    number = ids.parse_id(ids.PAYMENT, payment_id)
+    current = await payments.get(svc.db, number)
+
+    async def act(before_commit: Any) -> payments.Refund:
+        return await payments.refund(
+            svc.db,
+            number,
+            amount=body.amount,
+            actor=who.actor,
+            clock=svc.clock,
+            before_commit=before_commit,
+        )
+
+    return await run_idempotent(
+        request,
+        who=who,
+        body=body.model_dump(),
+        status=201,
+        act=act,
+        render=lambda made: render.refund(made, current.currency).model_dump(mode="json"),
+    )
+
+
+@router.get(
+    "/{payment_id}",
+    response_model=schemas.PaymentOut,
+    responses=problems(401, 403, 404),
+    summary="A payment with its refunds",
+)
+async def get_payment(
+    payment_id: str, who: Principal = Depends(merchant), svc: Services = Depends(services)
+) -> Any:
+    return render.payment(await payments.get(svc.db, ids.parse_id(ids.PAYMENT, payment_id)))

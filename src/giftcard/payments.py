@@ -1,0 +1,651 @@
+"""Paying at checkout with the gift card balance: authorize (hold), capture, void,
+refund, and the release of holds nobody captured.
+
+A payment covers one order. Its `gift_card_amount` is what the balance pays,
+min(requested, available, order total); `other_amount` is the rest, which the store
+charges to another payment method. Money moves only through the ledger:
+
+- authorize (capture=false): available → held (a HOLD; `total` is unchanged)
+- capture at once (capture=true): available → the store's payments account (a PAYMENT)
+- capture of a hold: held → payments for the captured part (a CAPTURE), and held →
+  available for the rest (a RELEASE)
+- void, or a hold past its expiry: held → available (a RELEASE)
+- refund: payments → available for the gift-card part, which is refunded first; the
+  rest was paid by another method and goes back there, or, when the customer prefers,
+  store credit → available in the same transaction (a REFUND)
+
+Races are settled by the database: the customer's available account row is locked
+before the amount is decided, and every change of a payment is a guarded UPDATE on its
+row (`... WHERE status = 'authorized'`, `... WHERE captured_amount - refunded_amount >=
+:amount`) whose row count says who won.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from giftcard import ledger
+from giftcard.clock import Clock
+from giftcard.customers import Customer, RefundPreference, customer_from_row
+from giftcard.db.engine import Database, is_unique_violation
+from giftcard.db.tables import customers, ledger_accounts, payments, refunds
+from giftcard.errors import ErrorCode, GiftcardError, LedgerInvariantError, validation_error
+from giftcard.money import AMOUNT_MINOR_MAX, format_minor
+
+ORDER_ID_LENGTH_MAX = 255
+# Holds released per sweep; the sweeper loops until none are left.
+EXPIRED_HOLDS_PER_SWEEP_MAX = 500
+REFUNDS_PER_PAYMENT_MAX = 1000
+
+UseBalance = Literal["max", "none"] | int
+
+
+class PaymentStatus(enum.StrEnum):
+    AUTHORIZED = "authorized"
+    CAPTURED = "captured"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+
+
+@dataclass(frozen=True)
+class Refund:
+    id: int
+    payment_id: int
+    amount: int
+    to_gift_card_balance: int
+    to_original_payment_method: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Payment:
+    id: int
+    status: PaymentStatus
+    customer_id: int
+    order_id: str
+    amount: int
+    currency: str
+    gift_card_amount: int
+    other_amount: int
+    captured_amount: int
+    captured_gift_card_amount: int
+    refunded_amount: int
+    refunded_gift_card_amount: int
+    hold_expires_at: datetime | None
+    created_at: datetime
+    refunds: tuple[Refund, ...] = ()
+
+
+@dataclass(frozen=True)
+class PaymentRequest:
+    customer_id: int
+    order_id: str
+    amount: int
+    currency: str
+    use_balance: UseBalance
+    capture: bool = True
+
+
+def payment_from_row(row: Row[Any], found_refunds: tuple[Refund, ...] = ()) -> Payment:
+    return Payment(
+        id=row.id,
+        status=PaymentStatus(row.status),
+        customer_id=row.customer_id,
+        order_id=row.order_id,
+        amount=row.amount,
+        currency=row.currency,
+        gift_card_amount=row.gift_card_amount,
+        other_amount=row.other_amount,
+        captured_amount=row.captured_amount,
+        captured_gift_card_amount=row.captured_gift_card_amount,
+        refunded_amount=row.refunded_amount,
+        refunded_gift_card_amount=row.refunded_gift_card_amount,
+        hold_expires_at=row.hold_expires_at,
+        created_at=row.created_at,
+        refunds=found_refunds,
+    )
+
+
+def check_request(request: PaymentRequest) -> None:
+    if type(request.amount) is not int or not 0 < request.amount <= AMOUNT_MINOR_MAX:
+        raise validation_error(
+            f"amount must be a whole number of minor units from 1 to {AMOUNT_MINOR_MAX}.",
+            "amount",
+        )
+    if not 0 < len(request.order_id) <= ORDER_ID_LENGTH_MAX or not request.order_id.isprintable():
+        raise validation_error(
+            f"order_id must be 1 to {ORDER_ID_LENGTH_MAX} printable characters.", "order_id"
+        )
+    use = request.use_balance
+    if isinstance(use, bool) or not (use in ("max", "none") or isinstance(use, int)):
+        raise validation_error('use_balance is "max", "none" or an amount.', "use_balance")
+    if isinstance(use, int) and not 0 <= use <= request.amount:
+        raise validation_error("use_balance must be from 0 to the order's amount.", "use_balance")
+
+
+def balance_part(use: UseBalance, available: int, order_amount: int) -> int:
+    """min(requested use, available balance, order total): what the balance pays."""
+    requested = {"max": order_amount, "none": 0}.get(use, use) if isinstance(use, str) else use
+    return max(0, min(int(requested), available, order_amount))
+
+
+async def create(
+    db: Database,
+    request: PaymentRequest,
+    *,
+    hold_ttl_s: int,
+    actor: str,
+    clock: Clock,
+    before_commit: Any = None,
+) -> Payment:
+    """Apply the balance to an order: captured at once, or held until captured."""
+    check_request(request)
+
+    async def work(connection: AsyncConnection) -> Payment:
+        now = clock.now()
+        customer = await _customer(connection, request.customer_id)
+        if request.currency != customer.currency:
+            raise GiftcardError(
+                ErrorCode.CURRENCY_MISMATCH,
+                f"This customer pays in {customer.currency}, not {request.currency}.",
+                param="currency",
+            )
+        available = await _lock_balance(connection, customer.available_account_id)
+        gift = balance_part(request.use_balance, available, request.amount)
+        status = PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED
+        payment_id = await _insert(
+            connection, request, customer, gift, status, hold_ttl_s, actor, now
+        )
+        if gift:
+            await _apply(connection, customer, payment_id, gift, status, actor, now)
+        payment = await _get(connection, payment_id)
+        if before_commit is not None:
+            await before_commit(connection, payment)
+        return payment
+
+    return await db.run(work)
+
+
+async def _customer(connection: AsyncConnection, customer_id: int) -> Customer:
+    row = (
+        await connection.execute(select(customers).where(customers.c.id == customer_id))
+    ).one_or_none()
+    if row is None:
+        raise GiftcardError(
+            ErrorCode.NOT_FOUND, f"No customer cus_{customer_id}.", param="customer_id"
+        )
+    return customer_from_row(row)
+
+
+async def _lock_balance(connection: AsyncConnection, account_id: int) -> int:
+    """The available balance, with its row locked until the transaction ends, so that
+    two payments cannot both decide to spend the same money."""
+    query = select(ledger_accounts.c.balance).where(ledger_accounts.c.id == account_id)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return int((await connection.execute(query)).scalar_one())
+
+
+async def _insert(
+    connection: AsyncConnection,
+    request: PaymentRequest,
+    customer: Customer,
+    gift: int,
+    status: PaymentStatus,
+    hold_ttl_s: int,
+    actor: str,
+    now: datetime,
+) -> int:
+    captured = status is PaymentStatus.CAPTURED
+    statement = (
+        insert(payments)
+        .values(
+            customer_id=customer.id,
+            order_id=request.order_id,
+            currency=customer.currency,
+            amount=request.amount,
+            gift_card_amount=gift,
+            other_amount=request.amount - gift,
+            status=status.value,
+            captured_amount=request.amount if captured else 0,
+            captured_gift_card_amount=gift if captured else 0,
+            hold_expires_at=None if captured else now + timedelta(seconds=hold_ttl_s),
+            actor=actor,
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(payments.c.id)
+    )
+    try:
+        return int((await connection.execute(statement)).scalar_one())
+    except IntegrityError as error:
+        if is_unique_violation(error):
+            raise GiftcardError(
+                ErrorCode.INVALID_STATE,
+                f"Order {request.order_id!r} already has a live payment for this customer. "
+                "Void it first, or retry with the same Idempotency-Key.",
+                param="order_id",
+            ) from None
+        raise
+
+
+async def _apply(
+    connection: AsyncConnection,
+    customer: Customer,
+    payment_id: int,
+    gift: int,
+    status: PaymentStatus,
+    actor: str,
+    now: datetime,
+) -> None:
+    currency = customer.currency
+    if status is PaymentStatus.CAPTURED:
+        entry_type = ledger.TransactionType.PAYMENT
+        target = await ledger.system_posting(
+            connection, ledger.AccountKind.PAYMENTS, currency, gift
+        )
+        description = f"Paid {format_minor(gift, currency)} for an order"
+    else:
+        entry_type = ledger.TransactionType.HOLD
+        target = ledger.Posting(customer.held_account_id, gift)
+        description = f"Held {format_minor(gift, currency)} for an order"
+    await ledger.post(
+        connection,
+        ledger.Entry(
+            type=entry_type,
+            currency=currency,
+            description=description,
+            actor=actor,
+            customer_id=customer.id,
+            payment_id=payment_id,
+            postings=[ledger.Posting(customer.available_account_id, -gift), target],
+        ),
+        now=now,
+    )
+
+
+async def _get(connection: AsyncConnection, payment_id: int, *, lock: bool = False) -> Payment:
+    """The payment with its refunds; with `lock`, its row stays locked (PostgreSQL; a
+    SQLite write transaction holds the whole database already) until the transaction
+    ends, so that what is decided from it still holds when it is written."""
+    query = select(payments).where(payments.c.id == payment_id)
+    if lock and connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = (await connection.execute(query)).one_or_none()
+    if row is None:
+        raise GiftcardError(ErrorCode.NOT_FOUND, f"No payment pay_{payment_id}.")
+    found = (
+        await connection.execute(
+            select(refunds)
+            .where(refunds.c.payment_id == payment_id)
+            .order_by(refunds.c.id)
+            .limit(REFUNDS_PER_PAYMENT_MAX)
+        )
+    ).all()
+    return payment_from_row(
+        row,
+        tuple(
+            Refund(
+                r.id,
+                r.payment_id,
+                r.amount,
+                r.to_gift_card_balance,
+                r.to_original_payment_method,
+                r.created_at,
+            )
+            for r in found
+        ),
+    )
+
+
+async def get(db: Database, payment_id: int) -> Payment:
+    async with db.transaction(write=False) as connection:
+        return await _get(connection, payment_id)
+
+
+async def capture(
+    db: Database,
+    payment_id: int,
+    *,
+    amount: int | None,
+    actor: str,
+    clock: Clock,
+    before_commit: Any = None,
+) -> Payment:
+    """Capture an authorized payment, in full or in part; the uncaptured part of the
+    hold goes back to the available balance. The balance's part is captured first."""
+
+    async def work(connection: AsyncConnection) -> Payment:
+        now = clock.now()
+        current = await _get(connection, payment_id)
+        wanted = current.amount if amount is None else amount
+        if type(wanted) is not int or not 0 < wanted <= current.amount:
+            raise validation_error(
+                f"amount must be from 1 to the authorized {current.amount}.", "amount"
+            )
+        captured_gift = min(wanted, current.gift_card_amount)
+        claimed = await connection.execute(
+            update(payments)
+            .where(
+                payments.c.id == payment_id,
+                payments.c.status == PaymentStatus.AUTHORIZED.value,
+                payments.c.hold_expires_at > now,
+            )
+            .values(
+                status=PaymentStatus.CAPTURED.value,
+                captured_amount=wanted,
+                captured_gift_card_amount=captured_gift,
+                updated_at=now,
+            )
+        )
+        if claimed.rowcount != 1:
+            raise await _not_in_state(connection, payment_id, "captured", now)
+        customer = await _customer(connection, current.customer_id)
+        await _settle_hold(connection, customer, current, captured_gift, actor, now)
+        payment = await _get(connection, payment_id)
+        if before_commit is not None:
+            await before_commit(connection, payment)
+        return payment
+
+    return await db.run(work)
+
+
+async def _settle_hold(
+    connection: AsyncConnection,
+    customer: Customer,
+    payment: Payment,
+    captured_gift: int,
+    actor: str,
+    now: datetime,
+) -> None:
+    """Move a hold's money: the captured part to the store, the rest back to available."""
+    currency = payment.currency
+    released = payment.gift_card_amount - captured_gift
+    if captured_gift:
+        await ledger.post(
+            connection,
+            ledger.Entry(
+                type=ledger.TransactionType.CAPTURE,
+                currency=currency,
+                description=f"Captured {format_minor(captured_gift, currency)} for an order",
+                actor=actor,
+                customer_id=customer.id,
+                payment_id=payment.id,
+                postings=[
+                    ledger.Posting(customer.held_account_id, -captured_gift),
+                    await ledger.system_posting(
+                        connection, ledger.AccountKind.PAYMENTS, currency, captured_gift
+                    ),
+                ],
+            ),
+            now=now,
+        )
+    if released:
+        await _release(connection, customer, payment.id, released, actor, now)
+
+
+async def _release(
+    connection: AsyncConnection,
+    customer: Customer,
+    payment_id: int,
+    amount: int,
+    actor: str,
+    now: datetime,
+) -> None:
+    await ledger.post(
+        connection,
+        ledger.Entry(
+            type=ledger.TransactionType.RELEASE,
+            currency=customer.currency,
+            description=f"Released {format_minor(amount, customer.currency)} held for an order",
+            actor=actor,
+            customer_id=customer.id,
+            payment_id=payment_id,
+            postings=[
+                ledger.Posting(customer.held_account_id, -amount),
+                ledger.Posting(customer.available_account_id, amount),
+            ],
+        ),
+        now=now,
+    )
+
+
+async def void(
+    db: Database, payment_id: int, *, actor: str, clock: Clock, before_commit: Any = None
+) -> Payment:
+    """Cancel an authorized payment: the whole hold returns to the available balance."""
+
+    async def work(connection: AsyncConnection) -> Payment:
+        now = clock.now()
+        claimed = await connection.execute(
+            update(payments)
+            .where(
+                payments.c.id == payment_id,
+                payments.c.status == PaymentStatus.AUTHORIZED.value,
+            )
+            .values(status=PaymentStatus.VOIDED.value, updated_at=now)
+        )
+        if claimed.rowcount != 1:
+            raise await _not_in_state(connection, payment_id, "voided", now)
+        current = await _get(connection, payment_id)
+        if current.gift_card_amount:
+            customer = await _customer(connection, current.customer_id)
+            await _release(connection, customer, payment_id, current.gift_card_amount, actor, now)
+        if before_commit is not None:
+            await before_commit(connection, current)
+        return current
+
+    return await db.run(work)
+
+
+async def _not_in_state(
+    connection: AsyncConnection, payment_id: int, wanted: str, now: datetime
+) -> GiftcardError:
+    current = await _get(connection, payment_id)
+    status = current.status
+    if (
+        status is PaymentStatus.AUTHORIZED
+        and current.hold_expires_at is not None
+        and current.hold_expires_at <= now
+    ):
+        return GiftcardError(
+            ErrorCode.INVALID_STATE,
+            "This authorization has expired; its hold is being released. Create a new payment.",
+        )
+    return GiftcardError(
+        ErrorCode.INVALID_STATE, f"This payment is {status.value} and cannot be {wanted}."
+    )
+
+
+async def refund(
+    db: Database,
+    payment_id: int,
+    *,
+    amount: int,
+    actor: str,
+    clock: Clock,
+    before_commit: Any = None,
+) -> Refund:
+    """Give back part or all of what a payment captured. The balance's part is refunded
+    first, always to the balance; the rest follows the customer's refund preference."""
+    if type(amount) is not int or not 0 < amount <= AMOUNT_MINOR_MAX:
+        raise validation_error("amount must be a positive whole number of minor units.", "amount")
+
+    async def work(connection: AsyncConnection) -> Refund:
+        now = clock.now()
+        current = await _get(connection, payment_id, lock=True)
+        if current.status not in (PaymentStatus.CAPTURED,):
+            raise GiftcardError(
+                ErrorCode.INVALID_STATE,
+                f"Only a captured payment can be refunded; this one is {current.status.value}.",
+            )
+        refundable = current.captured_amount - current.refunded_amount
+        if amount > refundable:
+            raise GiftcardError(
+                ErrorCode.INVALID_STATE,
+                f"At most {refundable} of this payment can still be refunded.",
+                param="amount",
+            )
+        gift_part = min(
+            amount, current.captured_gift_card_amount - current.refunded_gift_card_amount
+        )
+        claimed = await connection.execute(
+            update(payments)
+            .where(
+                payments.c.id == payment_id,
+                payments.c.status == PaymentStatus.CAPTURED.value,
+                payments.c.refunded_amount == current.refunded_amount,
+            )
+            .values(
+                refunded_amount=payments.c.refunded_amount + amount,
+                refunded_gift_card_amount=payments.c.refunded_gift_card_amount + gift_part,
+                status=PaymentStatus.REFUNDED.value
+                if current.refunded_amount + amount == current.captured_amount
+                else PaymentStatus.CAPTURED.value,
+                updated_at=now,
+            )
+        )
+        if claimed.rowcount != 1:
+            raise LedgerInvariantError("a locked payment changed under its refund")
+        customer = await _customer(connection, current.customer_id)
+        other_part = amount - gift_part
+        to_balance_other = (
+            other_part if customer.refund_preference is RefundPreference.GIFT_CARD_BALANCE else 0
+        )
+        transaction_id = await _credit_refund(
+            connection, customer, payment_id, gift_part, to_balance_other, actor, now
+        )
+        refund_id = int(
+            (
+                await connection.execute(
+                    insert(refunds)
+                    .values(
+                        payment_id=payment_id,
+                        amount=amount,
+                        gift_card_amount=gift_part,
+                        to_gift_card_balance=gift_part + to_balance_other,
+                        to_original_payment_method=other_part - to_balance_other,
+                        transaction_id=transaction_id,
+                        actor=actor,
+                        created_at=now,
+                    )
+                    .returning(refunds.c.id)
+                )
+            ).scalar_one()
+        )
+        made = Refund(
+            refund_id,
+            payment_id,
+            amount,
+            gift_part + to_balance_other,
+            other_part - to_balance_other,
+            now,
+        )
+        if before_commit is not None:
+            await before_commit(connection, made)
+        return made
+
+    return await db.run(work)
+
+
+async def _credit_refund(
+    connection: AsyncConnection,
+    customer: Customer,
+    payment_id: int,
+    gift_part: int,
+    other_part_to_balance: int,
+    actor: str,
+    now: datetime,
+) -> int | None:
+    total = gift_part + other_part_to_balance
+    if not total:
+        return None
+    currency = customer.currency
+    sources = []
+    if gift_part:
+        sources.append(
+            await ledger.system_posting(
+                connection, ledger.AccountKind.PAYMENTS, currency, -gift_part
+            )
+        )
+    if other_part_to_balance:
+        sources.append(
+            await ledger.system_posting(
+                connection, ledger.AccountKind.STORE_CREDIT, currency, -other_part_to_balance
+            )
+        )
+    posted = await ledger.post(
+        connection,
+        ledger.Entry(
+            type=ledger.TransactionType.REFUND,
+            currency=currency,
+            description=f"Refund of {format_minor(total, currency)} to your gift card balance",
+            actor=actor,
+            customer_id=customer.id,
+            payment_id=payment_id,
+            postings=[*sources, ledger.Posting(customer.available_account_id, total)],
+        ),
+        now=now,
+    )
+    return posted.transaction_id
+
+
+async def expire_holds(db: Database, *, clock: Clock, actor: str = "system:hold-sweeper") -> int:
+    """Release every authorization whose hold has expired; returns how many. Safe with
+    several servers sweeping at once: each hold is claimed by a guarded UPDATE."""
+    released = 0
+    while True:
+        now = clock.now()
+        async with db.transaction(write=False) as connection:
+            due = (
+                (
+                    await connection.execute(
+                        select(payments.c.id)
+                        .where(
+                            payments.c.status == PaymentStatus.AUTHORIZED.value,
+                            payments.c.hold_expires_at <= now,
+                        )
+                        .order_by(payments.c.hold_expires_at)
+                        .limit(EXPIRED_HOLDS_PER_SWEEP_MAX)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        if not due:
+            return released
+        for payment_id in due:
+            if await _expire_one(db, int(payment_id), actor=actor, now=now):
+                released += 1
+        if len(due) < EXPIRED_HOLDS_PER_SWEEP_MAX:
+            return released
+
+
+async def _expire_one(db: Database, payment_id: int, *, actor: str, now: datetime) -> bool:
+    async def work(connection: AsyncConnection) -> bool:
+        claimed = await connection.execute(
+            update(payments)
+            .where(
+                payments.c.id == payment_id,
+                payments.c.status == PaymentStatus.AUTHORIZED.value,
+                payments.c.hold_expires_at <= now,
+            )
+            .values(status=PaymentStatus.EXPIRED.value, updated_at=now)
+        )
+        if claimed.rowcount != 1:
+            return False
+        current = await _get(connection, payment_id)
+        if current.gift_card_amount:
+            customer = await _customer(connection, current.customer_id)
+            await _release(connection, customer, payment_id, current.gift_card_amount, actor, now)
+        return True
+
+    return await db.run(work)
