@@ -92,6 +92,42 @@ _CHECKS: list[tuple[str, str, str]] = [
         "redemption does not credit them its value",
     ),
     (
+        "payment holds",
+        """SELECT y.id, y.status, y.gift_card_amount, COALESCE(SUM(p.amount), 0) AS held
+           FROM payments y JOIN customers u ON u.id = y.customer_id
+           LEFT JOIN journal_transactions t ON t.payment_id = y.id
+           LEFT JOIN postings p ON p.transaction_id = t.id AND p.account_id = u.held_account_id
+           GROUP BY y.id, y.status, y.gift_card_amount
+           HAVING COALESCE(SUM(p.amount), 0)
+                  <> CASE WHEN y.status = 'authorized' THEN y.gift_card_amount ELSE 0 END""",
+        "payment {id} is {status} with a balance part of {gift_card_amount} but holds {held}",
+    ),
+    (
+        "payments received",
+        """SELECT y.id, y.captured_gift_card_amount, y.refunded_gift_card_amount,
+                  COALESCE(SUM(p.amount), 0) AS received
+           FROM payments y
+           LEFT JOIN journal_transactions t ON t.payment_id = y.id
+           LEFT JOIN postings p ON p.transaction_id = t.id AND p.account_id IN (
+             SELECT id FROM ledger_accounts WHERE kind = 'payments' AND NOT tracked)
+           GROUP BY y.id, y.captured_gift_card_amount, y.refunded_gift_card_amount
+           HAVING COALESCE(SUM(p.amount), 0)
+                  <> y.captured_gift_card_amount - y.refunded_gift_card_amount""",
+        "payment {id} captured {captured_gift_card_amount} from the balance and refunded "
+        "{refunded_gift_card_amount} of it, but the store's account received {received}",
+    ),
+    (
+        "refunds add up",
+        """SELECT y.id, y.refunded_amount, y.refunded_gift_card_amount,
+                  COALESCE(SUM(r.amount), 0) AS total, COALESCE(SUM(r.gift_card_amount), 0) AS gift
+           FROM payments y LEFT JOIN refunds r ON r.payment_id = y.id
+           GROUP BY y.id, y.refunded_amount, y.refunded_gift_card_amount
+           HAVING COALESCE(SUM(r.amount), 0) <> y.refunded_amount
+               OR COALESCE(SUM(r.gift_card_amount), 0) <> y.refunded_gift_card_amount""",
+        "payment {id} records {refunded_amount} refunded ({refunded_gift_card_amount} of it "
+        "to the balance's part) but its refunds add up to {total} ({gift})",
+    ),
+    (
         "customer accounts",
         """SELECT u.id, u.currency FROM customers u
            JOIN ledger_accounts av ON av.id = u.available_account_id
@@ -112,7 +148,8 @@ class Report:
     def summary(self) -> list[str]:
         lines = [
             "Checked {transactions} journal transactions, {postings} postings, "
-            "{accounts} accounts, {cards} cards, {customers} customers.".format(**self.counts)
+            "{accounts} accounts, {cards} cards, {customers} customers, "
+            "{payments} payments.".format(**self.counts)
         ]
         for currency, sums in sorted(self.totals.items()):
             lines.append(
@@ -135,7 +172,14 @@ async def verify(db: Database) -> Report:
                 report.problems.append(f"{name}: " + sentence.format(**row))
             if len(rows) > CULPRITS_PER_CHECK_MAX:
                 report.problems.append(f"{name}: more culprits not listed")
-        for table in ("journal_transactions", "postings", "ledger_accounts", "cards", "customers"):
+        for table in (
+            "journal_transactions",
+            "postings",
+            "ledger_accounts",
+            "cards",
+            "customers",
+            "payments",
+        ):
             count = (await connection.execute(text(f"SELECT COUNT(*) FROM {table}"))).scalar_one()  # noqa: S608 - fixed names
             report.counts[table.removeprefix("journal_").replace("ledger_", "")] = int(count)
         balances = await connection.execute(

@@ -75,12 +75,14 @@ async def redeem(client: httpx.AsyncClient, auth: dict[str, str], code: str) -> 
 
 @dataclass(frozen=True)
 class Workload:
+    shopper_id: int
     shopper_available_account_id: int
 
 
 async def mixed_workload(client: httpx.AsyncClient, services: Services) -> Workload:
     """Digital and physical cards issued, one physical activated, several redeemed, a
-    refusal of every kind, and a card frozen, refused, unfrozen and redeemed."""
+    refusal of every kind, a card frozen, refused, unfrozen and redeemed, and payments
+    held, partly captured, refunded and voided."""
     admin = await api_key(services)
     digital = await issue(client, admin, amount=2500, count=3)
     physical = await issue(client, admin, amount=1000, kind="physical", count=2)
@@ -119,6 +121,7 @@ async def mixed_workload(client: httpx.AsyncClient, services: Services) -> Workl
 
     balance = (await client.get("/v1/me/balance", headers=first.auth)).json()
     assert balance["total"] == 2500 * 2 + 1000
+    await pay_hold_capture_refund_void(client, admin, first.id)
     async with services.db.transaction(write=False) as connection:
         account_id = (
             await connection.execute(
@@ -126,7 +129,37 @@ async def mixed_workload(client: httpx.AsyncClient, services: Services) -> Workl
                 {"id": ids.parse_id(ids.CUSTOMER, first.id)},
             )
         ).scalar_one()
-    return Workload(shopper_available_account_id=int(account_id))
+    return Workload(
+        shopper_id=ids.parse_id(ids.CUSTOMER, first.id),
+        shopper_available_account_id=int(account_id),
+    )
+
+
+async def pay_hold_capture_refund_void(
+    client: httpx.AsyncClient, admin: dict[str, str], customer_id: str
+) -> None:
+    order = {"customer_id": customer_id, "amount": 4000, "currency": "USD"}
+    held = await client.post(
+        "/v1/payments", json={**order, "order_id": "verify-1", "capture": False}, headers=admin
+    )
+    assert held.status_code == 201, held.text
+    payment = held.json()["id"]
+    captured = await client.post(
+        f"/v1/payments/{payment}/capture", json={"amount": 3000}, headers=admin
+    )
+    assert captured.status_code == 200, captured.text
+    refunded = await client.post(
+        f"/v1/payments/{payment}/refunds", json={"amount": 500}, headers=admin
+    )
+    assert refunded.status_code == 201, refunded.text
+    voided_hold = await client.post(
+        "/v1/payments",
+        json={**order, "order_id": "verify-2", "capture": False, "use_balance": 700},
+        headers=admin,
+    )
+    assert voided_hold.status_code == 201, voided_hold.text
+    voided = await client.post(f"/v1/payments/{voided_hold.json()['id']}/void", headers=admin)
+    assert voided.status_code == 200, voided.text
 
 
 async def test_verify_passes_after_mixed_workload(
@@ -201,6 +234,44 @@ async def test_verify_names_an_account_whose_balance_was_changed(
     assert re.search(
         rf"^FAIL account balances: account {account_id} \(customer_available\) holds "
         r"\d+ but its postings sum to \d+$",
+        result.stderr,
+        re.MULTILINE,
+    ), result.output
+
+
+async def test_verify_names_a_payment_whose_hold_does_not_match(
+    client: httpx.AsyncClient, services: Services, database_url: str
+) -> None:
+    """Given an authorized payment marked voided directly in the database (its hold never
+    released), verify exits non-zero and names the payment."""
+    workload = await mixed_workload(client, services)
+    merchant = await api_key(services, "merchant")
+    created = await client.post(
+        "/v1/payments",
+        json={
+            "customer_id": ids.format_id(ids.CUSTOMER, workload.shopper_id),
+            "use_balance": 100,
+            "order_id": "tampered",
+            "amount": 100,
+            "currency": "USD",
+            "capture": False,
+        },
+        headers=merchant,
+    )
+    assert created.status_code == 201, created.text
+    payment_id = ids.parse_id(ids.PAYMENT, created.json()["id"])
+    assert (await run_verify(database_url)).exit_code == 0
+    async with services.db.transaction() as connection:
+        await connection.execute(
+            text("UPDATE payments SET status = 'voided' WHERE id = :id"), {"id": payment_id}
+        )
+
+    result = await run_verify(database_url)
+
+    assert result.exit_code != 0, result.output
+    assert re.search(
+        rf"^FAIL payment holds: payment {payment_id} is voided with a balance part of 100 "
+        r"but holds 100$",
         result.stderr,
         re.MULTILINE,
     ), result.output
