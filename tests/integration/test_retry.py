@@ -1,0 +1,124 @@
+"""The one place that retries transactions: serialization failures and deadlocks are run
+again, a bounded number of times; anything else is raised at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from giftcard.db import engine as engine_module
+from giftcard.db.engine import RETRY_ATTEMPTS_MAX, Database, is_retryable
+
+
+class FakeDriverError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+def driver_error(sqlstate: str) -> DBAPIError:
+    return DBAPIError("UPDATE ...", None, FakeDriverError(sqlstate))
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "RETRY_BACKOFF_BASE_S", 0.0)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+async def test_retryable_failures_are_run_again(
+    database_url: str, sqlstate: str, no_backoff: None
+) -> None:
+    db = Database(database_url)
+    attempts = 0
+
+    async def work(connection: AsyncConnection) -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise driver_error(sqlstate)
+        return "done"
+
+    try:
+        assert await db.run(work) == "done"
+    finally:
+        await db.dispose()
+    assert attempts == 3
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_retries_are_bounded(database_url: str, no_backoff: None) -> None:
+    db = Database(database_url)
+    attempts = 0
+
+    async def work(connection: AsyncConnection) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise driver_error("40001")
+
+    try:
+        with pytest.raises(DBAPIError):
+            await db.run(work)
+    finally:
+        await db.dispose()
+    assert attempts == RETRY_ATTEMPTS_MAX
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_other_failures_are_not_retried(database_url: str, no_backoff: None) -> None:
+    db = Database(database_url)
+    attempts = 0
+
+    async def work(connection: AsyncConnection) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise driver_error("23505")
+
+    try:
+        with pytest.raises(DBAPIError):
+            await db.run(work)
+    finally:
+        await db.dispose()
+    assert attempts == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_real_serialization_failure_is_recognised(database_url: str) -> None:
+    """Two SERIALIZABLE transactions that each read what the other writes: PostgreSQL
+    aborts one with SQLSTATE 40001, and that error is one the retry helper retries."""
+    db = Database(database_url, isolation="SERIALIZABLE")
+    both_read = asyncio.Barrier(2)
+    errors: list[BaseException] = []
+
+    async def read_then_write(kind: str) -> None:
+        try:
+            async with db.transaction() as connection:
+                await connection.execute(
+                    text("SELECT COUNT(*) FROM ledger_accounts WHERE kind = 'issuance'")
+                )
+                await both_read.wait()
+                await connection.execute(
+                    text(
+                        "INSERT INTO ledger_accounts (kind, currency, tracked, balance, created_at)"
+                        " VALUES (:kind, 'USD', true, 0, now())"
+                    ),
+                    {"kind": kind},
+                )
+        except DBAPIError as error:
+            errors.append(error)
+
+    async def both() -> Any:
+        return await asyncio.gather(read_then_write("issuance"), read_then_write("issuance"))
+
+    try:
+        await asyncio.wait_for(both(), timeout=30)
+    finally:
+        await db.dispose()
+    assert len(errors) == 1, errors
+    assert is_retryable(errors[0])
