@@ -430,6 +430,8 @@ async def void(
             .where(
                 payments.c.id == payment_id,
                 payments.c.status == PaymentStatus.AUTHORIZED.value,
+                # An expired hold is the sweeper's to release, as it is for capture.
+                payments.c.hold_expires_at > now,
             )
             .values(status=PaymentStatus.VOIDED.value, updated_at=now)
         )
