@@ -418,6 +418,15 @@ async def _release(
     )
 
 
+async def _release_hold(
+    connection: AsyncConnection, payment: Payment, actor: str, now: datetime
+) -> None:
+    """Return the whole of a payment's hold to the available balance."""
+    if payment.gift_card_amount:
+        customer = await _customer(connection, payment.customer_id)
+        await _release(connection, customer, payment.id, payment.gift_card_amount, actor, now)
+
+
 async def void(
     db: Database, payment_id: int, *, actor: str, clock: Clock, before_commit: Any = None
 ) -> Payment:
@@ -438,9 +447,7 @@ async def void(
         if claimed.rowcount != 1:
             raise await _not_in_state(connection, payment_id, "voided", now)
         current = await _get(connection, payment_id)
-        if current.gift_card_amount:
-            customer = await _customer(connection, current.customer_id)
-            await _release(connection, customer, payment_id, current.gift_card_amount, actor, now)
+        await _release_hold(connection, current, actor, now)
         if before_commit is not None:
             await before_commit(connection, current)
         return current
@@ -644,10 +651,7 @@ async def _expire_one(db: Database, payment_id: int, *, actor: str, now: datetim
         )
         if claimed.rowcount != 1:
             return False
-        current = await _get(connection, payment_id)
-        if current.gift_card_amount:
-            customer = await _customer(connection, current.customer_id)
-            await _release(connection, customer, payment_id, current.gift_card_amount, actor, now)
+        await _release_hold(connection, await _get(connection, payment_id), actor, now)
         return True
 
     return await db.run(work)
