@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db import engine as engine_module
 from giftcard.db.engine import RETRY_ATTEMPTS_MAX, Database, is_retryable
+from giftcard.errors import ErrorCode, GiftcardError
 
 
 class FakeDriverError(Exception):
@@ -63,11 +64,13 @@ async def test_retries_are_bounded(database_url: str, no_backoff: None) -> None:
         raise driver_error("40001")
 
     try:
-        with pytest.raises(DBAPIError):
+        with pytest.raises(GiftcardError) as busy:
             await db.run(work)
     finally:
         await db.dispose()
     assert attempts == RETRY_ATTEMPTS_MAX
+    # Out of retries the caller is told to come back (503), not shown a bug (500).
+    assert busy.value.code is ErrorCode.SERVICE_UNAVAILABLE
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

@@ -126,10 +126,11 @@ async def run_idempotent(
 
     try:
         result = await act(record)
-    except TooManyAttempts:
-        await idempotency.release(svc.db, claimed)
-        raise
     except GiftcardError as error:
+        if isinstance(error, TooManyAttempts) or error.status >= 500:
+            # Passing refusals: the retry should be judged afresh, not replayed.
+            await idempotency.release(svc.db, claimed)
+            raise
         # A refusal moved nothing; remember it so the retry is answered the same way.
         await idempotency.complete_alone(
             svc.db, claimed, status=error.status, body=problem_json(error)

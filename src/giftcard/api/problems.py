@@ -78,7 +78,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
             "description": _STATUS_DESCRIPTIONS.get(status, "Problem"),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
-        for status in sorted({*statuses, 413, 415, 422, 500})
+        for status in sorted({*statuses, 413, 415, 422, 500, 503})
     }
 
 
@@ -93,6 +93,7 @@ _STATUS_DESCRIPTIONS = {
     422: "Invalid input",
     429: "Too many attempts; see Retry-After",
     500: "Internal error",
+    503: "Busy or not ready; nothing was done, retry",
 }
 
 
