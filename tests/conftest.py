@@ -4,6 +4,7 @@ PostgreSQL, each test in a database of its own, migrated by the real Alembic mig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import event
 
 from giftcard import passwords
 from giftcard.api.app import create_app
@@ -216,13 +218,54 @@ def assert_problem(
     return body
 
 
+class PeakConnections:
+    """The most database connections checked out of the engine's pool at one time: a
+    race test that saw only one at a time proved nothing."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.peak = 0
+
+    def checkout(self, *_: Any) -> None:
+        self.current += 1
+        self.peak = max(self.peak, self.current)
+
+    def checkin(self, *_: Any) -> None:
+        self.current -= 1
+
+    def reset(self) -> None:
+        self.peak = self.current
+
+
+@contextlib.contextmanager
+def counting_connections(services: Services) -> Iterator[PeakConnections]:
+    counter = PeakConnections()
+    pool = services.db.engine.sync_engine.pool
+    event.listen(pool, "checkout", counter.checkout)
+    event.listen(pool, "checkin", counter.checkin)
+    try:
+        yield counter
+    finally:
+        event.remove(pool, "checkout", counter.checkout)
+        event.remove(pool, "checkin", counter.checkin)
+
+
+async def burst(*requests: Any, timeout_s: float = 120) -> list[httpx.Response]:
+    """Run requests at once, bounded in time (generous for a slow CI machine)."""
+    responses: list[httpx.Response] = await asyncio.wait_for(asyncio.gather(*requests), timeout_s)
+    return responses
+
+
 __all__ = [
     "ALL_ISOLATIONS",
     "ANY",
     "PROBLEM",
+    "PeakConnections",
     "Shopper",
     "api_key",
     "assert_problem",
+    "burst",
+    "counting_connections",
     "issue",
     "replace",
     "sign_up",

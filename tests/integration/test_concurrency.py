@@ -17,19 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.config import Settings
 from giftcard.services import Services
 from giftcard.verify import verify
-from tests.conftest import api_key, issue, sign_up
+from tests.conftest import PeakConnections, api_key, burst, counting_connections, issue, sign_up
 
 CONCURRENCY = 50
 SAME_KEY_CONCURRENCY = 20
-# Seconds for one burst of concurrent requests; generous for a slow CI machine.
-BURST_TIMEOUT_S = 120
 
 
 @pytest.fixture
@@ -61,37 +58,10 @@ async def race_client(race_services: Services) -> AsyncIterator[httpx.AsyncClien
         yield http
 
 
-class PeakConnections:
-    """The most database connections checked out of the engine's pool at one time."""
-
-    def __init__(self) -> None:
-        self.current = 0
-        self.peak = 0
-
-    def checkout(self, *_: Any) -> None:
-        self.current += 1
-        self.peak = max(self.peak, self.current)
-
-    def checkin(self, *_: Any) -> None:
-        self.current -= 1
-
-
 @pytest.fixture
 def peak(race_services: Services) -> Iterator[PeakConnections]:
-    counter = PeakConnections()
-    pool = race_services.db.engine.sync_engine.pool
-    event.listen(pool, "checkout", counter.checkout)
-    event.listen(pool, "checkin", counter.checkin)
-    yield counter
-    event.remove(pool, "checkout", counter.checkout)
-    event.remove(pool, "checkin", counter.checkin)
-
-
-async def burst(*requests: Any) -> list[httpx.Response]:
-    responses: list[httpx.Response] = await asyncio.wait_for(
-        asyncio.gather(*requests), BURST_TIMEOUT_S
-    )
-    return responses
+    with counting_connections(race_services) as counter:
+        yield counter
 
 
 async def assert_ledger_consistent(services: Services) -> None:

@@ -11,7 +11,6 @@ together, so that a pass means the race was run and not that the requests queued
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections import Counter
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from giftcard.api import ids
 from giftcard.clock import FrozenClock
@@ -30,7 +29,17 @@ from giftcard.config import Settings
 from giftcard.db.tables import journal_transactions, payments
 from giftcard.services import Services
 from giftcard.verify import verify
-from tests.conftest import ALL_ISOLATIONS, Shopper, api_key, assert_problem, issue, sign_up
+from tests.conftest import (
+    ALL_ISOLATIONS,
+    PeakConnections,
+    Shopper,
+    api_key,
+    assert_problem,
+    burst,
+    counting_connections,
+    issue,
+    sign_up,
+)
 
 pytestmark = ALL_ISOLATIONS
 
@@ -39,8 +48,6 @@ PAIRS = 20
 SAME_KEY_CONCURRENCY = 20
 REFUND_CONCURRENCY = 20
 SWEEPERS = 2
-# Seconds for one burst of concurrent requests; generous for a slow CI machine.
-BURST_TIMEOUT_S = 120
 # Connections that must have been checked out at one time for a burst to count as a race.
 OVERLAP_MIN = 10
 
@@ -60,38 +67,10 @@ def settings(settings: Settings) -> Settings:
     )
 
 
-class PeakConnections:
-    """The most database connections checked out of the engine's pool at one time."""
-
-    def __init__(self) -> None:
-        self.current = 0
-        self.peak = 0
-
-    def checkout(self, *_: Any) -> None:
-        self.current += 1
-        self.peak = max(self.peak, self.current)
-
-    def checkin(self, *_: Any) -> None:
-        self.current -= 1
-
-    def reset(self) -> None:
-        self.peak = self.current
-
-
 @pytest.fixture
 def peak(services: Services) -> Iterator[PeakConnections]:
-    counter = PeakConnections()
-    pool = services.db.engine.sync_engine.pool
-    event.listen(pool, "checkout", counter.checkout)
-    event.listen(pool, "checkin", counter.checkin)
-    yield counter
-    event.remove(pool, "checkout", counter.checkout)
-    event.remove(pool, "checkin", counter.checkin)
-
-
-async def burst(*requests: Any) -> list[Any]:
-    responses: list[Any] = await asyncio.wait_for(asyncio.gather(*requests), BURST_TIMEOUT_S)
-    return responses
+    with counting_connections(services) as counter:
+        yield counter
 
 
 def outcomes(responses: list[httpx.Response]) -> Counter[tuple[int, str | None]]:
