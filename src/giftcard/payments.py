@@ -133,8 +133,13 @@ def check_request(request: PaymentRequest) -> None:
 
 def balance_part(use: UseBalance, available: int, order_amount: int) -> int:
     """min(requested use, available balance, order total): what the balance pays."""
-    requested = {"max": order_amount, "none": 0}.get(use, use) if isinstance(use, str) else use
-    return max(0, min(int(requested), available, order_amount))
+    if use == "max":
+        requested = order_amount
+    elif use == "none":
+        requested = 0
+    else:
+        requested = int(use)
+    return max(0, min(requested, available, order_amount))
 
 
 async def create(
