@@ -66,9 +66,6 @@ class AbuseLimits:
         self._in_flight: Counter[tuple[str, str]] = Counter()
         self._turns = asyncio.Condition()
 
-    async def check_redeem(self, customer_id: int, address: str) -> None:
-        await self._check(*self._redeem_rules(customer_id, address), detail=_REDEEM_LOCKED_DETAIL)
-
     def redeem_attempt(self, customer_id: int, address: str) -> AbstractAsyncContextManager[None]:
         """Run one redemption attempt inside this block: refused at once while locked,
         and never more attempts at a time than could fail without passing a limit.
@@ -89,9 +86,6 @@ class AbuseLimits:
             detail="Too many accounts were created from this address. Please try later.",
         )
         await self._hit(self.signup_address, address)
-
-    async def check_login(self, email: str) -> None:
-        await self._check((self.login_account, email), detail=_LOGIN_LOCKED_DETAIL)
 
     def login_attempt(self, email: str) -> AbstractAsyncContextManager[None]:
         """Like :meth:`redeem_attempt`, for a log-in; call :meth:`login_failed` inside."""

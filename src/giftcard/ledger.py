@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db.bulk import copy_rows
@@ -287,18 +287,6 @@ async def balance_of(connection: AsyncConnection, account_id: int) -> int:
     value = (
         await connection.execute(
             select(ledger_accounts.c.balance).where(ledger_accounts.c.id == account_id)
-        )
-    ).scalar_one()
-    return int(value)
-
-
-async def derived_balance(connection: AsyncConnection, account_id: int) -> int:
-    """The sum of an account's postings: the balance of an untracked account."""
-    value = (
-        await connection.execute(
-            select(func.coalesce(func.sum(postings.c.amount), 0)).where(
-                postings.c.account_id == account_id
-            )
         )
     ).scalar_one()
     return int(value)
