@@ -60,6 +60,7 @@ class Refund:
     id: int
     payment_id: int
     amount: int
+    currency: str
     to_gift_card_balance: int
     to_original_payment_method: int
     created_at: datetime
@@ -302,6 +303,7 @@ async def _get(connection: AsyncConnection, payment_id: int, *, lock: bool = Fal
                 r.id,
                 r.payment_id,
                 r.amount,
+                row.currency,
                 r.to_gift_card_balance,
                 r.to_original_payment_method,
                 r.created_at,
@@ -559,6 +561,7 @@ async def refund(
             refund_id,
             payment_id,
             amount,
+            current.currency,
             gift_part + to_balance_other,
             other_part - to_balance_other,
             now,

@@ -92,12 +92,12 @@ def issued_card(value: IssuedCard, *, with_code: bool = True) -> schemas.IssuedC
     )
 
 
-def refund(value: Refund, currency: str) -> schemas.RefundOut:
+def refund(value: Refund) -> schemas.RefundOut:
     return schemas.RefundOut(
         id=ids.format_id(ids.REFUND, value.id),
         payment_id=ids.format_id(ids.PAYMENT, value.payment_id),
         amount=value.amount,
-        currency=currency,
+        currency=value.currency,
         to_gift_card_balance=value.to_gift_card_balance,
         to_original_payment_method=value.to_original_payment_method,
         created_at=value.created_at,
@@ -118,5 +118,5 @@ def payment(value: Payment) -> dict[str, Any]:
         refunded_amount=value.refunded_amount,
         hold_expires_at=value.hold_expires_at,
         created_at=value.created_at,
-        refunds=[refund(item, value.currency) for item in value.refunds],
+        refunds=[refund(item) for item in value.refunds],
     ).model_dump(mode="json")

@@ -134,7 +134,6 @@ async def refund_payment(
     svc: Services = Depends(services),
 ) -> Any:
     number = ids.parse_id(ids.PAYMENT, payment_id)
-    current = await payments.get(svc.db, number)
 
     async def act(before_commit: Any) -> payments.Refund:
         return await payments.refund(
@@ -152,7 +151,7 @@ async def refund_payment(
         body=body.model_dump(),
         status=201,
         act=act,
-        render=lambda made: render.refund(made, current.currency).model_dump(mode="json"),
+        render=lambda made: render.refund(made).model_dump(mode="json"),
     )
 
 
