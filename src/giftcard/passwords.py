@@ -15,14 +15,29 @@ PASSWORD_LENGTH_MIN = 8
 PASSWORD_LENGTH_MAX = 256
 
 _hasher = PasswordHasher()
-_dummy_hash = _hasher.hash("a password nobody has")
+# Made on first use, not at import: every CLI command imports this module.
+_dummy_hash: str | None = None
 
 
 def use_fast_hashing_for_tests() -> None:
     """Cheap parameters so a test suite can create hundreds of accounts; never in serving."""
     global _hasher, _dummy_hash
     _hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    _dummy_hash = _hasher.hash("a password nobody has")
+    _dummy_hash = None
+
+
+async def prepare() -> None:
+    """Make the dummy hash before the first log-in, so that log-in costs the same from
+    the very first request. The server calls this at start-up."""
+    await anyio.to_thread.run_sync(_dummy)
+
+
+def _dummy() -> str:
+    """A hash of a password nobody has, to verify against when there is no account."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash("a password nobody has")
+    return _dummy_hash
 
 
 async def hash_password(password: str) -> str:
@@ -34,7 +49,7 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
 
     def check() -> bool:
         try:
-            return _hasher.verify(password_hash or _dummy_hash, password) and bool(password_hash)
+            return _hasher.verify(password_hash or _dummy(), password) and bool(password_hash)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

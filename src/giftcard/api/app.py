@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from giftcard import __version__
+from giftcard import __version__, passwords
 from giftcard.api import problems
 from giftcard.api.middleware import AccessLog, BodySizeLimit
 from giftcard.api.routes_cards import router as cards_router
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         owned = services is None
         running: Services = services or Services.build(settings)
         app.state.services = running
+        await passwords.prepare()
         maintenance = asyncio.create_task(running.maintain())
         try:
             yield
