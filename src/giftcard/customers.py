@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import ledger
+from giftcard.abuse import AbuseLimits
 from giftcard.clock import Clock
 from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import api_keys, customers, sessions, staff
@@ -267,6 +268,20 @@ async def log_in(db: Database, *, email: str, password: str, ttl_s: int, clock: 
         None,
         StaffPrincipal(staff_row.id, staff_row.email, Role(staff_row.role), session_id),
     )
+
+
+async def log_in_limited(
+    db: Database, limits: AbuseLimits, *, email: str, password: str, ttl_s: int, clock: Clock
+) -> Session:
+    """:func:`log_in` under the failed log-in limit per account (SPEC §8)."""
+    email_key = email.strip().lower()
+    async with limits.login_attempt(email_key):
+        try:
+            return await log_in(db, email=email, password=password, ttl_s=ttl_s, clock=clock)
+        except GiftcardError as error:
+            if error.code is ErrorCode.INVALID_CREDENTIALS:
+                await limits.login_failed(email_key)
+            raise
 
 
 def _invalid_credentials() -> GiftcardError:

@@ -19,12 +19,14 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import codes, ledger
+from giftcard.abuse import AbuseLimits
 from giftcard.cards import CardState, effective_state, record_event
 from giftcard.clock import Clock
 from giftcard.customers import Customer
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards, ledger_accounts
 from giftcard.errors import ErrorCode, RedemptionError
+from giftcard.metrics import REDEMPTIONS
 from giftcard.money import REGIONS, format_minor
 
 
@@ -138,6 +140,39 @@ async def redeem(
         return redemption
 
     return await db.run(work)
+
+
+async def redeem_limited(
+    db: Database,
+    limits: AbuseLimits,
+    customer: Customer,
+    raw_code: str,
+    *,
+    address: str,
+    secret_key: bytes,
+    actor: str,
+    clock: Clock,
+    before_commit: BeforeCommit | None = None,
+) -> Redemption:
+    """:func:`redeem` under the abuse limits of SPEC §8, as every door calls it: refused
+    at once while the account or address is locked; every refusal counts."""
+    async with limits.redeem_attempt(customer.id, address):
+        try:
+            result = await redeem(
+                db,
+                customer,
+                raw_code,
+                secret_key=secret_key,
+                actor=actor,
+                clock=clock,
+                before_commit=before_commit,
+            )
+        except RedemptionError as error:
+            REDEMPTIONS.labels(outcome=error.code.value).inc()
+            await limits.redeem_refused(customer.id, address)
+            raise
+    REDEMPTIONS.labels(outcome="redeemed").inc()
+    return result
 
 
 async def _refusal(

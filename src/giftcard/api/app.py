@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from giftcard import __version__, passwords
+from giftcard import __version__, passwords, web
 from giftcard.api import problems
 from giftcard.api.middleware import AccessLog, BodySizeLimit
 from giftcard.api.routes_cards import router as cards_router
@@ -18,7 +18,6 @@ from giftcard.api.routes_payments import router as payments_router
 from giftcard.api.routes_service import router as service_router
 from giftcard.config import Settings, load_settings
 from giftcard.services import Services
-from giftcard.web.pages import router as pages_router
 
 DESCRIPTION = """
 A self-hostable gift card service. Money is always an integer in the currency's minor
@@ -60,7 +59,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(cards_router)
     app.include_router(payments_router)
     app.include_router(service_router)
-    app.include_router(pages_router)
+    web.install(app)
     app.add_middleware(BodySizeLimit, limit_bytes=settings.request_body_bytes_max)
     app.add_middleware(AccessLog)
     return app

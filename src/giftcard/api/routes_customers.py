@@ -19,8 +19,7 @@ from giftcard.api.deps import (
 )
 from giftcard.api.problems import problems
 from giftcard.customers import CustomerPrincipal, Principal, RefundPreference
-from giftcard.errors import ErrorCode, GiftcardError, RedemptionError
-from giftcard.metrics import REDEMPTIONS
+from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.services import Services
 
 router = APIRouter(prefix="/v1")
@@ -58,20 +57,14 @@ async def sign_up(
     summary="Log in (customers and staff)",
 )
 async def log_in(body: schemas.SessionCreate, svc: Services = Depends(services)) -> Any:
-    email_key = body.email.strip().lower()
-    async with svc.limits.login_attempt(email_key):
-        try:
-            session = await customers.log_in(
-                svc.db,
-                email=body.email,
-                password=body.password,
-                ttl_s=svc.settings.session_ttl_s,
-                clock=svc.clock,
-            )
-        except GiftcardError as error:
-            if error.code is ErrorCode.INVALID_CREDENTIALS:
-                await svc.limits.login_failed(email_key)
-            raise
+    session = await customers.log_in_limited(
+        svc.db,
+        svc.limits,
+        email=body.email,
+        password=body.password,
+        ttl_s=svc.settings.session_ttl_s,
+        clock=svc.clock,
+    )
     # A session is either a customer's or a staff member's: the other key is left out.
     out = schemas.SessionOut(
         token=session.token,
@@ -153,23 +146,17 @@ async def redeem(
     address = client_address(request)
 
     async def act(before_commit: Any) -> redemption.Redemption:
-        async with svc.limits.redeem_attempt(who.customer.id, address):
-            try:
-                result = await redemption.redeem(
-                    svc.db,
-                    who.customer,
-                    body.code,
-                    secret_key=svc.settings.secret_key,
-                    actor=who.actor,
-                    clock=svc.clock,
-                    before_commit=before_commit,
-                )
-            except RedemptionError as error:
-                REDEMPTIONS.labels(outcome=error.code.value).inc()
-                await svc.limits.redeem_refused(who.customer.id, address)
-                raise
-        REDEMPTIONS.labels(outcome="redeemed").inc()
-        return result
+        return await redemption.redeem_limited(
+            svc.db,
+            svc.limits,
+            who.customer,
+            body.code,
+            address=address,
+            secret_key=svc.settings.secret_key,
+            actor=who.actor,
+            clock=svc.clock,
+            before_commit=before_commit,
+        )
 
     return await run_idempotent(
         request,

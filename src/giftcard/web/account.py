@@ -1,0 +1,172 @@
+"""Your Gift Cards: the balance, the redeem form, the history, the refund preference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from giftcard import customers, history, redemption
+from giftcard.api import ids
+from giftcard.customers import CustomerPrincipal, RefundPreference
+from giftcard.errors import GiftcardError, TooManyAttempts
+from giftcard.money import REGIONS, format_minor
+from giftcard.web import security
+from giftcard.web.security import checked_form, require_shopper, text_field
+from giftcard.web.templating import page, redirect
+
+router = APIRouter(include_in_schema=False)
+
+ACCOUNT_PAGE = "/account/gift-cards"
+HISTORY_PAGE_SIZE = 10
+# Far longer than any code however it is typed; longer input is cut, then refused.
+CODE_INPUT_LENGTH_MAX = 100
+
+PREFERENCE_WORDS = {
+    RefundPreference.GIFT_CARD_BALANCE: "your gift card balance",
+    RefundPreference.ORIGINAL_PAYMENT_METHOD: "the card you paid with",
+}
+
+
+async def _account_page(
+    request: Request,
+    shopper: CustomerPrincipal,
+    *,
+    starting_after: str | None = None,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    svc = security.services(request)
+    cursor = ids.parse_cursor(ids.TRANSACTION, starting_after)
+    balance = await redemption.balance(svc.db, shopper.customer)
+    found = await history.customer_history(
+        svc.db, shopper.customer, limit=HISTORY_PAGE_SIZE, starting_after=cursor
+    )
+    values = dict(values or {})
+    pending = security.pending_code(request)
+    if pending is not None and "code" not in values:
+        # A redeem link's code, carried through logging in: fill it in once.
+        values["code"] = pending
+        request.state.clear_pending_code = True
+    older = None
+    if found.has_more and found.items:
+        older = f"{ACCOUNT_PAGE}?starting_after=" + ids.format_id(
+            ids.TRANSACTION, found.items[-1].transaction_id
+        )
+    context: dict[str, Any] = {
+        "balance": balance,
+        "history": found.items,
+        "older_href": older,
+        "newest_href": ACCOUNT_PAGE if cursor is not None else None,
+        "preference": shopper.customer.refund_preference.value,
+        "preferences": [
+            (RefundPreference.GIFT_CARD_BALANCE.value, "Gift card balance"),
+            (RefundPreference.ORIGINAL_PAYMENT_METHOD.value, "Original payment method"),
+        ],
+        "values": values,
+        "errors": errors or {},
+        "code_from_link": pending is not None,
+    }
+    return page(request, "account.html", context, status=status, headers=headers)
+
+
+@router.get(ACCOUNT_PAGE, response_class=HTMLResponse)
+async def gift_cards(request: Request, starting_after: str | None = None) -> Response:
+    shopper = await require_shopper(request)
+    return await _account_page(request, shopper, starting_after=starting_after)
+
+
+@router.post(ACCOUNT_PAGE + "/redeem", response_class=HTMLResponse)
+async def redeem(request: Request) -> Response:
+    form = await checked_form(request)
+    code = text_field(form, "code", length_max=CODE_INPUT_LENGTH_MAX)
+    shopper = await security.current_shopper(request)
+    if shopper is None:
+        # The session ended while the form was open: keep the code through logging in.
+        response = redirect(request, security.login_url(ACCOUNT_PAGE))
+        if code.strip():
+            security.keep_pending_code(request, response, code.strip())
+        return response
+    if not code.strip():
+        return await _account_page(
+            request,
+            shopper,
+            values={"code": code},
+            errors={"code": "Enter the code from your gift card."},
+            status=422,
+        )
+    svc = security.services(request)
+    try:
+        redeemed = await redemption.redeem_limited(
+            svc.db,
+            svc.limits,
+            shopper.customer,
+            code,
+            address=request.client.host if request.client else "unknown",
+            secret_key=svc.settings.secret_key,
+            actor=shopper.actor,
+            clock=svc.clock,
+        )
+    except GiftcardError as error:
+        headers = None
+        if isinstance(error, TooManyAttempts):
+            headers = {"Retry-After": str(error.retry_after_s)}
+        return await _account_page(
+            request,
+            shopper,
+            values={"code": code},
+            errors={"code": error.detail},
+            status=error.status,
+            headers=headers,
+        )
+    locale_money = _money_for(shopper)
+    return redirect(
+        request,
+        ACCOUNT_PAGE,
+        flash={
+            "level": "success",
+            "title": f"{locale_money(redeemed.amount, redeemed.currency)} was added to your "
+            "balance.",
+            "text": "Your gift card balance is now "
+            f"{locale_money(redeemed.balance.available, redeemed.currency)}.",
+        },
+    )
+
+
+@router.post("/account/refund-preference", response_class=HTMLResponse)
+async def refund_preference(request: Request) -> Response:
+    form = await checked_form(request)
+    shopper = await require_shopper(request)
+    chosen = text_field(form, "refund_preference", length_max=40)
+    try:
+        preference = RefundPreference(chosen)
+    except ValueError:
+        return await _account_page(
+            request,
+            shopper,
+            errors={"refund_preference": "Choose where refunds should go."},
+            status=422,
+        )
+    svc = security.services(request)
+    await customers.update_customer(svc.db, shopper.customer.id, refund_preference=preference)
+    return redirect(
+        request,
+        ACCOUNT_PAGE + "#refunds",
+        flash={
+            "level": "success",
+            "title": "Your refund preference is saved.",
+            "text": f"Refunds of the card part of a payment now go to "
+            f"{PREFERENCE_WORDS[preference]}. What a gift card paid always returns to your "
+            "gift card balance.",
+        },
+    )
+
+
+def _money_for(shopper: CustomerPrincipal) -> Callable[[int, str], str]:
+    """Formats money the way this shopper's store shows it."""
+    locale = REGIONS[shopper.customer.region].locale
+    return lambda amount, currency: format_minor(amount, currency, locale)

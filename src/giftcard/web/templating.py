@@ -1,0 +1,86 @@
+"""Rendering pages: the Jinja environment, its filters, and the one `page` helper every
+page goes through (CSRF token, the shopper, the flash message, security headers)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from babel.dates import format_datetime
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from giftcard.customers import CustomerPrincipal
+from giftcard.money import REGIONS, format_minor
+from giftcard.web import security
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+# Pages load only this site's own scripts and styles; no page may be framed.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _locale(shopper: CustomerPrincipal | None, region: str | None = None) -> str:
+    if region:
+        return REGIONS[region].locale
+    if shopper is not None:
+        return REGIONS[shopper.customer.region].locale
+    return "en_US"
+
+
+def page(
+    request: Request,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """Render `template` for this request as a complete page response."""
+    shopper: CustomerPrincipal | None = getattr(request.state, "shopper", None)
+    locale = _locale(shopper)
+
+    def money(amount_minor: int, currency: str) -> str:
+        return format_minor(amount_minor, currency, locale)
+
+    def when(moment: datetime) -> str:
+        return format_datetime(moment, format="medium", locale=locale)
+
+    full = {
+        "shopper": shopper,
+        "csrf_token": security.csrf_token(request),
+        "csrf_field": security.CSRF_FIELD,
+        "flash": security.take_flash(request),
+        "money": money,
+        "when": when,
+        "errors": {},
+        "values": {},
+        **(context or {}),
+    }
+    response = templates.TemplateResponse(
+        request, template, full, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})}
+    )
+    security.finish(request, response)
+    return response
+
+
+def redirect(
+    request: Request, location: str, *, flash: dict[str, Any] | None = None
+) -> RedirectResponse:
+    """303 See Other after a form: the browser then GETs `location` (POST/redirect/GET)."""
+    response = RedirectResponse(location, status_code=303)
+    if flash is not None:
+        security.set_flash(request, response, flash)
+    security.finish(request, response)
+    return response
