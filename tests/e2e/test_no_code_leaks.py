@@ -1,7 +1,8 @@
 """The service never stores or logs a full code after issuing it (SPEC §3).
 
 A real server (SQLite, PostgreSQL) issues codes through the CLI and the API, redeems some,
-refuses others (mistyped, other store, already redeemed, frozen in a query string), and
+refuses others (mistyped, other store, already redeemed), follows a gift email's redeem
+link through signing up in the web pages, and
 then the whole database dump and the server's whole log are searched for every code in
 every spelling a leak could take: normalized, with dashes, lower case, and as hex bytes.
 """
@@ -9,6 +10,7 @@ every spelling a leak could take: normalized, with dashes, lower case, and as he
 from __future__ import annotations
 
 import csv
+import re
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -39,6 +41,12 @@ def mistyped(code: str, position: int) -> str:
     normalized = normalize_code(code)
     replacement = ALPHABET[(ALPHABET.index(normalized[position]) + 7) % len(ALPHABET)]
     return normalized[:position] + replacement + normalized[position + 1 :]
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
 
 
 def leaks(text: str, codes: list[str]) -> list[str]:
@@ -168,7 +176,41 @@ async def test_no_code_in_database_dump_or_server_log(
             assert with_key.status_code == 201
             assert (await redeem(api_codes[3], key="redeem-last")).status_code == 201
             # A redeem link from an email carries the code in its query string.
-            await http.get("/redeem", params={"code": cli_codes[3]})
+            await http.get("/redeem", params={"code": api_codes[1]})
+
+        # The same link in a browser that is not logged in: log-in page, sign up, the
+        # code filled in, redeemed through the page; then a mistyped code on the page.
+        async with httpx.AsyncClient(
+            base_url=server.base_url, timeout=REQUEST_TIMEOUT_S, follow_redirects=True
+        ) as browser:
+            landed = await browser.get("/redeem", params={"code": cli_codes[3].lower()})
+            assert landed.url.path == "/login", landed.url
+            assert not leaks(str(landed.url), cli_codes)
+            signup_page = await browser.get("/signup")
+            account_page = await browser.post(
+                "/signup",
+                data={
+                    "csrf_token": csrf_of(signup_page.text),
+                    "email": "link@example.com",
+                    "password": "correct horse battery",
+                    "region": "US",
+                },
+            )
+            assert account_page.url.path == "/account/gift-cards", account_page.text
+            assert format_code(normalize_code(cli_codes[3])).lower() in account_page.text.lower()
+            redeemed = await browser.post(
+                "/account/gift-cards/redeem",
+                data={"csrf_token": csrf_of(account_page.text), "code": cli_codes[3].lower()},
+            )
+            assert "was added to your balance" in redeemed.text, redeemed.text
+            typo = mistyped(api_codes[2], 11)
+            typed += [cli_codes[3].lower(), typo]
+            refused = await browser.post(
+                "/account/gift-cards/redeem",
+                data={"csrf_token": csrf_of(redeemed.text), "code": typo},
+            )
+            assert refused.status_code == 422
+            assert "one character looks mistyped" in refused.text
 
     all_codes = cli_codes + api_codes + physical_codes + [british_code] + typed
     assert leaks(csv_path.read_text(), cli_codes) == sorted(set(cli_codes))
