@@ -341,3 +341,22 @@ refunds = Table(
     ),
 )
 Index("ix_refunds_payment_id", refunds.c.payment_id)
+
+# The demo store's own orders. A real store keeps these in its own database; here they
+# sit beside the payments they were paid with, written in the same transaction.
+store_orders = Table(
+    "store_orders",
+    metadata,
+    _id(),
+    Column("order_id", String(64), nullable=False, unique=True),
+    Column("customer_id", Id, ForeignKey("customers.id"), nullable=False),
+    Column("payment_id", Id, ForeignKey("payments.id"), nullable=False, unique=True),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    # The lines as bought (product, name, quantity, prices), as JSON: the catalog may
+    # change later, an order must not.
+    Column("items", Text, nullable=False),
+    _created_at(),
+    CheckConstraint("amount > 0", name="amount_positive"),
+)
+Index("ix_store_orders_customer_id_id", store_orders.c.customer_id, store_orders.c.id)

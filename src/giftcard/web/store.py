@@ -1,7 +1,487 @@
-"""The demo store."""
+"""The demo store's pages: products, the cart, checkout, and the shopper's orders.
+
+The cart is a cookie of product ids and quantities (`mug:2|tote:1`), read defensively:
+anything unknown or out of bounds in it is dropped, and prices always come from the
+catalog. Checkout and refunds call the store's use cases in `giftcard.store`, which pay
+through the same payment use cases as the API.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from starlette.datastructures import FormData
+
+from giftcard import redemption, store
+from giftcard.customers import CustomerPrincipal, RefundPreference
+from giftcard.errors import ErrorCode, GiftcardError, validation_error
+from giftcard.money import (
+    AMOUNT_INPUT_LENGTH_MAX,
+    REGIONS,
+    format_major_plain,
+    format_minor,
+    parse_major,
+)
+from giftcard.payments import PaymentStatus, UseBalance
+from giftcard.web import security
+from giftcard.web.security import checked_form, current_shopper, require_shopper, text_field
+from giftcard.web.templating import page, redirect
 
 router = APIRouter(include_in_schema=False)
+
+STORE_PAGE = "/store"
+CART_PAGE = "/store/cart"
+CHECKOUT_PAGE = "/store/checkout"
+ORDERS_PAGE = "/store/orders"
+CART_COOKIE = "giftcard_cart"
+CART_COOKIE_TTL_S = 30 * 86400
+# Room for every product of the catalog with two-digit quantities, and no more.
+CART_COOKIE_LENGTH_MAX = 300
+PRODUCT_INPUT_LENGTH_MAX = 40
+ORDER_ID_INPUT_LENGTH_MAX = 64
+# Logged-out visitors see the prices of this store.
+DEFAULT_REGION = "US"
+
+USE_BALANCE_CHOICES = ("max", "amount", "none")
+
+REFUND_DESTINATION = {
+    RefundPreference.GIFT_CARD_BALANCE: "your gift card balance",
+    RefundPreference.ORIGINAL_PAYMENT_METHOD: "the test card",
+}
+
+
+def _region(shopper: CustomerPrincipal | None) -> str:
+    return shopper.customer.region if shopper is not None else DEFAULT_REGION
+
+
+def _currency(shopper: CustomerPrincipal | None) -> str:
+    return REGIONS[_region(shopper)].currency
+
+
+def _money_for(shopper: CustomerPrincipal | None) -> Callable[[int, str], str]:
+    """Formats money the way this shopper's store shows it, as pages do."""
+    locale = REGIONS[_region(shopper)].locale
+    return lambda amount, currency: format_minor(amount, currency, locale)
+
+
+# --- the cart cookie ----------------------------------------------------------------
+
+
+def _read_cart(request: Request) -> store.Cart:
+    raw = request.cookies.get(CART_COOKIE, "")
+    if len(raw) > CART_COOKIE_LENGTH_MAX:
+        return {}
+    cart: store.Cart = {}
+    for part in raw.split("|"):
+        product_id, _, quantity = part.partition(":")
+        if quantity.isascii() and quantity.isdigit() and len(quantity) <= 2:
+            cart[product_id] = int(quantity)
+    return store.clean_cart(cart)
+
+
+def _write_cart(request: Request, response: Response, cart: store.Cart) -> None:
+    cleaned = store.clean_cart(cart)
+    if not cleaned:
+        security.clear_cookie(request, response, CART_COOKIE)
+        return
+    value = "|".join(f"{product_id}:{quantity}" for product_id, quantity in cleaned.items())
+    security.set_cookie(request, response, CART_COOKIE, value, max_age_s=CART_COOKIE_TTL_S)
+
+
+def _store_page(
+    request: Request,
+    template: str,
+    section: str,
+    context: dict[str, Any],
+    *,
+    status: int = 200,
+) -> Response:
+    """A page of the store, with its own links: products, the cart, the orders."""
+    full = {
+        "section": section,
+        "cart_count": store.item_count(_read_cart(request)),
+        "problem": None,
+        **context,
+    }
+    return page(request, template, full, status=status)
+
+
+# --- products and the cart ----------------------------------------------------------
+
+
+async def _products_page(
+    request: Request, *, problem: str | None = None, status: int = 200
+) -> Response:
+    shopper = await current_shopper(request)
+    currency = _currency(shopper)
+    balance = None
+    if shopper is not None:
+        balance = await redemption.balance(security.services(request).db, shopper.customer)
+    return _store_page(
+        request,
+        "store.html",
+        "products",
+        {
+            "currency": currency,
+            "products": [
+                {
+                    "id": product.id,
+                    "name": product.name,
+                    "description": product.description,
+                    "price": product.price(currency),
+                }
+                for product in store.CATALOG
+            ],
+            "balance": balance,
+            "problem": problem,
+        },
+        status=status,
+    )
+
+
+@router.get(STORE_PAGE, response_class=HTMLResponse)
+async def products(request: Request) -> Response:
+    return await _products_page(request)
+
+
+@router.post(CART_PAGE, response_class=HTMLResponse)
+async def add_to_cart(request: Request) -> Response:
+    form = await checked_form(request)
+    product_id = text_field(form, "product", length_max=PRODUCT_INPUT_LENGTH_MAX)
+    quantity_text = text_field(form, "quantity", length_max=store.QUANTITY_INPUT_LENGTH_MAX + 1)
+    try:
+        quantity = store.parse_quantity(quantity_text or "1")
+        cart = store.add_to_cart(_read_cart(request), product_id, quantity)
+    except GiftcardError as error:
+        return await _products_page(request, problem=error.detail, status=error.status)
+    product = store.PRODUCTS[product_id]
+    count = store.item_count(cart)
+    response = redirect(
+        request,
+        STORE_PAGE,
+        flash={
+            "level": "success",
+            "title": f"{product.name} is in your cart.",
+            "text": f"Your cart holds {count} {'item' if count == 1 else 'items'}.",
+        },
+    )
+    _write_cart(request, response, cart)
+    return response
+
+
+async def _cart_page(
+    request: Request, *, problem: str | None = None, status: int = 200
+) -> Response:
+    shopper = await current_shopper(request)
+    priced = store.price_cart(_read_cart(request), _currency(shopper))
+    return _store_page(
+        request, "store_cart.html", "cart", {"cart": priced, "problem": problem}, status=status
+    )
+
+
+@router.get(CART_PAGE, response_class=HTMLResponse)
+async def cart(request: Request) -> Response:
+    return await _cart_page(request)
+
+
+@router.post(CART_PAGE + "/remove", response_class=HTMLResponse)
+async def remove_from_cart(request: Request) -> Response:
+    form = await checked_form(request)
+    product_id = text_field(form, "product", length_max=PRODUCT_INPUT_LENGTH_MAX)
+    current = _read_cart(request)
+    try:
+        cart = store.remove_from_cart(current, product_id)
+    except GiftcardError as error:
+        return await _cart_page(request, problem=error.detail, status=error.status)
+    name = store.PRODUCTS[product_id].name
+    if product_id not in current:
+        flash = {"level": "info", "title": f"{name} was not in your cart.", "text": ""}
+    else:
+        flash = {"level": "success", "title": f"{name} is out of your cart.", "text": ""}
+    response = redirect(request, CART_PAGE, flash=flash)
+    _write_cart(request, response, cart)
+    return response
+
+
+# --- checkout -----------------------------------------------------------------------
+
+
+async def _checkout_page(
+    request: Request,
+    shopper: CustomerPrincipal,
+    priced: store.PricedCart,
+    order_id: str,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    problem: str | None = None,
+    status: int = 200,
+) -> Response:
+    balance = await redemption.balance(security.services(request).db, shopper.customer)
+    max_use = min(balance.available, priced.total)
+    return _store_page(
+        request,
+        "store_checkout.html",
+        "checkout",
+        {
+            "cart": priced,
+            "balance": balance,
+            "max_use": max_use,
+            "example_amount": format_major_plain(max_use or priced.total, priced.currency),
+            "order_id": order_id,
+            "values": {"use_balance": "max", **(values or {})},
+            "errors": errors or {},
+            "problem": problem,
+        },
+        status=status,
+    )
+
+
+@router.get(CHECKOUT_PAGE, response_class=HTMLResponse)
+async def checkout_form(request: Request) -> Response:
+    shopper = await require_shopper(request)
+    priced = store.price_cart(_read_cart(request), shopper.customer.currency)
+    if priced.is_empty:
+        return _empty_cart(request)
+    return await _checkout_page(request, shopper, priced, store.new_order_id())
+
+
+def _empty_cart(request: Request) -> Response:
+    return redirect(
+        request,
+        CART_PAGE,
+        flash={
+            "level": "info",
+            "title": "Your cart is empty.",
+            "text": "Add something from the store, then check out.",
+        },
+    )
+
+
+def _use_balance(
+    form: FormData, priced: store.PricedCart, available: int, money: Callable[[int, str], str]
+) -> UseBalance:
+    """What the shopper chose to pay from their balance; refused with the field to fix."""
+    choice = text_field(form, "use_balance", length_max=10)
+    if choice == "max":
+        return "max"
+    if choice == "none":
+        return "none"
+    if choice != "amount":
+        raise validation_error("Choose how much of your gift card balance to use.", "use_balance")
+    text = text_field(form, "use_balance_amount", length_max=AMOUNT_INPUT_LENGTH_MAX + 1)
+    if not text.strip():
+        raise validation_error(
+            "Enter the amount to use from your gift card balance.", "use_balance_amount"
+        )
+    amount = parse_major(text, priced.currency, param="use_balance_amount")
+    if amount > available:
+        raise validation_error(
+            f"That is more than your gift card balance of {money(available, priced.currency)}.",
+            "use_balance_amount",
+        )
+    if amount > priced.total:
+        raise validation_error(
+            f"That is more than the order total of {money(priced.total, priced.currency)}.",
+            "use_balance_amount",
+        )
+    return amount
+
+
+@router.post(CHECKOUT_PAGE, response_class=HTMLResponse)
+async def place_order(request: Request) -> Response:
+    form = await checked_form(request)
+    shopper = await require_shopper(request)
+    svc = security.services(request)
+    order_id = text_field(form, "order_id", length_max=ORDER_ID_INPUT_LENGTH_MAX)
+    if not store.is_order_id(order_id):
+        return redirect(
+            request,
+            CHECKOUT_PAGE,
+            flash={
+                "level": "error",
+                "title": "This checkout form was incomplete. Nothing was paid.",
+                "text": "Check your order below and place it again.",
+            },
+        )
+    # A form sent again after it worked (reload, back button, double click) finds its
+    # order even though the cart was emptied by the first.
+    placed = await store.order_of(svc.db, shopper.customer.id, order_id)
+    if placed is not None:
+        return _to_order(request, placed.order_id, already_placed=True)
+    priced = store.price_cart(_read_cart(request), shopper.customer.currency)
+    if priced.is_empty:
+        return _empty_cart(request)
+    values = {
+        "use_balance": text_field(form, "use_balance", length_max=10),
+        "use_balance_amount": text_field(
+            form, "use_balance_amount", length_max=AMOUNT_INPUT_LENGTH_MAX + 1
+        ),
+    }
+    if text_field(form, "total", length_max=20) != str(priced.total):
+        return await _checkout_page(
+            request,
+            shopper,
+            priced,
+            order_id,
+            values=values,
+            problem="Your cart changed since this page was opened, so nothing was paid. "
+            "Check the order and its total, then place it again.",
+            status=409,
+        )
+    balance = await redemption.balance(svc.db, shopper.customer)
+    try:
+        use_balance = _use_balance(form, priced, balance.available, _money_for(shopper))
+        result = await store.place_order(
+            svc.db,
+            shopper.customer,
+            order_id,
+            priced,
+            use_balance,
+            hold_ttl_s=svc.settings.hold_ttl_s,
+            actor=shopper.actor,
+            clock=svc.clock,
+        )
+    except GiftcardError as error:
+        field = error.param if error.param in ("use_balance", "use_balance_amount") else None
+        # An order id refused as taken was not paid with: the form gets a fresh one.
+        if error.param == "order_id":
+            order_id = store.new_order_id()
+        return await _checkout_page(
+            request,
+            shopper,
+            priced,
+            order_id,
+            values=values,
+            errors={field: error.detail} if field else None,
+            problem=None if field else error.detail,
+            status=error.status,
+        )
+    response = _to_order(request, result.order.order_id, already_placed=result.already_placed)
+    security.clear_cookie(request, response, CART_COOKIE)
+    return response
+
+
+def _to_order(request: Request, order_id: str, *, already_placed: bool) -> Response:
+    if already_placed:
+        flash = {
+            "level": "info",
+            "title": "This order was placed already.",
+            "text": "The checkout form was sent more than once; the order was paid once.",
+            "placed": True,
+        }
+    else:
+        flash = {
+            "level": "success",
+            "title": "Your order is placed and paid.",
+            "text": "",
+            "placed": True,
+        }
+    return redirect(request, f"{ORDERS_PAGE}/{order_id}", flash=flash)
+
+
+# --- orders -------------------------------------------------------------------------
+
+
+def status_words(status: PaymentStatus, refunded: int) -> str:
+    if status is PaymentStatus.REFUNDED:
+        return "Refunded"
+    if status is PaymentStatus.CAPTURED:
+        return "Partly refunded" if refunded else "Paid"
+    if status is PaymentStatus.AUTHORIZED:
+        return "Awaiting payment"
+    return "Cancelled"
+
+
+@router.get(ORDERS_PAGE, response_class=HTMLResponse)
+async def orders(request: Request) -> Response:
+    shopper = await require_shopper(request)
+    found = await store.orders_of(security.services(request).db, shopper.customer.id)
+    return _store_page(
+        request,
+        "store_orders.html",
+        "orders",
+        {
+            "orders": found,
+            "orders_max": store.ORDERS_SHOWN_MAX,
+            "status_words": status_words,
+        },
+    )
+
+
+def _no_such_order() -> GiftcardError:
+    return GiftcardError(
+        ErrorCode.NOT_FOUND,
+        "There is no order with this number in your account. Your orders are listed "
+        "under Your orders in the store.",
+    )
+
+
+@router.get(ORDERS_PAGE + "/{order_id}", response_class=HTMLResponse)
+async def order(request: Request, order_id: str) -> Response:
+    shopper = await require_shopper(request)
+    detail = await store.order_detail(security.services(request).db, shopper.customer.id, order_id)
+    if detail is None:
+        raise _no_such_order()
+    flash = security.take_flash(request)
+    return _store_page(
+        request,
+        "store_order.html",
+        "orders",
+        {
+            "detail": detail,
+            "placed": bool(flash and flash.get("placed")),
+            "status": status_words(detail.payment.status, detail.payment.refunded_amount),
+            "refund_destination": REFUND_DESTINATION[shopper.customer.refund_preference],
+        },
+    )
+
+
+@router.post(ORDERS_PAGE + "/{order_id}/refund", response_class=HTMLResponse)
+async def refund(request: Request, order_id: str) -> Response:
+    form = await checked_form(request)
+    shopper = await require_shopper(request)
+    svc = security.services(request)
+    try:
+        made = await store.refund_order(
+            svc.db, shopper.customer.id, order_id, actor=shopper.actor, clock=svc.clock
+        )
+    except store.NothingToRefund as error:
+        return redirect(
+            request,
+            _back(form, order_id),
+            flash={"level": "info", "title": error.detail, "text": "Nothing more was refunded."},
+        )
+    except GiftcardError as error:
+        if error.code is ErrorCode.NOT_FOUND:
+            raise _no_such_order() from None
+        raise
+    money = _money_for(shopper)
+    parts = []
+    if made.to_gift_card_balance:
+        parts.append(
+            f"{money(made.to_gift_card_balance, made.currency)} back to your gift card balance"
+        )
+    if made.to_original_payment_method:
+        parts.append(f"{money(made.to_original_payment_method, made.currency)} to the test card")
+    return redirect(
+        request,
+        _back(form, order_id),
+        flash={
+            "level": "success",
+            "title": f"Refund of {money(made.amount, made.currency)} requested: "
+            + ", ".join(parts)
+            + ".",
+            "text": "",
+        },
+    )
+
+
+def _back(form: FormData, order_id: str) -> str:
+    """Where a refund button returns to: the list it was on, or the order's page."""
+    if text_field(form, "back", length_max=10) == "orders":
+        return ORDERS_PAGE
+    return f"{ORDERS_PAGE}/{order_id}"

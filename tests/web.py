@@ -1,0 +1,68 @@
+"""Using the pages as a browser would, with httpx: read a form's hidden fields, sign up,
+submit a form with its CSRF token. The client keeps the cookies between requests."""
+
+from __future__ import annotations
+
+import html
+import re
+import uuid
+from itertools import count
+
+import httpx
+
+PASSWORD = "correct horse battery"
+
+_numbers = count(1)
+
+
+def hidden_value(page: str, name: str) -> str:
+    """The value of the hidden input `name` on a page (the first one, if several)."""
+    for tag in re.findall(r"<input\b[^>]*>", page):
+        if re.search(rf'\bname="{re.escape(name)}"', tag):
+            found = re.search(r'\bvalue="([^"]*)"', tag)
+            if found:
+                return html.unescape(found.group(1))
+    raise AssertionError(f"no input named {name!r} on the page")
+
+
+def csrf_of(page: str) -> str:
+    """The CSRF token a page's forms carry."""
+    return hidden_value(page, "csrf_token")
+
+
+async def csrf(client: httpx.AsyncClient, path: str = "/store") -> str:
+    """A CSRF token for this client's cookie, read from a page that always has a form."""
+    response = await client.get(path)
+    assert response.status_code == 200, response.text
+    return csrf_of(response.text)
+
+
+async def web_post(
+    client: httpx.AsyncClient, action: str, data: dict[str, str] | None = None
+) -> httpx.Response:
+    """Submit a form to `action` with this client's CSRF token; redirects not followed."""
+    return await client.post(action, data={**(data or {}), "csrf_token": await csrf(client)})
+
+
+async def web_sign_up(client: httpx.AsyncClient, region: str = "US") -> str:
+    """Create an account through the sign-up page and stay logged in; returns its email."""
+    email = f"web{next(_numbers)}-{uuid.uuid4().hex[:6]}@example.com"
+    form = await client.get("/signup")
+    assert form.status_code == 200, form.text
+    response = await client.post(
+        "/signup",
+        data={
+            "csrf_token": csrf_of(form.text),
+            "email": email,
+            "password": PASSWORD,
+            "region": region,
+            "name": "",
+        },
+    )
+    assert response.status_code == 303, response.text
+    return email
+
+
+async def web_redeem(client: httpx.AsyncClient, code: str) -> httpx.Response:
+    """Redeem a code on Your Gift Cards; a 303 means it was added to the balance."""
+    return await web_post(client, "/account/gift-cards/redeem", {"code": code})
