@@ -122,6 +122,11 @@ def serve(
 
         for line in asyncio.run(seed(settings)):
             typer.echo(line)
+        typer.echo(
+            f"Open http://{host}:{port}/ in a browser: sign up (or log in as the shopper "
+            "above), redeem a code on Your Gift Cards, then pay with the balance in the demo "
+            "store."
+        )
     worker_count = workers or os.cpu_count() or 1
     if worker_count > 1:
         if not settings.redis_url:

@@ -18,15 +18,9 @@ from giftcard.customers import RefundPreference
 from giftcard.db.tables import customers as customers_table
 from giftcard.services import Services
 from tests.conftest import api_key, issue
+from tests.web import PASSWORD, csrf_of, web_redeem, web_sign_up
 
-PASSWORD = "correct horse battery"
 ACCOUNT = "/account/gift-cards"
-
-
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, "no CSRF token on the page"
-    return found.group(1)
 
 
 def field_error(page: str, name: str) -> str | None:
@@ -56,32 +50,6 @@ async def browser(services: Services) -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://testserver", headers={"Accept": "text/html"}
     ) as http:
         yield http
-
-
-_emails = iter(range(1, 10**6))
-
-
-async def web_sign_up(browser: httpx.AsyncClient, region: str = "US") -> str:
-    email = f"web{next(_emails)}@example.com"
-    form = await browser.get("/signup")
-    created = await browser.post(
-        "/signup",
-        data={
-            "csrf_token": csrf_of(form.text),
-            "email": email,
-            "password": PASSWORD,
-            "region": region,
-        },
-    )
-    assert created.status_code == 303, created.text
-    return email
-
-
-async def redeem(browser: httpx.AsyncClient, code: str) -> httpx.Response:
-    page = await browser.get(ACCOUNT)
-    return await browser.post(
-        ACCOUNT + "/redeem", data={"csrf_token": csrf_of(page.text), "code": code}
-    )
 
 
 async def customer_count(services: Services) -> int:
@@ -372,14 +340,14 @@ async def test_redeeming_on_the_page_shows_the_amount_added_and_the_new_balance(
     admin = await api_key(services)
     first, second = await issue(client, admin, amount=2500, count=2)
     await web_sign_up(browser)
-    done = await redeem(browser, first["code"].lower().replace("-", " "))
+    done = await web_redeem(browser, first["code"].lower().replace("-", " "))
     assert done.status_code == 303
     assert done.headers["location"] == ACCOUNT
     page = await browser.get(ACCOUNT)
     assert "$25.00 was added to your balance." in page.text
     assert "Your gift card balance is now $25.00." in page.text
     assert first["code"] not in page.text
-    await redeem(browser, second["code"])
+    await web_redeem(browser, second["code"])
     page = await browser.get(ACCOUNT)
     assert 'data-testid="available">$50.00<' in page.text
     assert f"Gift card ending {second['last4']} redeemed" in page.text
@@ -401,7 +369,7 @@ async def test_each_refusal_appears_beside_the_code_with_the_input_kept(
     if swapped == normalized:
         swapped = normalized[:1] + normalized[2] + normalized[1] + normalized[3:]
     await web_sign_up(browser)
-    assert (await redeem(browser, card["code"])).status_code == 303
+    assert (await web_redeem(browser, card["code"])).status_code == 303
     cases = [
         ("12345", 422, "16"),
         (swapped, 422, "Check the code — one character looks mistyped."),
@@ -411,7 +379,7 @@ async def test_each_refusal_appears_beside_the_code_with_the_input_kept(
         ("   ", 422, "Enter the code"),
     ]
     for typed, status, words in cases:
-        refused = await redeem(browser, typed)
+        refused = await web_redeem(browser, typed)
         assert refused.status_code == status, (typed, refused.text)
         error = field_error(refused.text, "code") or ""
         assert words in error, (typed, error)
@@ -425,7 +393,7 @@ async def test_an_unknown_code_is_told_apart_from_a_typo(
     """A well-formed code with a valid check symbol that no card has is 'not found'."""
     await web_sign_up(browser)
     unknown = codes.format_code(codes.generate_code())
-    refused = await redeem(browser, unknown)
+    refused = await web_redeem(browser, unknown)
     assert refused.status_code == 404
     assert "couldn't find a gift card" in (field_error(refused.text, "code") or "")
 
@@ -438,8 +406,8 @@ async def test_too_many_refused_codes_lock_the_form_with_retry_after(
     (card,) = await issue(client, await api_key(services))
     await web_sign_up(browser)
     for _ in range(10):
-        assert (await redeem(browser, "0000-0000-0000-0000")).status_code in (404, 422)
-    locked = await redeem(browser, card["code"])
+        assert (await web_redeem(browser, "0000-0000-0000-0000")).status_code in (404, 422)
+    locked = await web_redeem(browser, card["code"])
     assert locked.status_code == 429
     assert int(locked.headers["retry-after"]) > 0
     assert field_error(locked.text, "code")
@@ -478,7 +446,7 @@ async def test_history_pages_ten_at_a_time(
     cards = await issue(client, await api_key(services), amount=100, count=12)
     await web_sign_up(browser)
     for card in cards:
-        await redeem(browser, card["code"])
+        await web_redeem(browser, card["code"])
     first = await browser.get(ACCOUNT)
     assert first.text.count("<tr>") == 11  # the head row and ten
     older = re.search(
@@ -550,7 +518,7 @@ async def test_the_redeem_link_survives_signing_up_and_fills_in_the_code(
     assert input_value(account.text, "code") == card["code"]
     assert "We filled in the code from your gift card link." in account.text
     assert input_value((await browser.get(ACCOUNT)).text, "code") == "", "filled in once"
-    assert (await redeem(browser, card["code"])).status_code == 303
+    assert (await web_redeem(browser, card["code"])).status_code == 303
 
 
 async def test_the_redeem_link_when_logged_in_opens_the_form_filled_in(
