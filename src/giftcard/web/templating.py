@@ -11,12 +11,21 @@ from babel.dates import format_datetime
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from giftcard.customers import CustomerPrincipal
 from giftcard.money import REGIONS, format_minor
 from giftcard.web import security
 
-templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+# StrictUndefined: a name missing from a page's context is an error in the tests, not
+# an empty string on the page (a form without its CSRF token, say).
+templates = Jinja2Templates(
+    env=Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+    )
+)
 
 # Pages load only this site's own scripts and styles; no page may be framed.
 CONTENT_SECURITY_POLICY = (
