@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit integration e2e bench lock clean
+.PHONY: run test lint typecheck unit integration e2e browser bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
+
+# Shopper pages in Chromium (Debian's, at /usr/bin/chromium); screenshots in build/screenshots.
+browser: $(STAMP)
+	$(BIN)/pytest tests/browser
 
 test: lint typecheck
 	$(BIN)/pytest

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ SERVER_START_TIMEOUT_S = 60
 SERVER_STOP_TIMEOUT_S = 20
 CLI_TIMEOUT_S = 120
 READY_POLL_INTERVAL_S = 0.1
+HTTP_TIMEOUT_S = 30
 
 
 def base_env(database_url: str, **overrides: str) -> dict[str, str]:
@@ -126,3 +128,18 @@ def running_server(env: Mapping[str, str], log_path: Path, *, workers: int = 2) 
         yield server
     finally:
         _stop(process)
+
+
+def issue_cards(
+    server: Server, headers: Mapping[str, str], *, amount: int, region: str = "US", count: int = 1
+) -> list[dict[str, Any]]:
+    """Digital cards through `POST /v1/cards`; each card in the answer carries its code."""
+    response = httpx.post(
+        f"{server.base_url}/v1/cards",
+        json={"amount": amount, "region": region, "kind": "digital", "count": count},
+        headers=dict(headers),
+        timeout=HTTP_TIMEOUT_S,
+    )
+    assert response.status_code == 201, response.text
+    cards: list[dict[str, Any]] = response.json()["data"]
+    return cards
