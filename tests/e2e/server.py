@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,12 +109,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_server(env: Mapping[str, str], log_path: Path, *, workers: int = 2) -> Iterator[Server]:
-    """`giftcard serve` on a free port, its output in `log_path`; stopped on exit."""
+def running_server(
+    env: Mapping[str, str], log_path: Path, *, workers: int = 2, extra_args: Sequence[str] = ()
+) -> Iterator[Server]:
+    """`giftcard serve` on a free port, its output in `log_path`; stopped on exit.
+    `extra_args` go to `giftcard serve` as well (`--demo`, say)."""
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(GIFTCARD), "serve", "--port", str(port), "--workers", str(workers)],
+            [str(GIFTCARD), "serve", "--port", str(port), "--workers", str(workers), *extra_args],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=log,
