@@ -4,6 +4,7 @@ preference), the redeem link, log-out, and page-shaped errors."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from collections.abc import AsyncIterator
@@ -385,6 +386,64 @@ async def test_each_refusal_appears_beside_the_code_with_the_input_kept(
         assert words in error, (typed, error)
         assert input_value(refused.text, "code") == typed
         assert 'data-testid="available">$25.00<' in refused.text
+
+
+async def test_one_code_sent_from_two_tabs_at_once_is_credited_once(
+    browser: httpx.AsyncClient, client: httpx.AsyncClient, services: Services
+) -> None:
+    """The redeem form sent five times at the same moment: the card's value is added
+    once; every other answer says the code was already added to this account."""
+    (card,) = await issue(client, await api_key(services))
+    await web_sign_up(browser)
+    token = csrf_of((await browser.get(ACCOUNT)).text)
+
+    racing = await asyncio.gather(
+        *(
+            browser.post(ACCOUNT + "/redeem", data={"csrf_token": token, "code": card["code"]})
+            for _ in range(5)
+        )
+    )
+
+    statuses = sorted(response.status_code for response in racing)
+    assert statuses == [303, 409, 409, 409, 409], statuses
+    for refused in (response for response in racing if response.status_code == 409):
+        assert "already added to your account" in (field_error(refused.text, "code") or "")
+    page = await browser.get(ACCOUNT)
+    assert 'data-testid="available">$25.00<' in page.text
+    assert page.text.count("+$25.00") == 1
+
+
+async def test_money_held_for_an_order_in_progress_is_shown_beside_the_balance(
+    browser: httpx.AsyncClient, client: httpx.AsyncClient, services: Services
+) -> None:
+    """While the store holds part of the balance (an authorized payment), the page shows
+    the available balance and the held amount with the total."""
+    admin = await api_key(services)
+    (card,) = await issue(client, admin, amount=5000)
+    email = await web_sign_up(browser)
+    await web_redeem(browser, card["code"])
+    async with services.db.transaction(write=False) as connection:
+        customer_id = (
+            await connection.execute(
+                select(customers_table.c.id).where(customers_table.c.email == email)
+            )
+        ).scalar_one()
+    held = await client.post(
+        "/v1/payments",
+        json={
+            "customer_id": f"cus_{customer_id}",
+            "order_id": "order-held",
+            "amount": 2000,
+            "currency": "USD",
+            "use_balance": "max",
+            "capture": False,
+        },
+        headers=admin,
+    )
+    assert held.status_code == 201, held.text
+    page = await browser.get(ACCOUNT)
+    assert 'data-testid="available">$30.00<' in page.text
+    assert "Plus $20.00 held for an order in progress (total $50.00)." in page.text
 
 
 async def test_an_unknown_code_is_told_apart_from_a_typo(

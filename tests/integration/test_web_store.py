@@ -633,6 +633,32 @@ async def test_refund_returns_the_balance_part_to_the_balance_and_the_rest_to_th
     assert result.exit_code == 0, result.output
 
 
+async def test_refund_requests_sent_at_once_refund_the_order_once(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Four Request refund clicks arriving together: one refund is made, the balance gets
+    its part back once, and every click ends on the order page (no error page)."""
+    email = await shopper_with_balance(client, services, 2500)
+    await add(client, "poster")
+    order_id, _ = await checkout(client)
+    token = await csrf(client)
+
+    racing = await asyncio.gather(
+        *(
+            client.post(f"/store/orders/{order_id}/refund", data={"csrf_token": token})
+            for _ in range(4)
+        )
+    )
+
+    assert [response.status_code for response in racing] == [303] * 4, [
+        response.text for response in racing
+    ]
+    assert {response.headers["location"] for response in racing} == {f"/store/orders/{order_id}"}
+    assert await count_rows(services, refunds) == 1
+    assert (await balance_of(client, email))["available"] == 2500
+    assert (await verify(services.db)).problems == []
+
+
 async def test_refund_follows_a_gift_card_balance_preference_from_the_orders_list(
     client: httpx.AsyncClient, services: Services
 ) -> None:
