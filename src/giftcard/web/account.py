@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,10 +11,9 @@ from giftcard import customers, history, redemption
 from giftcard.api import ids
 from giftcard.customers import CustomerPrincipal, RefundPreference
 from giftcard.errors import GiftcardError, TooManyAttempts
-from giftcard.money import REGIONS, format_minor
 from giftcard.web import security
 from giftcard.web.security import checked_form, require_shopper, text_field
-from giftcard.web.templating import page, redirect
+from giftcard.web.templating import money_for, page, redirect
 
 router = APIRouter(include_in_schema=False)
 
@@ -123,7 +121,7 @@ async def redeem(request: Request) -> Response:
             status=error.status,
             headers=headers,
         )
-    locale_money = _money_for(shopper)
+    locale_money = money_for(shopper)
     return redirect(
         request,
         ACCOUNT_PAGE,
@@ -164,9 +162,3 @@ async def refund_preference(request: Request) -> Response:
             "gift card balance.",
         },
     )
-
-
-def _money_for(shopper: CustomerPrincipal) -> Callable[[int, str], str]:
-    """Formats money the way this shopper's store shows it."""
-    locale = REGIONS[shopper.customer.region].locale
-    return lambda amount, currency: format_minor(amount, currency, locale)

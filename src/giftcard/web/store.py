@@ -22,13 +22,12 @@ from giftcard.money import (
     AMOUNT_INPUT_LENGTH_MAX,
     REGIONS,
     format_major_plain,
-    format_minor,
     parse_major,
 )
 from giftcard.payments import PaymentStatus, UseBalance
 from giftcard.web import security
 from giftcard.web.security import checked_form, current_shopper, require_shopper, text_field
-from giftcard.web.templating import page, redirect
+from giftcard.web.templating import money_for, page, redirect
 
 router = APIRouter(include_in_schema=False)
 
@@ -59,12 +58,6 @@ def _region(shopper: CustomerPrincipal | None) -> str:
 
 def _currency(shopper: CustomerPrincipal | None) -> str:
     return REGIONS[_region(shopper)].currency
-
-
-def _money_for(shopper: CustomerPrincipal | None) -> Callable[[int, str], str]:
-    """Formats money the way this shopper's store shows it, as pages do."""
-    locale = REGIONS[_region(shopper)].locale
-    return lambda amount, currency: format_minor(amount, currency, locale)
 
 
 # --- the cart cookie ----------------------------------------------------------------
@@ -334,7 +327,7 @@ async def place_order(request: Request) -> Response:
         )
     balance = await redemption.balance(svc.db, shopper.customer)
     try:
-        use_balance = _use_balance(form, priced, balance.available, _money_for(shopper))
+        use_balance = _use_balance(form, priced, balance.available, money_for(shopper))
         result = await store.place_order(
             svc.db,
             shopper.customer,
@@ -459,7 +452,7 @@ async def refund(request: Request, order_id: str) -> Response:
         if error.code is ErrorCode.NOT_FOUND:
             raise _no_such_order() from None
         raise
-    money = _money_for(shopper)
+    money = money_for(shopper)
     parts = []
     if made.to_gift_card_balance:
         parts.append(

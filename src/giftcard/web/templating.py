@@ -3,6 +3,7 @@ page goes through (CSRF token, the shopper, the flash message, security headers)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,11 @@ SECURITY_HEADERS = {
 }
 
 
-def _locale(shopper: CustomerPrincipal | None, region: str | None = None) -> str:
-    if region:
-        return REGIONS[region].locale
-    if shopper is not None:
-        return REGIONS[shopper.customer.region].locale
-    return "en_US"
+def money_for(shopper: CustomerPrincipal | None) -> Callable[[int, str], str]:
+    """Formats money the way this shopper's store writes it (`$25.00`, `25,00 €`); a
+    visitor who is not logged in sees the US store's way."""
+    locale = REGIONS[shopper.customer.region].locale if shopper is not None else "en_US"
+    return lambda amount_minor, currency: format_minor(amount_minor, currency, locale)
 
 
 def page(
@@ -58,10 +58,7 @@ def page(
 ) -> HTMLResponse:
     """Render `template` for this request as a complete page response."""
     shopper: CustomerPrincipal | None = getattr(request.state, "shopper", None)
-    locale = _locale(shopper)
-
-    def money(amount_minor: int, currency: str) -> str:
-        return format_minor(amount_minor, currency, locale)
+    locale = REGIONS[shopper.customer.region].locale if shopper is not None else "en_US"
 
     def when(moment: datetime) -> str:
         return format_datetime(moment, format="medium", locale=locale)
@@ -71,7 +68,7 @@ def page(
         "csrf_token": security.csrf_token(request),
         "csrf_field": security.CSRF_FIELD,
         "flash": security.take_flash(request),
-        "money": money,
+        "money": money_for(shopper),
         "when": when,
         "errors": {},
         "values": {},
