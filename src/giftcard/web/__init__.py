@@ -18,12 +18,12 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from giftcard.errors import GiftcardError, TooManyAttempts
+from giftcard.errors import GiftcardError
 from giftcard.web import security
 from giftcard.web.account import router as account_router
 from giftcard.web.pages import router as pages_router
 from giftcard.web.store import router as store_router
-from giftcard.web.templating import page, redirect
+from giftcard.web.templating import error_headers, page, redirect
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +124,12 @@ def install(app: FastAPI) -> None:
     async def _giftcard(request: Request, error: GiftcardError) -> Response:
         if not is_page(request):
             return await _delegate(api_giftcard_handler, request, error)
-        headers = None
-        if isinstance(error, TooManyAttempts):
-            headers = {"Retry-After": str(error.retry_after_s)}
         return error_page(
-            request, error.status, error.code.problem_title, error.detail, headers=headers
+            request,
+            error.status,
+            error.code.problem_title,
+            error.detail,
+            headers=error_headers(error),
         )
 
     @app.exception_handler(StarletteHTTPException)

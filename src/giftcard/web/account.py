@@ -10,10 +10,10 @@ from fastapi.responses import HTMLResponse, Response
 from giftcard import customers, history, redemption
 from giftcard.api import ids
 from giftcard.customers import CustomerPrincipal, RefundPreference
-from giftcard.errors import GiftcardError, TooManyAttempts
+from giftcard.errors import GiftcardError
 from giftcard.web import security
 from giftcard.web.security import checked_form, require_shopper, text_field
-from giftcard.web.templating import money_for, page, redirect
+from giftcard.web.templating import error_headers, money_for, page, redirect
 
 router = APIRouter(include_in_schema=False)
 
@@ -104,22 +104,19 @@ async def redeem(request: Request) -> Response:
             svc.limits,
             shopper.customer,
             code,
-            address=request.client.host if request.client else "unknown",
+            address=security.client_address(request),
             secret_key=svc.settings.secret_key,
             actor=shopper.actor,
             clock=svc.clock,
         )
     except GiftcardError as error:
-        headers = None
-        if isinstance(error, TooManyAttempts):
-            headers = {"Retry-After": str(error.retry_after_s)}
         return await _account_page(
             request,
             shopper,
             values={"code": code},
             errors={"code": error.detail},
             status=error.status,
-            headers=headers,
+            headers=error_headers(error),
         )
     locale_money = money_for(shopper)
     return redirect(

@@ -12,20 +12,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from giftcard import customers
-from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts
+from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.money import REGIONS
 from giftcard.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN
 from giftcard.web import security
 from giftcard.web.security import checked_form, current_shopper, safe_next, text_field
-from giftcard.web.templating import page, redirect
+from giftcard.web.templating import error_headers, page, redirect
 
 router = APIRouter(include_in_schema=False)
 
 ACCOUNT_PAGE = "/account/gift-cards"
-
-
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def _links(next_path: str) -> dict[str, str]:
@@ -77,7 +73,7 @@ async def signup(request: Request) -> Response:
     password = text_field(form, "password", length_max=PASSWORD_LENGTH_MAX + 1)
     svc = security.services(request)
     try:
-        await svc.limits.signup_attempt(_client_address(request))
+        await svc.limits.signup_attempt(security.client_address(request))
         await customers.sign_up(
             svc.db,
             email=values["email"],
@@ -105,7 +101,7 @@ async def signup(request: Request) -> Response:
                 "errors": {error.param or "email": error.detail},
             },
             status=error.status,
-            headers=_retry_after(error),
+            headers=error_headers(error),
         )
     response = redirect(
         request,
@@ -159,7 +155,7 @@ async def login(request: Request) -> Response:
                 "errors": {error.param or "email": error.detail},
             },
             status=error.status,
-            headers=_retry_after(error),
+            headers=error_headers(error),
         )
     response = redirect(request, next_path)
     security.start_session(request, response, session.token)
@@ -191,9 +187,3 @@ async def redeem_link(request: Request, code: str | None = None) -> Response:
         security.keep_pending_code(request, response, code.strip())
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
-
-
-def _retry_after(error: GiftcardError) -> dict[str, str] | None:
-    if isinstance(error, TooManyAttempts):
-        return {"Retry-After": str(error.retry_after_s)}
-    return None

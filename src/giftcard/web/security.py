@@ -65,6 +65,12 @@ def services(request: Request) -> Services:
     return found
 
 
+def client_address(request: Request) -> str:
+    """The address the per-address abuse limits count (the proxy's word for it, when
+    the proxy is trusted: see GIFTCARD_FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client else "unknown"
+
+
 def is_https(request: Request) -> bool:
     return request.url.scheme == "https"
 

@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from giftcard.customers import CustomerPrincipal
+from giftcard.errors import GiftcardError, TooManyAttempts
 from giftcard.money import REGIONS, format_minor
 from giftcard.web import security
 
@@ -39,6 +40,13 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
 }
+
+
+def error_headers(error: GiftcardError) -> dict[str, str] | None:
+    """Headers a page refusing with `error` sends: Retry-After when locked out."""
+    if isinstance(error, TooManyAttempts):
+        return {"Retry-After": str(error.retry_after_s)}
+    return None
 
 
 def money_for(shopper: CustomerPrincipal | None) -> Callable[[int, str], str]:
