@@ -3,8 +3,8 @@ the shopper's flows (sign up, redeem, buy in the demo store) as a person would d
 
 `Tab.arrive` is what every page goes through: a full-page screenshot in
 `build/screenshots/<test>-<NN>-<step>.png`, then the checks: no JavaScript error in the
-console or thrown by the page, no sideways scrolling, no amount of money broken across
-two lines.
+console or thrown by the page, no sideways scrolling, no form control without a label, no
+amount of money broken across two lines.
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ _AMOUNTS_BROKEN_ACROSS_LINES = r"""() => {
   }
   return broken;
 }"""
+# Form controls a person can see or reach that no label names.
+_UNLABELLED_CONTROLS = r"""() => Array.from(
+  document.querySelectorAll("input:not([type=hidden]), select, textarea")
+).filter((control) => control.labels.length === 0 && !control.getAttribute("aria-label"))
+ .map((control) => control.outerHTML)"""
 _MONEY_US = re.compile(r"(-?)\$(\d{1,3}(?:,\d{3})*)\.(\d{2})")
 
 
@@ -155,6 +160,8 @@ class Tab:
         )
         if self.phone:
             assert width == PHONE_WIDTH, f"{where} was zoomed out to {width}px on a phone"
+        unlabelled = page.evaluate(_UNLABELLED_CONTROLS)
+        assert not unlabelled, f"{where} has form controls without a label: {unlabelled}"
         broken = page.evaluate(_AMOUNTS_BROKEN_ACROSS_LINES)
         assert not broken, f"{where} breaks amounts across lines: {broken}"
         self.unchecked.clear()
