@@ -237,6 +237,37 @@ async def log_in(db: Database, *, email: str, password: str, ttl_s: int, clock: 
     if not await verify_password(row.password_hash if row is not None else None, password):
         raise _invalid_credentials()
     assert row is not None
+    customer_id = customer_row.id if customer_row is not None else None
+    staff_id = staff_row.id if staff_row is not None else None
+    token, expires_at, session_id = await _open_session(
+        db, customer_id=customer_id, staff_id=staff_id, ttl_s=ttl_s, clock=clock
+    )
+    if customer_row is not None:
+        return Session(token, expires_at, customer_from_row(customer_row), None)
+    assert staff_row is not None
+    return Session(
+        token,
+        expires_at,
+        None,
+        StaffPrincipal(staff_row.id, staff_row.email, Role(staff_row.role), session_id),
+    )
+
+
+async def open_customer_session(
+    db: Database, customer: Customer, *, ttl_s: int, clock: Clock
+) -> Session:
+    """A new session for a customer who has just proved who they are (by signing up),
+    without checking the password a second time."""
+    token, expires_at, _ = await _open_session(
+        db, customer_id=customer.id, staff_id=None, ttl_s=ttl_s, clock=clock
+    )
+    return Session(token, expires_at, customer, None)
+
+
+async def _open_session(
+    db: Database, *, customer_id: int | None, staff_id: int | None, ttl_s: int, clock: Clock
+) -> tuple[str, datetime, int]:
+    """Store a new session's hash; its token (shown once), expiry and id."""
     token = SESSION_PREFIX + secrets.token_urlsafe(32)
     now = clock.now()
     expires_at = now + timedelta(seconds=ttl_s)
@@ -248,8 +279,8 @@ async def log_in(db: Database, *, email: str, password: str, ttl_s: int, clock: 
                     insert(sessions)
                     .values(
                         token_hash=secret_hash(token),
-                        customer_id=customer_row.id if customer_row is not None else None,
-                        staff_id=staff_row.id if staff_row is not None else None,
+                        customer_id=customer_id,
+                        staff_id=staff_id,
                         expires_at=expires_at,
                         created_at=now,
                     )
@@ -258,16 +289,7 @@ async def log_in(db: Database, *, email: str, password: str, ttl_s: int, clock: 
             ).scalar_one()
         )
 
-    session_id = await db.run(work)
-    if customer_row is not None:
-        return Session(token, expires_at, customer_from_row(customer_row), None)
-    assert staff_row is not None
-    return Session(
-        token,
-        expires_at,
-        None,
-        StaffPrincipal(staff_row.id, staff_row.email, Role(staff_row.role), session_id),
-    )
+    return token, expires_at, await db.run(work)
 
 
 async def log_in_limited(

@@ -12,12 +12,11 @@ from giftcard.api import ids
 from giftcard.customers import CustomerPrincipal, RefundPreference
 from giftcard.errors import GiftcardError
 from giftcard.web import security
-from giftcard.web.security import checked_form, require_shopper, text_field
+from giftcard.web.security import ACCOUNT_PAGE, checked_form, require_shopper, text_field
 from giftcard.web.templating import error_headers, money_for, page, redirect
 
 router = APIRouter(include_in_schema=False)
 
-ACCOUNT_PAGE = "/account/gift-cards"
 HISTORY_PAGE_SIZE = 10
 # Far longer than any code however it is typed; longer input is cut, then refused.
 CODE_INPUT_LENGTH_MAX = 100

@@ -16,12 +16,10 @@ from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.money import REGIONS
 from giftcard.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN
 from giftcard.web import security
-from giftcard.web.security import checked_form, current_shopper, safe_next, text_field
+from giftcard.web.security import ACCOUNT_PAGE, checked_form, current_shopper, safe_next, text_field
 from giftcard.web.templating import error_headers, page, redirect
 
 router = APIRouter(include_in_schema=False)
-
-ACCOUNT_PAGE = "/account/gift-cards"
 
 
 def _links(next_path: str) -> dict[str, str]:
@@ -50,14 +48,30 @@ async def home(request: Request) -> Response:
 async def signup_form(request: Request, next: str | None = None) -> Response:
     if await current_shopper(request):
         return redirect(request, safe_next(next))
+    return _signup_page(request, safe_next(next))
+
+
+def _signup_page(
+    request: Request,
+    next_path: str,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
     return page(
         request,
         "signup.html",
         {
-            **_form_context(request, safe_next(next)),
+            **_form_context(request, next_path),
             "regions": list(REGIONS.values()),
             "password_min": PASSWORD_LENGTH_MIN,
+            "values": values or {},
+            "errors": errors or {},
         },
+        status=status,
+        headers=headers,
     )
 
 
@@ -74,7 +88,7 @@ async def signup(request: Request) -> Response:
     svc = security.services(request)
     try:
         await svc.limits.signup_attempt(security.client_address(request))
-        await customers.sign_up(
+        created = await customers.sign_up(
             svc.db,
             email=values["email"],
             password=password,
@@ -82,27 +96,18 @@ async def signup(request: Request) -> Response:
             name=values["name"] or None,
             clock=svc.clock,
         )
-        session = await customers.log_in(
-            svc.db,
-            email=values["email"],
-            password=password,
-            ttl_s=svc.settings.session_ttl_s,
-            clock=svc.clock,
-        )
     except GiftcardError as error:
-        return page(
+        return _signup_page(
             request,
-            "signup.html",
-            {
-                **_form_context(request, next_path),
-                "regions": list(REGIONS.values()),
-                "password_min": PASSWORD_LENGTH_MIN,
-                "values": values,
-                "errors": {error.param or "email": error.detail},
-            },
+            next_path,
+            values=values,
+            errors={error.param or "email": error.detail},
             status=error.status,
             headers=error_headers(error),
         )
+    session = await customers.open_customer_session(
+        svc.db, created, ttl_s=svc.settings.session_ttl_s, clock=svc.clock
+    )
     response = redirect(
         request,
         next_path,

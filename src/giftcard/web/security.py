@@ -38,6 +38,8 @@ CSRF_COOKIE = "giftcard_csrf"
 FLASH_COOKIE = "giftcard_flash"
 REDEEM_COOKIE = "giftcard_redeem"
 CSRF_FIELD = "csrf_token"
+# Where a shopper goes after logging in, unless a page of this site asked for another.
+ACCOUNT_PAGE = "/account/gift-cards"
 
 # A redeem link's code waits this long for the shopper to log in or sign up.
 PENDING_REDEEM_TTL_S = 3600
@@ -172,7 +174,7 @@ def local_path(request: Request) -> str:
     return path
 
 
-def safe_next(candidate: str | None, default: str = "/account/gift-cards") -> str:
+def safe_next(candidate: str | None, default: str = ACCOUNT_PAGE) -> str:
     """A `next` address only ever leads to a page of this site."""
     if not candidate or len(candidate) > NEXT_LENGTH_MAX:
         return default
