@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from giftcard import customers, history, redemption
 from giftcard.api import ids
+from giftcard.api.deps import client_address, services
 from giftcard.customers import CustomerPrincipal, RefundPreference
 from giftcard.errors import GiftcardError
 from giftcard.web import security
@@ -37,7 +38,7 @@ async def _account_page(
     status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    svc = security.services(request)
+    svc = services(request)
     cursor = ids.parse_cursor(ids.TRANSACTION, starting_after)
     balance = await redemption.balance(svc.db, shopper.customer)
     found = await history.customer_history(
@@ -96,14 +97,14 @@ async def redeem(request: Request) -> Response:
             errors={"code": "Enter the code from your gift card."},
             status=422,
         )
-    svc = security.services(request)
+    svc = services(request)
     try:
         redeemed = await redemption.redeem_limited(
             svc.db,
             svc.limits,
             shopper.customer,
             code,
-            address=security.client_address(request),
+            address=client_address(request),
             secret_key=svc.settings.secret_key,
             actor=shopper.actor,
             clock=svc.clock,
@@ -145,7 +146,7 @@ async def refund_preference(request: Request) -> Response:
             errors={"refund_preference": "Choose where refunds should go."},
             status=422,
         )
-    svc = security.services(request)
+    svc = services(request)
     await customers.update_customer(svc.db, shopper.customer.id, refund_preference=preference)
     return redirect(
         request,

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from giftcard import customers
+from giftcard.api.deps import client_address, services
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.money import REGIONS
 from giftcard.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN
@@ -85,9 +86,9 @@ async def signup(request: Request) -> Response:
         "region": text_field(form, "region", length_max=10),
     }
     password = text_field(form, "password", length_max=PASSWORD_LENGTH_MAX + 1)
-    svc = security.services(request)
+    svc = services(request)
     try:
-        await svc.limits.signup_attempt(security.client_address(request))
+        await svc.limits.signup_attempt(client_address(request))
         created = await customers.sign_up(
             svc.db,
             email=values["email"],
@@ -130,7 +131,7 @@ async def login(request: Request) -> Response:
     next_path = safe_next(text_field(form, "next"))
     email = text_field(form, "email", length_max=customers.EMAIL_LENGTH_MAX + 50)
     password = text_field(form, "password", length_max=PASSWORD_LENGTH_MAX + 1)
-    svc = security.services(request)
+    svc = services(request)
     try:
         session = await customers.log_in_limited(
             svc.db,
@@ -172,7 +173,7 @@ async def logout(request: Request) -> Response:
     await checked_form(request)
     shopper = await current_shopper(request)
     if shopper is not None:
-        svc = security.services(request)
+        svc = services(request)
         await customers.log_out(svc.db, shopper.session_id, clock=svc.clock)
     request.state.shopper = None
     response = redirect(

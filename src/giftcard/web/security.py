@@ -30,8 +30,8 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from giftcard import customers
+from giftcard.api.deps import services
 from giftcard.customers import CustomerPrincipal
-from giftcard.services import Services
 
 SESSION_COOKIE = "giftcard_session"
 CSRF_COOKIE = "giftcard_csrf"
@@ -60,17 +60,6 @@ class LoginRequired(Exception):
     def __init__(self, next_path: str) -> None:
         super().__init__(next_path)
         self.next_path = next_path
-
-
-def services(request: Request) -> Services:
-    found: Services = request.app.state.services
-    return found
-
-
-def client_address(request: Request) -> str:
-    """The address the per-address abuse limits count (the proxy's word for it, when
-    the proxy is trusted: see GIFTCARD_FORWARDED_ALLOW_IPS)."""
-    return request.client.host if request.client else "unknown"
 
 
 def is_https(request: Request) -> bool:

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import FormData
 
 from giftcard import redemption, store
+from giftcard.api.deps import services
 from giftcard.customers import CustomerPrincipal, RefundPreference
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
 from giftcard.money import (
@@ -112,7 +113,7 @@ async def _products_page(
     currency = _currency(shopper)
     balance = None
     if shopper is not None:
-        balance = await redemption.balance(security.services(request).db, shopper.customer)
+        balance = await redemption.balance(services(request).db, shopper.customer)
     return _store_page(
         request,
         "store.html",
@@ -213,7 +214,7 @@ async def _checkout_page(
     problem: str | None = None,
     status: int = 200,
 ) -> Response:
-    balance = await redemption.balance(security.services(request).db, shopper.customer)
+    balance = await redemption.balance(services(request).db, shopper.customer)
     max_use = min(balance.available, priced.total)
     return _store_page(
         request,
@@ -288,7 +289,7 @@ def _use_balance(
 async def place_order(request: Request) -> Response:
     form = await checked_form(request)
     shopper = await require_shopper(request)
-    svc = security.services(request)
+    svc = services(request)
     order_id = text_field(form, "order_id", length_max=ORDER_ID_INPUT_LENGTH_MAX)
     if not store.is_order_id(order_id):
         return redirect(
@@ -392,7 +393,7 @@ def status_words(status: PaymentStatus, refunded: int) -> str:
 @router.get(ORDERS_PAGE, response_class=HTMLResponse)
 async def orders(request: Request) -> Response:
     shopper = await require_shopper(request)
-    found = await store.orders_of(security.services(request).db, shopper.customer.id)
+    found = await store.orders_of(services(request).db, shopper.customer.id)
     return _store_page(
         request,
         "store_orders.html",
@@ -416,7 +417,7 @@ def _no_such_order() -> GiftcardError:
 @router.get(ORDERS_PAGE + "/{order_id}", response_class=HTMLResponse)
 async def order(request: Request, order_id: str) -> Response:
     shopper = await require_shopper(request)
-    detail = await store.order_detail(security.services(request).db, shopper.customer.id, order_id)
+    detail = await store.order_detail(services(request).db, shopper.customer.id, order_id)
     if detail is None:
         raise _no_such_order()
     flash = security.take_flash(request)
@@ -437,7 +438,7 @@ async def order(request: Request, order_id: str) -> Response:
 async def refund(request: Request, order_id: str) -> Response:
     form = await checked_form(request)
     shopper = await require_shopper(request)
-    svc = security.services(request)
+    svc = services(request)
     try:
         made = await store.refund_order(
             svc.db, shopper.customer.id, order_id, actor=shopper.actor, clock=svc.clock

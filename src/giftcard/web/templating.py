@@ -52,8 +52,12 @@ def error_headers(error: GiftcardError) -> dict[str, str] | None:
 def money_for(shopper: CustomerPrincipal | None) -> Callable[[int, str], str]:
     """Formats money the way this shopper's store writes it (`$25.00`, `25,00 €`); a
     visitor who is not logged in sees the US store's way."""
-    locale = REGIONS[shopper.customer.region].locale if shopper is not None else "en_US"
+    locale = _locale(shopper)
     return lambda amount_minor, currency: format_minor(amount_minor, currency, locale)
+
+
+def _locale(shopper: CustomerPrincipal | None) -> str:
+    return REGIONS[shopper.customer.region].locale if shopper is not None else "en_US"
 
 
 def page(
@@ -66,7 +70,7 @@ def page(
 ) -> HTMLResponse:
     """Render `template` for this request as a complete page response."""
     shopper: CustomerPrincipal | None = getattr(request.state, "shopper", None)
-    locale = REGIONS[shopper.customer.region].locale if shopper is not None else "en_US"
+    locale = _locale(shopper)
 
     def when(moment: datetime) -> str:
         return format_datetime(moment, format="medium", locale=locale)
