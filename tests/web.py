@@ -25,6 +25,24 @@ def hidden_value(page: str, name: str) -> str:
     raise AssertionError(f"no input named {name!r} on the page")
 
 
+def text_of(page: str) -> str:
+    """The page's words without tags, whitespace squeezed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+def field_error(page: str, name: str) -> str | None:
+    """The error shown beside field `name`, if any, checked to be tied to its input
+    (`aria-describedby`) and to mark it invalid."""
+    found = re.search(rf'<p class="error" id="{name}-error">(.*?)</p>', page, re.S)
+    if found is None:
+        return None
+    wiring = re.search(rf'<input id="{name}"[^>]*>', page)
+    assert wiring, f"no input {name}"
+    assert f"{name}-error" in wiring.group(0), "the error is not tied to its input"
+    assert 'aria-invalid="true"' in wiring.group(0)
+    return text_of(found.group(1)).removeprefix("Error:").strip()
+
+
 def csrf_of(page: str) -> str:
     """The CSRF token a page's forms carry."""
     return hidden_value(page, "csrf_token")

@@ -19,22 +19,9 @@ from giftcard.customers import RefundPreference
 from giftcard.db.tables import customers as customers_table
 from giftcard.services import Services
 from tests.conftest import api_key, issue
-from tests.web import PASSWORD, csrf_of, web_redeem, web_sign_up
+from tests.web import PASSWORD, csrf_of, field_error, web_redeem, web_sign_up
 
 ACCOUNT = "/account/gift-cards"
-
-
-def field_error(page: str, name: str) -> str | None:
-    """The error shown beside field `name`, if any, with its wiring to the input checked."""
-    found = re.search(rf'<p class="error" id="{name}-error">(.*?)</p>', page, re.S)
-    if found is None:
-        return None
-    text = html.unescape(re.sub(r"<[^>]+>", "", found.group(1)).replace("Error:", "").strip())
-    wiring = re.search(rf'<input id="{name}"[^>]*>', page)
-    assert wiring, f"no input {name}"
-    assert f"{name}-error" in wiring.group(0), "error not tied to its input"
-    assert 'aria-invalid="true"' in wiring.group(0)
-    return text
 
 
 def input_value(page: str, name: str) -> str | None:

@@ -9,7 +9,6 @@ that each test checks what really moved, not only what a page says."""
 from __future__ import annotations
 
 import asyncio
-import html
 import re
 from typing import Any
 
@@ -28,7 +27,9 @@ from tests.web import (
     PASSWORD,
     csrf,
     csrf_of,
+    field_error,
     hidden_value,
+    text_of,
     web_post,
     web_redeem,
     web_sign_up,
@@ -42,11 +43,6 @@ TEST_CARD_SENTENCE = (
 
 def usd(amount_minor: int) -> str:
     return format_minor(amount_minor, "USD", "en_US")
-
-
-def text_of(page: str) -> str:
-    """The page's words without tags, whitespace squeezed."""
-    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
 
 
 def heading(page: str) -> str:
@@ -66,18 +62,6 @@ def summary(page: str) -> dict[str, str]:
     assert found, "no summary on the page"
     pairs = re.findall(r"<dt>(.*?)</dt>\s*<dd[^>]*>(.*?)</dd>", found.group(1), re.S)
     return {text_of(term): text_of(value) for term, value in pairs}
-
-
-def field_error(page: str, name: str) -> str | None:
-    """The error beside field `name`, checked to be tied to its input."""
-    found = re.search(rf'<p class="error" id="{name}-error">(.*?)</p>', page, re.S)
-    if found is None:
-        return None
-    wiring = re.search(rf'<input id="{name}"[^>]*>', page)
-    assert wiring, f"no input {name}"
-    assert f"{name}-error" in wiring.group(0), "the error is not tied to its input"
-    assert 'aria-invalid="true"' in wiring.group(0)
-    return text_of(found.group(1)).removeprefix("Error:").strip()
 
 
 def checked_choice(page: str) -> str:
