@@ -21,7 +21,7 @@ from giftcard.customers import (
     authenticate,
 )
 from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts
-from giftcard.services import Services
+from giftcard.http import services
 
 T = TypeVar("T")
 
@@ -41,15 +41,6 @@ IdempotencyKey = Annotated[
 bearer = HTTPBearer(
     auto_error=False, description="A customer or staff session token, or an API key"
 )
-
-
-def services(request: Request) -> Services:
-    found: Services = request.app.state.services
-    return found
-
-
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 async def principal(

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Request
 
 from giftcard import cards
 from giftcard.api import ids, render, schemas
-from giftcard.api.deps import IdempotencyKey, roles, run_idempotent, services
+from giftcard.api.deps import IdempotencyKey, roles, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role
 from giftcard.errors import ErrorCode, GiftcardError
+from giftcard.http import services
 from giftcard.money import region as find_region
 from giftcard.services import Services
 

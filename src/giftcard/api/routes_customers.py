@@ -9,17 +9,11 @@ from fastapi.responses import JSONResponse
 
 from giftcard import customers, history, redemption
 from giftcard.api import ids, render, schemas
-from giftcard.api.deps import (
-    IdempotencyKey,
-    client_address,
-    customer,
-    principal,
-    run_idempotent,
-    services,
-)
+from giftcard.api.deps import IdempotencyKey, customer, principal, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.customers import CustomerPrincipal, Principal, RefundPreference
 from giftcard.errors import ErrorCode, GiftcardError
+from giftcard.http import client_address, services
 from giftcard.services import Services
 
 router = APIRouter(prefix="/v1")

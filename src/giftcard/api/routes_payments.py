@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends, Request
 
 from giftcard import payments
 from giftcard.api import ids, render, schemas
-from giftcard.api.deps import IdempotencyKey, roles, run_idempotent, services
+from giftcard.api.deps import IdempotencyKey, roles, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role
+from giftcard.http import services
 from giftcard.services import Services
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])

@@ -7,9 +7,9 @@ from fastapi.responses import Response
 from sqlalchemy import text
 
 from giftcard.api import schemas
-from giftcard.api.deps import services
 from giftcard.api.problems import problem_response, problems
 from giftcard.errors import ErrorCode, GiftcardError
+from giftcard.http import services
 from giftcard.metrics import exposition
 from giftcard.services import Services
 

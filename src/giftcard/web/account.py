@@ -9,9 +9,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from giftcard import customers, history, redemption
 from giftcard.api import ids
-from giftcard.api.deps import client_address, services
 from giftcard.customers import CustomerPrincipal, RefundPreference
 from giftcard.errors import GiftcardError
+from giftcard.http import client_address, services
 from giftcard.web import security
 from giftcard.web.security import ACCOUNT_PAGE, checked_form, require_shopper, text_field
 from giftcard.web.templating import error_headers, money_for, page, redirect

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from giftcard import customers
-from giftcard.api.deps import client_address, services
 from giftcard.errors import ErrorCode, GiftcardError
+from giftcard.http import client_address, services
 from giftcard.money import REGIONS
 from giftcard.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN
 from giftcard.web import security

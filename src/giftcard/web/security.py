@@ -30,8 +30,8 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from giftcard import customers
-from giftcard.api.deps import services
 from giftcard.customers import CustomerPrincipal
+from giftcard.http import services
 
 SESSION_COOKIE = "giftcard_session"
 CSRF_COOKIE = "giftcard_csrf"

@@ -16,9 +16,9 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import FormData
 
 from giftcard import redemption, store
-from giftcard.api.deps import services
 from giftcard.customers import CustomerPrincipal, RefundPreference
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
+from giftcard.http import services
 from giftcard.money import (
     AMOUNT_INPUT_LENGTH_MAX,
     REGIONS,
