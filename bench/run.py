@@ -43,6 +43,7 @@ import httpx
 from giftcard import customers, passwords, redemption, verify
 from giftcard.clock import SystemClock
 from giftcard.db.engine import Database
+from giftcard.unit_of_work import UnitOfWork
 from giftcard.db.migrate import upgrade
 
 T = TypeVar("T")
@@ -236,7 +237,7 @@ async def _redeem_use_case(db: Database, secret_key: bytes, codes: Sequence[str]
 
     async def one(index: int, code: str) -> None:
         await redemption.redeem(
-            db, shoppers[index], code, secret_key=secret_key, actor="bench", clock=clock
+            UnitOfWork(db, clock), shoppers[index], code, secret_key=secret_key, actor="bench"
         )
 
     return await _drive(codes, USE_CASE_CONCURRENCY, one)

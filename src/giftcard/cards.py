@@ -10,7 +10,7 @@ An `active` card past its `expires_at` reads as `expired`; the stored state stay
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
@@ -25,6 +25,7 @@ from giftcard.db.engine import Database
 from giftcard.db.tables import card_events, cards, ledger_accounts
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
 from giftcard.money import AMOUNT_MINOR_MAX, Region
+from giftcard.unit_of_work import UnitOfWork
 
 CARDS_PER_REQUEST_MAX = 1000
 CARDS_PER_BATCH_MAX = 1_000_000
@@ -85,9 +86,10 @@ class IssueRequest:
 
 
 ProgressCallback = Callable[[int], None]
-# Called inside the issuing transaction, before it commits: the CLI writes its CSV here,
-# so that cards whose codes were never written down are never committed.
-BeforeCommit = Callable[[AsyncConnection, Sequence[IssuedCard]], Awaitable[None]]
+# Called inside the issuing transaction, before it commits, with the cards it issued: a
+# CLI writes their codes down here, so that no card exists whose code was never kept.
+# A retried transaction calls it again with the same codes; it must be safe to repeat.
+KeepCodes = Callable[[Sequence[IssuedCard]], None]
 
 
 def effective_state(state: str, expires_at: datetime | None, now: datetime) -> CardState:
@@ -127,19 +129,20 @@ def check_issue_request(request: IssueRequest, now: datetime, *, count_max: int)
 
 
 async def issue(
-    db: Database,
+    uow: UnitOfWork,
     request: IssueRequest,
     *,
     secret_key: bytes,
     actor: str,
-    clock: Clock,
     count_max: int = CARDS_PER_REQUEST_MAX,
     on_progress: ProgressCallback | None = None,
-    before_commit: BeforeCommit | None = None,
+    keep_codes: KeepCodes | None = None,
 ) -> list[IssuedCard]:
     """Issue `request.count` cards in one transaction: all of them or none."""
-    now = clock.now()
+    now = uow.clock.now()
     check_issue_request(request, now, count_max=count_max)
+    # Drawn once: a retried transaction issues the same codes, none of which the rolled
+    # back attempt made real.
     drafts = [(codes.generate_code(), codes.generate_serial()) for _ in range(request.count)]
 
     async def work(connection: AsyncConnection) -> list[IssuedCard]:
@@ -148,14 +151,11 @@ async def issue(
             issued = await _insert_cards(
                 connection, request, unique_drafts, secret_key, actor, now, on_progress
             )
-        if before_commit is not None:
-            await before_commit(connection, issued)
+        if keep_codes is not None:
+            keep_codes(issued)
         return issued
 
-    # No automatic retry: a second attempt would hand out codes the first one may have
-    # already passed to before_commit.
-    async with db.transaction() as connection:
-        return await work(connection)
+    return await uow.run(work)
 
 
 async def _replace_taken_serials(
@@ -281,10 +281,10 @@ async def get(db: Database, card_id: int, *, clock: Clock) -> Card:
     return card_from_row(row, clock.now())
 
 
-async def activate(db: Database, serial: str, *, actor: str, clock: Clock) -> Card:
+async def activate(uow: UnitOfWork, serial: str, *, actor: str) -> Card:
     """A physical card sold at a till: it becomes active and its value is funded."""
     serial = codes.normalize_serial(serial)
-    now = clock.now()
+    now = uow.clock.now()
 
     async def work(connection: AsyncConnection) -> Card:
         row = (
@@ -326,7 +326,7 @@ async def activate(db: Database, serial: str, *, actor: str, clock: Clock) -> Ca
         await record_event(connection, row.id, "activated", actor=actor, now=now)
         return card_from_row(row, now)
 
-    return await db.run(work)
+    return await uow.run(work)
 
 
 def _raise_not_activatable(row: Row[Any] | None, now: datetime) -> NoReturn:

@@ -18,7 +18,6 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import cards, customers
 from giftcard import verify as verify_ledger
@@ -30,6 +29,7 @@ from giftcard.db.migrate import upgrade
 from giftcard.errors import GiftcardError
 from giftcard.money import format_major_plain, parse_major
 from giftcard.money import region as find_region
+from giftcard.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
 
@@ -203,6 +203,12 @@ async def _issue_to_csv(
     settings: Settings, request: cards.IssueRequest, out: Path
 ) -> Sequence[cards.IssuedCard]:
     partial = out.with_name(out.name + ".partial")
+    try:
+        # Claimed empty before any card exists: another run writing to the same file
+        # stops here instead of mixing its codes in.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise _fail(f"{partial} exists: another issue is writing it, or one was cut off.") from None
     db = Database(settings.database_url)
     try:
         with Progress(
@@ -214,20 +220,22 @@ async def _issue_to_csv(
         ) as progress:
             task = progress.add_task("issue", total=request.count)
 
-            async def write_csv(_: AsyncConnection, issued: Sequence[cards.IssuedCard]) -> None:
+            def write_csv(issued: Sequence[cards.IssuedCard]) -> None:
                 # Written before the cards commit: a card whose code was never written down
-                # must not exist.
+                # must not exist. A retried transaction writes the file afresh.
                 _write_csv(partial, issued)
 
+            def advance(done: int) -> None:
+                progress.advance(task, done)
+
             issued = await cards.issue(
-                db,
+                UnitOfWork(db, SystemClock()),
                 request,
                 secret_key=settings.secret_key,
                 actor="cli",
-                clock=SystemClock(),
                 count_max=CARDS_PER_CLI_BATCH_MAX,
-                on_progress=lambda done: progress.advance(task, done),
-                before_commit=write_csv,
+                on_progress=advance,
+                keep_codes=write_csv,
             )
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -243,7 +251,7 @@ async def _issue_to_csv(
 
 
 def _write_csv(path: Path, issued: Sequence[cards.IssuedCard]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["serial", "code", "amount", "currency", "region", "kind", "expires_at"])

@@ -13,6 +13,7 @@ from giftcard.db.engine import Database
 from giftcard.db.tables import customers as customers_table
 from giftcard.db.tables import staff as staff_table
 from giftcard.money import format_minor, region
+from giftcard.unit_of_work import UnitOfWork
 
 DEMO_SHOPPER_EMAIL = "shopper@example.com"
 DEMO_SHOPPER_PASSWORD = "demo-shopper-password"
@@ -65,18 +66,16 @@ async def seed(settings: Settings) -> list[str]:
         issued = []
         for amount in DEMO_CARD_AMOUNTS:
             issued += await cards.issue(
-                db,
+                UnitOfWork(db, clock),
                 cards.IssueRequest(amount=amount, region=us, kind=cards.CardKind.DIGITAL),
                 secret_key=settings.secret_key,
                 actor="demo",
-                clock=clock,
             )
         physical = await cards.issue(
-            db,
+            UnitOfWork(db, clock),
             cards.IssueRequest(amount=2000, region=us, kind=cards.CardKind.PHYSICAL),
             secret_key=settings.secret_key,
             actor="demo",
-            clock=clock,
         )
     finally:
         await db.dispose()

@@ -1,11 +1,16 @@
 """Idempotency keys: a retried request acts once and gets the first response again.
 
-A request carrying a key first *claims* it in a short transaction of its own (a row in
-state `in_progress`). The use case then writes the response into that row in the **same
-transaction** as its money movement, so the effect and the record of it commit together
-or not at all: if the server dies in between, nothing happened and the key can be claimed
-again once its lock has gone stale (`LOCK_STALE_S`). A key is scoped to its caller; the
-request is remembered only as a keyed hash (the body may hold a gift card code).
+The key is claimed inside the use case's own transaction, as its first statement, and
+the response is written into the same row before that transaction commits, so the
+effect and the record of it commit together or not at all. A request that died with
+its server (kill -9, power loss) therefore leaves nothing behind: its retry acts at
+once. A duplicate sent while the first is still running meets the first's uncommitted
+row on the unique key (scope, key) and waits for it to commit — PostgreSQL's unique
+index makes it wait, SQLite has one writer at a time — and then gets its answer back.
+
+A key is scoped to its caller; the request is remembered only as a keyed hash (the body
+may hold a gift card code), and the stored answer is what the door chose to keep (never
+a code). Which refusals are remembered is decided by the unit of work.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,23 +33,35 @@ from giftcard.db.tables import idempotency_keys
 from giftcard.errors import ErrorCode, GiftcardError
 
 KEY_LENGTH_MAX = 255
-# A claim older than this is taken to belong to a request that died.
-LOCK_STALE_S = 60
 # Keys are kept at least this long, then purged.
 KEY_TTL_S = 24 * 3600
 PURGE_BATCH_MAX = 10_000
 
 
 @dataclass(frozen=True)
-class Claim:
-    id: int
-    locked_at: datetime
+class StoredResponse:
+    status: int
+    body: str
 
 
 @dataclass(frozen=True)
-class Replay:
-    status: int
-    body: str
+class KeyedRequest:
+    """A request that carries an Idempotency-Key, and how its door words what it stores:
+    `answer` for the result of the use case, `refusal` for a remembered refusal."""
+
+    scope: str
+    key: str
+    fingerprint: bytes
+    answer: Callable[[Any], StoredResponse]
+    refusal: Callable[[GiftcardError], StoredResponse]
+
+
+class Replayed(Exception):
+    """The key already has an answer: this request must not act, only give it back."""
+
+    def __init__(self, response: StoredResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 def fingerprint(secret_key: bytes, method: str, path: str, body: Any) -> bytes:
@@ -60,107 +78,48 @@ def check_key(key: str) -> None:
         )
 
 
-async def claim(
-    db: Database, *, scope: str, key: str, request_fingerprint: bytes, now: datetime
-) -> Claim | Replay:
-    """Claim `key` for this request, or return the response it already produced."""
-    check_key(key)
-
-    async def work(connection: AsyncConnection) -> Claim | Replay:
-        insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-        new_id = (
-            await connection.execute(
-                insert(idempotency_keys)
-                .values(
-                    scope=scope,
-                    key=key,
-                    fingerprint=request_fingerprint,
-                    state="in_progress",
-                    locked_at=now,
-                    created_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["scope", "key"])
-                .returning(idempotency_keys.c.id)
-            )
-        ).scalar_one_or_none()
-        if new_id is not None:
-            return Claim(int(new_id), now)
-        row = (
-            await connection.execute(
-                select(idempotency_keys).where(
-                    idempotency_keys.c.scope == scope, idempotency_keys.c.key == key
-                )
-            )
-        ).one()
-        if not hmac.compare_digest(row.fingerprint, request_fingerprint):
-            raise GiftcardError(
-                ErrorCode.IDEMPOTENCY_KEY_REUSED,
-                "This Idempotency-Key was already used with a different request.",
-            )
-        if row.state == "complete":
-            return Replay(row.response_status, row.response_body)
-        if row.locked_at > now - timedelta(seconds=LOCK_STALE_S):
-            raise GiftcardError(
-                ErrorCode.IDEMPOTENCY_KEY_IN_USE,
-                "A request with this Idempotency-Key is still being processed; retry shortly.",
-            )
-        taken = await connection.execute(
-            update(idempotency_keys)
-            .where(idempotency_keys.c.id == row.id, idempotency_keys.c.locked_at == row.locked_at)
-            .values(locked_at=now)
-        )
-        if taken.rowcount != 1:
-            raise GiftcardError(
-                ErrorCode.IDEMPOTENCY_KEY_IN_USE,
-                "A request with this Idempotency-Key is still being processed; retry shortly.",
-            )
-        return Claim(int(row.id), now)
-
-    return await db.run(work)
-
-
-async def complete(connection: AsyncConnection, held: Claim, *, status: int, body: str) -> None:
-    """Record the response, inside the use case's own transaction."""
-    result = await connection.execute(
-        update(idempotency_keys)
-        .where(
-            idempotency_keys.c.id == held.id,
-            idempotency_keys.c.state == "in_progress",
-            idempotency_keys.c.locked_at == held.locked_at,
-        )
-        .values(state="complete", response_status=status, response_body=body)
-    )
-    if result.rowcount != 1:
-        # Another request took the key over while this one ran too long: roll back rather
-        # than act twice.
-        raise GiftcardError(
-            ErrorCode.IDEMPOTENCY_KEY_IN_USE,
-            "Another request took over this Idempotency-Key; nothing was done by this one.",
-        )
-
-
-async def complete_alone(db: Database, held: Claim, *, status: int, body: str) -> None:
-    """Record a refusal (a 4xx that moved nothing) so a retry gets the same answer."""
-
-    async def work(connection: AsyncConnection) -> None:
-        await complete(connection, held, status=status, body=body)
-
-    await db.run(work)
-
-
-async def release(db: Database, held: Claim) -> None:
-    """Give the key back after a failure that should not be remembered."""
-
-    async def work(connection: AsyncConnection) -> None:
+async def claim(connection: AsyncConnection, keyed: KeyedRequest, *, now: datetime) -> int:
+    """Claim the key in this transaction and return its row's id, or raise
+    :class:`Replayed` with the answer a finished request left under it."""
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    new_id = (
         await connection.execute(
-            delete(idempotency_keys).where(
-                idempotency_keys.c.id == held.id,
-                idempotency_keys.c.state == "in_progress",
-                idempotency_keys.c.locked_at == held.locked_at,
+            insert(idempotency_keys)
+            .values(
+                scope=keyed.scope,
+                key=keyed.key,
+                fingerprint=keyed.fingerprint,
+                created_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["scope", "key"])
+            .returning(idempotency_keys.c.id)
+        )
+    ).scalar_one_or_none()
+    if new_id is not None:
+        return int(new_id)
+    # Only committed rows conflict here, and a row is only ever committed with its answer.
+    row = (
+        await connection.execute(
+            select(idempotency_keys).where(
+                idempotency_keys.c.scope == keyed.scope, idempotency_keys.c.key == keyed.key
             )
         )
+    ).one()
+    if not hmac.compare_digest(row.fingerprint, keyed.fingerprint):
+        raise GiftcardError(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            "This Idempotency-Key was already used with a different request.",
+        )
+    raise Replayed(StoredResponse(row.response_status, row.response_body))
 
-    await db.run(work)
+
+async def complete(connection: AsyncConnection, claim_id: int, response: StoredResponse) -> None:
+    """Write the answer into the claimed row, before the transaction commits."""
+    await connection.execute(
+        update(idempotency_keys)
+        .where(idempotency_keys.c.id == claim_id)
+        .values(response_status=response.status, response_body=response.body)
+    )
 
 
 async def purge(db: Database, *, now: datetime) -> int:

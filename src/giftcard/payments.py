@@ -23,11 +23,11 @@ row (`... WHERE status = 'authorized'`, `... WHERE captured_amount - refunded_am
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -38,11 +38,15 @@ from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import customers, ledger_accounts, payments, refunds
 from giftcard.errors import ErrorCode, GiftcardError, LedgerInvariantError, validation_error
 from giftcard.money import AMOUNT_MINOR_MAX, format_minor
+from giftcard.unit_of_work import UnitOfWork
 
 ORDER_ID_LENGTH_MAX = 255
 # Holds released per sweep; the sweeper loops until none are left.
 EXPIRED_HOLDS_PER_SWEEP_MAX = 500
-REFUNDS_PER_PAYMENT_MAX = 1000
+# A payment shows its newest refunds; the rest are paged with list_refunds.
+REFUNDS_SHOWN_MAX = 10
+REFUND_PAGE_SIZE_DEFAULT = 20
+REFUND_PAGE_SIZE_MAX = 100
 
 UseBalance = Literal["max", "none"] | int
 
@@ -82,7 +86,39 @@ class Payment:
     refunded_gift_card_amount: int
     hold_expires_at: datetime | None
     created_at: datetime
+    # The newest refunds (at most REFUNDS_SHOWN_MAX), newest first, whether there are
+    # more, and where all of them went.
     refunds: tuple[Refund, ...] = ()
+    refunds_has_more: bool = False
+    refunded_to_gift_card_balance: int = 0
+    refunded_to_original_payment_method: int = 0
+
+    @property
+    def captured_other_amount(self) -> int:
+        return self.captured_amount - self.captured_gift_card_amount
+
+    @property
+    def is_captured(self) -> bool:
+        return self.status in (PaymentStatus.CAPTURED, PaymentStatus.REFUNDED)
+
+    @property
+    def gift_card_part(self) -> int:
+        """What the balance pays: once captured, what was captured from it; before,
+        what is held (or planned) for the order."""
+        return self.captured_gift_card_amount if self.is_captured else self.gift_card_amount
+
+    @property
+    def other_part(self) -> int:
+        """What the store must charge to another payment method: once captured, the
+        captured amount less the balance's part (a partial capture lowers it); before,
+        the order's amount less the balance's part."""
+        return self.captured_other_amount if self.is_captured else self.other_amount
+
+
+@dataclass(frozen=True)
+class RefundPage:
+    items: list[Refund]
+    has_more: bool
 
 
 @dataclass(frozen=True)
@@ -95,7 +131,7 @@ class PaymentRequest:
     capture: bool = True
 
 
-def payment_from_row(row: Row[Any], found_refunds: tuple[Refund, ...] = ()) -> Payment:
+def payment_from_row(row: Row[Any]) -> Payment:
     return Payment(
         id=row.id,
         status=PaymentStatus(row.status),
@@ -111,7 +147,6 @@ def payment_from_row(row: Row[Any], found_refunds: tuple[Refund, ...] = ()) -> P
         refunded_gift_card_amount=row.refunded_gift_card_amount,
         hold_expires_at=row.hold_expires_at,
         created_at=row.created_at,
-        refunds=found_refunds,
     )
 
 
@@ -144,40 +179,44 @@ def balance_part(use: UseBalance, available: int, order_amount: int) -> int:
 
 
 async def create(
-    db: Database,
-    request: PaymentRequest,
-    *,
-    hold_ttl_s: int,
-    actor: str,
-    clock: Clock,
-    before_commit: Any = None,
+    uow: UnitOfWork, request: PaymentRequest, *, hold_ttl_s: int, actor: str
 ) -> Payment:
     """Apply the balance to an order: captured at once, or held until captured."""
     check_request(request)
 
     async def work(connection: AsyncConnection) -> Payment:
-        now = clock.now()
-        customer = await _customer(connection, request.customer_id)
-        if request.currency != customer.currency:
-            raise GiftcardError(
-                ErrorCode.CURRENCY_MISMATCH,
-                f"This customer pays in {customer.currency}, not {request.currency}.",
-                param="currency",
-            )
-        available = await _lock_balance(connection, customer.available_account_id)
-        gift = balance_part(request.use_balance, available, request.amount)
-        status = PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED
-        payment_id = await _insert(
-            connection, request, customer, gift, status, hold_ttl_s, actor, now
+        return await pay(
+            connection, request, hold_ttl_s=hold_ttl_s, actor=actor, now=uow.clock.now()
         )
-        if gift:
-            await _apply(connection, customer, payment_id, gift, status, actor, now)
-        payment = await _get(connection, payment_id)
-        if before_commit is not None:
-            await before_commit(connection, payment)
-        return payment
 
-    return await db.run(work)
+    return await uow.run(work)
+
+
+async def pay(
+    connection: AsyncConnection,
+    request: PaymentRequest,
+    *,
+    hold_ttl_s: int,
+    actor: str,
+    now: datetime,
+) -> Payment:
+    """:func:`create`'s work inside a transaction the caller runs, for a use case that
+    must write its own rows in the same transaction (a store's order and its payment)."""
+    check_request(request)
+    customer = await _customer(connection, request.customer_id)
+    if request.currency != customer.currency:
+        raise GiftcardError(
+            ErrorCode.CURRENCY_MISMATCH,
+            f"This customer pays in {customer.currency}, not {request.currency}.",
+            param="currency",
+        )
+    available = await _lock_balance(connection, customer.available_account_id)
+    gift = balance_part(request.use_balance, available, request.amount)
+    status = PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED
+    payment_id = await _insert(connection, request, customer, gift, status, hold_ttl_s, actor, now)
+    if gift:
+        await _apply(connection, customer, payment_id, gift, status, actor, now)
+    return await _get(connection, payment_id)
 
 
 async def _customer(connection: AsyncConnection, customer_id: int) -> Customer:
@@ -288,29 +327,80 @@ async def _get(connection: AsyncConnection, payment_id: int, *, lock: bool = Fal
     row = (await connection.execute(query)).one_or_none()
     if row is None:
         raise GiftcardError(ErrorCode.NOT_FOUND, f"No payment pay_{payment_id}.")
-    found = (
+    if row.refunded_amount == 0:
+        # Every refund is of a positive amount: none was made.
+        return payment_from_row(row)
+    newest = await _refunds(connection, row.id, row.currency, limit=REFUNDS_SHOWN_MAX)
+    to_balance, to_method = (
         await connection.execute(
-            select(refunds)
-            .where(refunds.c.payment_id == payment_id)
-            .order_by(refunds.c.id)
-            .limit(REFUNDS_PER_PAYMENT_MAX)
+            select(
+                func.coalesce(func.sum(refunds.c.to_gift_card_balance), 0),
+                func.coalesce(func.sum(refunds.c.to_original_payment_method), 0),
+            ).where(refunds.c.payment_id == payment_id)
         )
-    ).all()
-    return payment_from_row(
-        row,
-        tuple(
+    ).one()
+    return replace(
+        payment_from_row(row),
+        refunds=tuple(newest.items),
+        refunds_has_more=newest.has_more,
+        refunded_to_gift_card_balance=int(to_balance),
+        refunded_to_original_payment_method=int(to_method),
+    )
+
+
+async def _refunds(
+    connection: AsyncConnection,
+    payment_id: int,
+    currency: str,
+    *,
+    limit: int,
+    starting_after: int | None = None,
+) -> RefundPage:
+    query = (
+        select(refunds)
+        .where(refunds.c.payment_id == payment_id)
+        .order_by(refunds.c.id.desc())
+        .limit(limit + 1)
+    )
+    if starting_after is not None:
+        query = query.where(refunds.c.id < starting_after)
+    rows = (await connection.execute(query)).all()
+    return RefundPage(
+        [
             Refund(
                 r.id,
                 r.payment_id,
                 r.amount,
-                row.currency,
+                currency,
                 r.to_gift_card_balance,
                 r.to_original_payment_method,
                 r.created_at,
             )
-            for r in found
-        ),
+            for r in rows[:limit]
+        ],
+        len(rows) > limit,
     )
+
+
+async def list_refunds(
+    db: Database,
+    payment_id: int,
+    *,
+    limit: int = REFUND_PAGE_SIZE_DEFAULT,
+    starting_after: int | None = None,
+) -> RefundPage:
+    """A payment's refunds, newest first, a page at a time."""
+    if not 1 <= limit <= REFUND_PAGE_SIZE_MAX:
+        raise validation_error(f"limit must be from 1 to {REFUND_PAGE_SIZE_MAX}.", "limit")
+    async with db.transaction(write=False) as connection:
+        payment = (
+            await connection.execute(select(payments.c.currency).where(payments.c.id == payment_id))
+        ).one_or_none()
+        if payment is None:
+            raise GiftcardError(ErrorCode.NOT_FOUND, f"No payment pay_{payment_id}.")
+        return await _refunds(
+            connection, payment_id, payment.currency, limit=limit, starting_after=starting_after
+        )
 
 
 async def get(db: Database, payment_id: int) -> Payment:
@@ -318,20 +408,12 @@ async def get(db: Database, payment_id: int) -> Payment:
         return await _get(connection, payment_id)
 
 
-async def capture(
-    db: Database,
-    payment_id: int,
-    *,
-    amount: int | None,
-    actor: str,
-    clock: Clock,
-    before_commit: Any = None,
-) -> Payment:
+async def capture(uow: UnitOfWork, payment_id: int, *, amount: int | None, actor: str) -> Payment:
     """Capture an authorized payment, in full or in part; the uncaptured part of the
     hold goes back to the available balance. The balance's part is captured first."""
 
     async def work(connection: AsyncConnection) -> Payment:
-        now = clock.now()
+        now = uow.clock.now()
         current = await _get(connection, payment_id)
         wanted = current.amount if amount is None else amount
         if type(wanted) is not int or not 0 < wanted <= current.amount:
@@ -357,12 +439,9 @@ async def capture(
             raise await _not_in_state(connection, payment_id, "captured", now)
         customer = await _customer(connection, current.customer_id)
         await _settle_hold(connection, customer, current, captured_gift, actor, now)
-        payment = await _get(connection, payment_id)
-        if before_commit is not None:
-            await before_commit(connection, payment)
-        return payment
+        return await _get(connection, payment_id)
 
-    return await db.run(work)
+    return await uow.run(work)
 
 
 async def _settle_hold(
@@ -434,13 +513,11 @@ async def _release_hold(
         await _release(connection, customer, payment.id, payment.gift_card_amount, actor, now)
 
 
-async def void(
-    db: Database, payment_id: int, *, actor: str, clock: Clock, before_commit: Any = None
-) -> Payment:
+async def void(uow: UnitOfWork, payment_id: int, *, actor: str) -> Payment:
     """Cancel an authorized payment: the whole hold returns to the available balance."""
 
     async def work(connection: AsyncConnection) -> Payment:
-        now = clock.now()
+        now = uow.clock.now()
         claimed = await connection.execute(
             update(payments)
             .where(
@@ -455,11 +532,9 @@ async def void(
             raise await _not_in_state(connection, payment_id, "voided", now)
         current = await _get(connection, payment_id)
         await _release_hold(connection, current, actor, now)
-        if before_commit is not None:
-            await before_commit(connection, current)
         return current
 
-    return await db.run(work)
+    return await uow.run(work)
 
 
 async def _not_in_state(
@@ -481,96 +556,96 @@ async def _not_in_state(
     )
 
 
-async def refund(
-    db: Database,
-    payment_id: int,
-    *,
-    amount: int,
-    actor: str,
-    clock: Clock,
-    before_commit: Any = None,
-) -> Refund:
+async def refund(uow: UnitOfWork, payment_id: int, *, amount: int, actor: str) -> Refund:
     """Give back part or all of what a payment captured. The balance's part is refunded
     first, always to the balance; the rest follows the customer's refund preference."""
+    check_refund_amount(amount)
+
+    async def work(connection: AsyncConnection) -> Refund:
+        return await _give_back(
+            connection, payment_id, amount=amount, actor=actor, now=uow.clock.now()
+        )
+
+    return await uow.run(work)
+
+
+def check_refund_amount(amount: int) -> None:
     if type(amount) is not int or not 0 < amount <= AMOUNT_MINOR_MAX:
         raise validation_error("amount must be a positive whole number of minor units.", "amount")
 
-    async def work(connection: AsyncConnection) -> Refund:
-        now = clock.now()
-        current = await _get(connection, payment_id, lock=True)
-        if current.status not in (PaymentStatus.CAPTURED,):
-            raise GiftcardError(
-                ErrorCode.INVALID_STATE,
-                f"Only a captured payment can be refunded; this one is {current.status.value}.",
-            )
-        refundable = current.captured_amount - current.refunded_amount
-        if amount > refundable:
-            raise GiftcardError(
-                ErrorCode.INVALID_STATE,
-                f"At most {refundable} of this payment can still be refunded.",
-                param="amount",
-            )
-        gift_part = min(
-            amount, current.captured_gift_card_amount - current.refunded_gift_card_amount
-        )
-        claimed = await connection.execute(
-            update(payments)
-            .where(
-                payments.c.id == payment_id,
-                payments.c.status == PaymentStatus.CAPTURED.value,
-                payments.c.refunded_amount == current.refunded_amount,
-            )
-            .values(
-                refunded_amount=payments.c.refunded_amount + amount,
-                refunded_gift_card_amount=payments.c.refunded_gift_card_amount + gift_part,
-                status=PaymentStatus.REFUNDED.value
-                if current.refunded_amount + amount == current.captured_amount
-                else PaymentStatus.CAPTURED.value,
-                updated_at=now,
-            )
-        )
-        if claimed.rowcount != 1:
-            raise LedgerInvariantError("a locked payment changed under its refund")
-        customer = await _customer(connection, current.customer_id)
-        other_part = amount - gift_part
-        to_balance_other = (
-            other_part if customer.refund_preference is RefundPreference.GIFT_CARD_BALANCE else 0
-        )
-        transaction_id = await _credit_refund(
-            connection, customer, payment_id, gift_part, to_balance_other, actor, now
-        )
-        refund_id = int(
-            (
-                await connection.execute(
-                    insert(refunds)
-                    .values(
-                        payment_id=payment_id,
-                        amount=amount,
-                        gift_card_amount=gift_part,
-                        to_gift_card_balance=gift_part + to_balance_other,
-                        to_original_payment_method=other_part - to_balance_other,
-                        transaction_id=transaction_id,
-                        actor=actor,
-                        created_at=now,
-                    )
-                    .returning(refunds.c.id)
-                )
-            ).scalar_one()
-        )
-        made = Refund(
-            refund_id,
-            payment_id,
-            amount,
-            current.currency,
-            gift_part + to_balance_other,
-            other_part - to_balance_other,
-            now,
-        )
-        if before_commit is not None:
-            await before_commit(connection, made)
-        return made
 
-    return await db.run(work)
+async def _give_back(
+    connection: AsyncConnection, payment_id: int, *, amount: int, actor: str, now: datetime
+) -> Refund:
+    """:func:`refund`'s work inside a transaction the caller runs."""
+    check_refund_amount(amount)
+    current = await _get(connection, payment_id, lock=True)
+    if current.status not in (PaymentStatus.CAPTURED,):
+        raise GiftcardError(
+            ErrorCode.INVALID_STATE,
+            f"Only a captured payment can be refunded; this one is {current.status.value}.",
+        )
+    refundable = current.captured_amount - current.refunded_amount
+    if amount > refundable:
+        raise GiftcardError(
+            ErrorCode.INVALID_STATE,
+            f"At most {refundable} of this payment can still be refunded.",
+            param="amount",
+        )
+    gift_part = min(amount, current.captured_gift_card_amount - current.refunded_gift_card_amount)
+    claimed = await connection.execute(
+        update(payments)
+        .where(
+            payments.c.id == payment_id,
+            payments.c.status == PaymentStatus.CAPTURED.value,
+            payments.c.refunded_amount == current.refunded_amount,
+        )
+        .values(
+            refunded_amount=payments.c.refunded_amount + amount,
+            refunded_gift_card_amount=payments.c.refunded_gift_card_amount + gift_part,
+            status=PaymentStatus.REFUNDED.value
+            if current.refunded_amount + amount == current.captured_amount
+            else PaymentStatus.CAPTURED.value,
+            updated_at=now,
+        )
+    )
+    if claimed.rowcount != 1:
+        raise LedgerInvariantError("a locked payment changed under its refund")
+    customer = await _customer(connection, current.customer_id)
+    other_part = amount - gift_part
+    to_balance_other = (
+        other_part if customer.refund_preference is RefundPreference.GIFT_CARD_BALANCE else 0
+    )
+    transaction_id = await _credit_refund(
+        connection, customer, payment_id, gift_part, to_balance_other, actor, now
+    )
+    refund_id = int(
+        (
+            await connection.execute(
+                insert(refunds)
+                .values(
+                    payment_id=payment_id,
+                    amount=amount,
+                    gift_card_amount=gift_part,
+                    to_gift_card_balance=gift_part + to_balance_other,
+                    to_original_payment_method=other_part - to_balance_other,
+                    transaction_id=transaction_id,
+                    actor=actor,
+                    created_at=now,
+                )
+                .returning(refunds.c.id)
+            )
+        ).scalar_one()
+    )
+    return Refund(
+        refund_id,
+        payment_id,
+        amount,
+        current.currency,
+        gift_part + to_balance_other,
+        other_part - to_balance_other,
+        now,
+    )
 
 
 async def _credit_refund(

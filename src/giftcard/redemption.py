@@ -9,7 +9,6 @@ happen without the other.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,13 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from giftcard import codes, ledger
 from giftcard.abuse import AbuseLimits
 from giftcard.cards import CardState, effective_state, record_event
-from giftcard.clock import Clock
 from giftcard.customers import Customer
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards, ledger_accounts
 from giftcard.errors import ErrorCode, RedemptionError
 from giftcard.metrics import REDEMPTIONS
 from giftcard.money import REGIONS, format_minor
+from giftcard.unit_of_work import UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -52,26 +51,20 @@ class Redemption:
     created_at: datetime
 
 
-# Runs inside the redemption's transaction just before it commits (idempotency records).
-BeforeCommit = Callable[[AsyncConnection, Redemption], Awaitable[None]]
-
-
 async def redeem(
-    db: Database,
+    uow: UnitOfWork,
     customer: Customer,
     raw_code: str,
     *,
     secret_key: bytes,
     actor: str,
-    clock: Clock,
-    before_commit: BeforeCommit | None = None,
 ) -> Redemption:
     """Move a card's value into `customer`'s available balance, or raise RedemptionError."""
     code = codes.check_code(raw_code)
     digest = codes.code_hash(secret_key, code)
 
     async def work(connection: AsyncConnection) -> Redemption:
-        now = clock.now()
+        now = uow.clock.now()
         card = (
             await connection.execute(
                 update(cards)
@@ -124,7 +117,7 @@ async def redeem(
             customer_id=customer.id,
         )
         held = await ledger.balance_of(connection, customer.held_account_id)
-        redemption = Redemption(
+        return Redemption(
             transaction_id=posted.transaction_id,
             amount=card.amount,
             currency=card.currency,
@@ -135,15 +128,12 @@ async def redeem(
             card_last4=card.last4,
             created_at=now,
         )
-        if before_commit is not None:
-            await before_commit(connection, redemption)
-        return redemption
 
-    return await db.run(work)
+    return await uow.run(work)
 
 
 async def redeem_limited(
-    db: Database,
+    uow: UnitOfWork,
     limits: AbuseLimits,
     customer: Customer,
     raw_code: str,
@@ -151,22 +141,12 @@ async def redeem_limited(
     address: str,
     secret_key: bytes,
     actor: str,
-    clock: Clock,
-    before_commit: BeforeCommit | None = None,
 ) -> Redemption:
     """:func:`redeem` under the abuse limits of SPEC §8, as every door calls it: refused
     at once while the account or address is locked; every refusal counts."""
     async with limits.redeem_attempt(customer.id, address):
         try:
-            result = await redeem(
-                db,
-                customer,
-                raw_code,
-                secret_key=secret_key,
-                actor=actor,
-                clock=clock,
-                before_commit=before_commit,
-            )
+            result = await redeem(uow, customer, raw_code, secret_key=secret_key, actor=actor)
         except RedemptionError as error:
             REDEMPTIONS.labels(outcome=error.code.value).inc()
             await limits.redeem_refused(customer.id, address)

@@ -11,6 +11,8 @@ from giftcard.abuse import AbuseLimits
 from giftcard.clock import Clock, SystemClock
 from giftcard.config import Settings
 from giftcard.db.engine import Database
+from giftcard.idempotency import KeyedRequest
+from giftcard.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,10 @@ class Services:
             clock=clock or SystemClock(),
             limits=AbuseLimits(settings),
         )
+
+    def unit_of_work(self, keyed: KeyedRequest | None = None) -> UnitOfWork:
+        """A unit of work for one use case, bound to an idempotency key when given."""
+        return UnitOfWork(self.db, self.clock, keyed=keyed)
 
     async def close(self) -> None:
         await self.db.dispose()

@@ -33,6 +33,7 @@ from giftcard.db.tables import store_orders
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
 from giftcard.money import CURRENCY_EXPONENTS
 from giftcard.payments import Payment, PaymentRequest, PaymentStatus, Refund, UseBalance
+from giftcard.unit_of_work import UnitOfWork
 
 QUANTITY_MAX = 10
 # "10" is the longest sensible quantity; longer input is refused before it is read.
@@ -342,9 +343,21 @@ async def place_order(
     if sum(line.amount for line in cart.lines) != cart.total:
         raise RuntimeError("a cart's lines do not add up to its total")
 
-    recorded: list[Order] = []
-
-    async def record(connection: AsyncConnection, payment: Payment) -> None:
+    async def work(connection: AsyncConnection) -> Order:
+        payment = await payments.pay(
+            connection,
+            PaymentRequest(
+                customer_id=customer.id,
+                order_id=order_id,
+                amount=cart.total,
+                currency=cart.currency,
+                use_balance=use_balance,
+                capture=True,
+            ),
+            hold_ttl_s=hold_ttl_s,
+            actor=actor,
+            now=clock.now(),
+        )
         try:
             row = (
                 await connection.execute(
@@ -367,25 +380,10 @@ async def place_order(
             if is_unique_violation(error):
                 raise _order_taken() from None
             raise
-        # A retried transaction records again; only the last, committed, one counts.
-        recorded[:] = [_order_from_row(row)]
+        return _order_from_row(row)
 
     try:
-        await payments.create(
-            db,
-            PaymentRequest(
-                customer_id=customer.id,
-                order_id=order_id,
-                amount=cart.total,
-                currency=cart.currency,
-                use_balance=use_balance,
-                capture=True,
-            ),
-            hold_ttl_s=hold_ttl_s,
-            actor=actor,
-            clock=clock,
-            before_commit=record,
-        )
+        order = await UnitOfWork(db, clock).run(work)
     except GiftcardError as error:
         # The same page sent twice at once: the other submission paid, and this one
         # met its payment. Show the order it made.
@@ -395,7 +393,7 @@ async def place_order(
                 return CheckoutResult(placed, already_placed=True)
             raise _order_taken() from None
         raise
-    return CheckoutResult(recorded[0], already_placed=False)
+    return CheckoutResult(order, already_placed=False)
 
 
 async def order_of(db: Database, customer_id: int, order_id: str) -> Order | None:
@@ -424,8 +422,8 @@ async def order_detail(db: Database, customer_id: int, order_id: str) -> OrderDe
     return OrderDetail(
         order,
         payment,
-        refunded_to_balance=sum(made.to_gift_card_balance for made in payment.refunds),
-        refunded_to_test_card=sum(made.to_original_payment_method for made in payment.refunds),
+        refunded_to_balance=payment.refunded_to_gift_card_balance,
+        refunded_to_test_card=payment.refunded_to_original_payment_method,
     )
 
 
@@ -480,7 +478,7 @@ async def refund_order(
         raise NothingToRefund
     try:
         return await payments.refund(
-            db, detail.payment.id, amount=detail.refundable, actor=actor, clock=clock
+            UnitOfWork(db, clock), detail.payment.id, amount=detail.refundable, actor=actor
         )
     except GiftcardError as error:
         # A refund sent at the same moment took it first.

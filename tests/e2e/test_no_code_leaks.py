@@ -224,6 +224,8 @@ async def test_no_code_in_database_dump_or_server_log(
     assert not leaks(dump, all_codes), "codes in the database dump"
 
     rows = await idempotency_rows(server_database_url)
-    assert len(rows) >= len(expected) + 2
+    # Every keyed request left a row but the three mistyped codes: refused for their
+    # shape before any key is claimed, they are refused the same way on a retry.
+    assert len(rows) >= len(expected) - 3 + 2
     stored = "\n".join(as_text(value) for row in rows for value in row)
     assert not leaks(stored, all_codes), "codes in idempotency_keys"

@@ -1,78 +1,191 @@
-"""Idempotency keys are kept at least 24 hours, then purged; a claim whose request died
-can be taken over once it is stale, but never while it is fresh."""
+"""Idempotency keys ride in the use case's own transaction: the claim, the effect and the
+answer commit together or not at all. A request that died leaves its key free at once;
+a duplicate sent while the first runs waits for it and replays its answer; keys are kept
+a day, then purged."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import idempotency
 from giftcard.clock import FrozenClock
-from giftcard.db.tables import idempotency_keys
+from giftcard.db.tables import api_keys, idempotency_keys
 from giftcard.errors import ErrorCode, GiftcardError
+from giftcard.idempotency import KeyedRequest, Replayed, StoredResponse
 from giftcard.services import Services
+from giftcard.unit_of_work import UnitOfWork
 
-FINGERPRINT = b"f" * 32
+WAIT_S = 30
 
 
-async def count_keys(services: Services) -> int:
+def keyed(key: str, body: str = "same body") -> KeyedRequest:
+    return KeyedRequest(
+        scope="api_key:1",
+        key=key,
+        fingerprint=idempotency.fingerprint(b"k" * 32, "POST", "/v1/things", body),
+        answer=lambda made: StoredResponse(201, f'{{"made":{made}}}'),
+        refusal=lambda error: StoredResponse(error.status, f'{{"code":"{error.code}"}}'),
+    )
+
+
+async def make_one(connection: AsyncConnection, now: object) -> int:
+    """The effect under test: one new row."""
+    return int(
+        (
+            await connection.execute(
+                insert(api_keys)
+                .values(
+                    name="thing",
+                    role="merchant",
+                    key_hash=secrets.token_bytes(32),
+                    prefix="gck_test",
+                    created_at=now,
+                )
+                .returning(api_keys.c.id)
+            )
+        ).scalar_one()
+    )
+
+
+async def count(services: Services, table: object) -> int:
     async with services.db.transaction(write=False) as connection:
         return int(
-            (
-                await connection.execute(select(func.count()).select_from(idempotency_keys))
-            ).scalar_one()
+            (await connection.execute(select(func.count()).select_from(table))).scalar_one()  # type: ignore[arg-type]
         )
+
+
+async def act(services: Services, request: KeyedRequest) -> int:
+    uow = services.unit_of_work(request)
+    return await uow.run(lambda connection: make_one(connection, uow.clock.now()))
+
+
+async def test_a_retry_replays_the_answer_and_acts_once(services: Services) -> None:
+    made = await act(services, keyed("k-replay"))
+    with pytest.raises(Replayed) as replayed:
+        await act(services, keyed("k-replay"))
+    assert replayed.value.response == StoredResponse(201, f'{{"made":{made}}}')
+    assert await count(services, api_keys) == 1
+
+
+async def test_the_same_key_with_another_body_is_refused(services: Services) -> None:
+    await act(services, keyed("k-reused", body="first"))
+    with pytest.raises(GiftcardError) as reused:
+        await act(services, keyed("k-reused", body="second"))
+    assert reused.value.code is ErrorCode.IDEMPOTENCY_KEY_REUSED
+    assert await count(services, api_keys) == 1
+
+
+async def test_a_request_that_died_leaves_its_key_free_at_once(services: Services) -> None:
+    """Given a request that made its effect and then died before committing (as a
+    process killed mid-request does), when it is retried with the same key at once, the
+    retry acts: nothing of the first was kept, not even its claim on the key."""
+
+    class Died(Exception):
+        pass
+
+    async def die(connection: AsyncConnection) -> int:
+        await make_one(connection, services.clock.now())
+        raise Died
+
+    with pytest.raises(Died):
+        await services.unit_of_work(keyed("k-died")).run(die)
+    assert await count(services, idempotency_keys) == 0
+
+    made = await act(services, keyed("k-died"))
+    assert made > 0
+    assert await count(services, api_keys) == 1
+
+
+async def test_a_duplicate_waits_for_the_first_and_replays_its_answer(
+    services: Services,
+) -> None:
+    """Given a request still running under a key, a duplicate sent meanwhile neither acts
+    nor fails: it waits until the first commits, then gets the first's answer."""
+    inside = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def slow(connection: AsyncConnection) -> int:
+        made = await make_one(connection, services.clock.now())
+        inside.set()
+        await asyncio.wait_for(finish.wait(), WAIT_S)
+        return made
+
+    first = asyncio.create_task(services.unit_of_work(keyed("k-wait")).run(slow))
+    await asyncio.wait_for(inside.wait(), WAIT_S)
+    duplicate = asyncio.create_task(act(services, keyed("k-wait")))
+    await asyncio.sleep(0.3)
+    assert not duplicate.done(), "the duplicate must wait for the first request"
+    finish.set()
+    made = await asyncio.wait_for(first, WAIT_S)
+    with pytest.raises(Replayed) as replayed:
+        await asyncio.wait_for(duplicate, WAIT_S)
+    assert replayed.value.response == StoredResponse(201, f'{{"made":{made}}}')
+    assert await count(services, api_keys) == 1
+
+
+async def test_lasting_refusals_are_remembered_and_passing_ones_are_not(
+    services: Services,
+) -> None:
+    """A refusal about the request (here: invalid_state) is stored under its key and
+    replayed; one about the moment (too busy, a lock-out) is not, and the retry acts."""
+
+    async def refuse(code: ErrorCode) -> None:
+        async def work(connection: AsyncConnection) -> int:
+            await make_one(connection, services.clock.now())
+            raise GiftcardError(code, "refused")
+
+        with pytest.raises(GiftcardError) as refused:
+            await services.unit_of_work(keyed(f"k-{code}")).run(work)
+        assert refused.value.code is code
+
+    await refuse(ErrorCode.INVALID_STATE)
+    with pytest.raises(Replayed) as replayed:
+        await act(services, keyed(f"k-{ErrorCode.INVALID_STATE}"))
+    assert replayed.value.response == StoredResponse(409, '{"code":"invalid_state"}')
+
+    for passing in (ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.TOO_MANY_ATTEMPTS):
+        await refuse(passing)
+        assert await act(services, keyed(f"k-{passing}")) > 0
+    # Only the two retries that acted left a row: refusals roll their effects back.
+    assert await count(services, api_keys) == 2
+
+
+async def test_on_commit_runs_after_commit_and_not_for_a_rolled_back_attempt(
+    services: Services,
+) -> None:
+    seen: list[str] = []
+
+    async def work(connection: AsyncConnection) -> int:
+        uow.on_commit(lambda: seen.append("committed"))
+        return await make_one(connection, services.clock.now())
+
+    uow: UnitOfWork = services.unit_of_work()
+    await uow.run(work)
+    assert seen == ["committed"]
+
+    async def refused(connection: AsyncConnection) -> int:
+        failing.on_commit(lambda: seen.append("never"))
+        raise GiftcardError(ErrorCode.INVALID_STATE, "no")
+
+    failing = services.unit_of_work()
+    with pytest.raises(GiftcardError):
+        await failing.run(refused)
+    assert seen == ["committed"]
 
 
 async def test_keys_are_kept_a_day_then_purged(services: Services, clock: FrozenClock) -> None:
-    claimed = await idempotency.claim(
-        services.db, scope="customer:1", key="k1", request_fingerprint=FINGERPRINT, now=clock.now()
-    )
-    assert isinstance(claimed, idempotency.Claim)
-    await idempotency.complete_alone(services.db, claimed, status=201, body="{}")
+    await act(services, keyed("k-purge"))
 
     clock.advance(timedelta(hours=23, minutes=59))
     assert await idempotency.purge(services.db, now=clock.now()) == 0
-    assert await count_keys(services) == 1
+    assert await count(services, idempotency_keys) == 1
 
     clock.advance(timedelta(minutes=2))
     assert await idempotency.purge(services.db, now=clock.now()) == 1
-    assert await count_keys(services) == 0
-
-
-async def test_a_fresh_claim_is_in_use_and_a_stale_one_is_taken_over(
-    services: Services, clock: FrozenClock
-) -> None:
-    """A request that died after claiming its key did nothing (its effect and its record
-    commit together), so after LOCK_STALE_S the key may be claimed again; before that a
-    duplicate is told the key is in use."""
-    first = await idempotency.claim(
-        services.db, scope="customer:1", key="k2", request_fingerprint=FINGERPRINT, now=clock.now()
-    )
-    assert isinstance(first, idempotency.Claim)
-    with pytest.raises(GiftcardError) as in_use:
-        await idempotency.claim(
-            services.db,
-            scope="customer:1",
-            key="k2",
-            request_fingerprint=FINGERPRINT,
-            now=clock.now(),
-        )
-    assert in_use.value.code is ErrorCode.IDEMPOTENCY_KEY_IN_USE
-
-    clock.advance(timedelta(seconds=idempotency.LOCK_STALE_S + 1))
-    second = await idempotency.claim(
-        services.db, scope="customer:1", key="k2", request_fingerprint=FINGERPRINT, now=clock.now()
-    )
-    assert isinstance(second, idempotency.Claim)
-    # The first request, had it woken up, can no longer record its result.
-    with pytest.raises(GiftcardError) as lost:
-        await idempotency.complete_alone(services.db, first, status=201, body="{}")
-    assert lost.value.code is ErrorCode.IDEMPOTENCY_KEY_IN_USE
-    await idempotency.complete_alone(services.db, second, status=201, body='{"ok":true}')
-    replay = await idempotency.claim(
-        services.db, scope="customer:1", key="k2", request_fingerprint=FINGERPRINT, now=clock.now()
-    )
-    assert replay == idempotency.Replay(201, '{"ok":true}')
+    assert await count(services, idempotency_keys) == 0

@@ -169,7 +169,7 @@ async def test_use_balance_max_none_and_integer_split_the_order(
         assert payment["captured_amount"] == order, why
         assert payment["refunded_amount"] == 0, why
         assert payment["hold_expires_at"] is None, why
-        assert payment["refunds"] == [], why
+        assert payment["refunds"] == {"data": [], "has_more": False}, why
         assert await balance(client, shopper) == usd(start - gift), why
         expected_history = [("payment", -gift, start - gift)] if gift else []
         if start:
@@ -350,6 +350,82 @@ async def test_partial_capture_of_a_split_payment_takes_the_balance_first(
     assert await balance(client, shopper) == usd(0)
     assert [kind for kind, _, _ in await history(client, shopper)] == ["payment", "redemption"]
     await assert_verified(services)
+
+
+async def test_a_payment_says_what_the_store_charges_elsewhere_before_and_after_capture(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Given a 10000 order held with 3000 from the balance, the payment says the store
+    must charge 7000 elsewhere; after a partial capture of 5000 it says 2000 (5000 less
+    the balance's 3000), and after one of 2000, that the balance paid 2000 and the store
+    charges nothing, the rest of the hold released."""
+    merchant = await api_key(services, "merchant")
+    for capture, gift_after, other_after in ((5000, 3000, 2000), (2000, 2000, 0)):
+        shopper = await funded(client, merchant, 3000)
+        payment = await paid(client, merchant, shopper, 10000, capture=False)
+        assert (payment["gift_card_amount"], payment["other_amount"]) == (3000, 7000)
+        assert (payment["captured_gift_card_amount"], payment["captured_other_amount"]) == (0, 0)
+        response = await client.post(
+            f"/v1/payments/{payment['id']}/capture", json={"amount": capture}, headers=merchant
+        )
+        assert response.status_code == 200, response.text
+        for shown in (response.json(), await fetch(client, merchant, payment["id"])):
+            assert shown["captured_amount"] == capture
+            assert (shown["gift_card_amount"], shown["other_amount"]) == (gift_after, other_after)
+            assert (shown["captured_gift_card_amount"], shown["captured_other_amount"]) == (
+                gift_after,
+                other_after,
+            )
+        assert await balance(client, shopper) == usd(3000 - gift_after)
+    await assert_verified(services)
+
+
+async def test_refunds_are_listed_a_page_at_a_time(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Given a payment refunded 25 times, the payment shows its 10 newest refunds with
+    has_more, and GET /v1/payments/{id}/refunds pages through all 25, newest first,
+    without gaps or repeats; a cursor from another payment or of another kind is refused."""
+    merchant = await api_key(services, "merchant")
+    shopper = await funded(client, merchant, 5000)
+    payment = await paid(client, merchant, shopper, 2500)
+    url = f"/v1/payments/{payment['id']}/refunds"
+    made = []
+    for _ in range(25):
+        response = await client.post(url, json={"amount": 100}, headers=merchant)
+        assert response.status_code == 201, response.text
+        made.append(response.json()["id"])
+    newest_first = made[::-1]
+
+    shown = await fetch(client, merchant, payment["id"])
+    assert [item["id"] for item in shown["refunds"]["data"]] == newest_first[:10]
+    assert shown["refunds"]["has_more"] is True
+    assert shown["refunded_amount"] == 2500
+
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        params: dict[str, Any] = {"limit": 7}
+        if cursor:
+            params["starting_after"] = cursor
+        page = await client.get(url, params=params, headers=merchant)
+        assert page.status_code == 200, page.text
+        seen += [item["id"] for item in page.json()["data"]]
+        if not page.json()["has_more"]:
+            break
+        cursor = seen[-1]
+    assert seen == newest_first
+
+    everything = await client.get(url, params={"limit": 100}, headers=merchant)
+    assert [item["id"] for item in everything.json()["data"]] == newest_first
+    assert everything.json()["has_more"] is False
+    for bad in ({"limit": 0}, {"limit": 101}, {"starting_after": payment["id"]}):
+        assert_problem(await client.get(url, params=bad, headers=merchant), 422, "validation_error")
+    assert_problem(
+        await client.get("/v1/payments/pay_999999/refunds", headers=merchant), 404, "not_found"
+    )
+    shopper_token = await client.get(url, headers=shopper.auth)
+    assert_problem(shopper_token, 403, "forbidden")
 
 
 async def test_capture_more_than_authorized_is_refused(
@@ -610,7 +686,7 @@ async def test_partial_refunds_up_to_the_captured_amount(
     over = await client.post(refunds_url, json={"amount": 4001}, headers=merchant)
     assert_problem(over, 409, "invalid_state", param="amount")
     after_refusal = await fetch(client, merchant, payment["id"])
-    assert (after_refusal["refunded_amount"], len(after_refusal["refunds"])) == (6000, 2)
+    assert (after_refusal["refunded_amount"], len(after_refusal["refunds"]["data"])) == (6000, 2)
     assert await history(client, shopper) == before
     assert await balance(client, shopper) == usd(3000)
 
@@ -623,10 +699,20 @@ async def test_partial_refunds_up_to_the_captured_amount(
     shown = await fetch(client, merchant, payment["id"])
     assert shown["status"] == "refunded"
     assert (shown["captured_amount"], shown["refunded_amount"]) == (10000, 10000)
-    assert [item["amount"] for item in shown["refunds"]] == [2000, 4000, 4000]
-    assert [item["to_gift_card_balance"] for item in shown["refunds"]] == [2000, 1000, 0]
-    assert [item["to_original_payment_method"] for item in shown["refunds"]] == [0, 3000, 4000]
-    assert shown["refunds"][-1] == last.json()
+    # Newest first, like every list.
+    listed = shown["refunds"]["data"]
+    assert shown["refunds"]["has_more"] is False
+    assert [item["amount"] for item in listed] == [4000, 4000, 2000]
+    assert [item["to_gift_card_balance"] for item in listed] == [0, 1000, 2000]
+    assert [item["to_original_payment_method"] for item in listed] == [4000, 3000, 0]
+    assert listed[0] == last.json()
+    assert (
+        shown["refunded_to_gift_card_balance"],
+        shown["refunded_to_original_payment_method"],
+    ) == (
+        3000,
+        7000,
+    )
 
     assert_problem(
         await client.post(refunds_url, json={"amount": 1}, headers=merchant), 409, "invalid_state"
@@ -898,7 +984,7 @@ async def test_idempotent_refund(client: httpx.AsyncClient, services: Services) 
     )
     shown = await fetch(client, merchant, payment["id"])
     assert shown["refunded_amount"] == 1500
-    assert [item["id"] for item in shown["refunds"]] == [first.json()["id"]]
+    assert [item["id"] for item in shown["refunds"]["data"]] == [first.json()["id"]]
     assert await balance(client, shopper) == usd(2500)
     assert await count(services, refunds_table) == 1
     await assert_verified(services)

@@ -226,7 +226,12 @@ class PaymentModel:
         return self.status in ("authorized", "captured")
 
     def expected(self) -> dict[str, Any]:
-        """The fields of GET /v1/payments/{id} that the model predicts."""
+        """The fields of GET /v1/payments/{id} that the model predicts: once captured,
+        the split is what was captured (what the balance paid, what the store charges
+        elsewhere); before, the planned one."""
+        captured = self.status in ("captured", "refunded")
+        gift = self.captured_gift if captured else self.gift
+        total = self.captured if captured else self.amount
         return {
             "id": self.id,
             "status": self.status,
@@ -234,8 +239,8 @@ class PaymentModel:
             "order_id": self.order_id,
             "amount": self.amount,
             "currency": "USD",
-            "gift_card_amount": self.gift,
-            "other_amount": self.amount - self.gift,
+            "gift_card_amount": gift,
+            "other_amount": total - gift,
             "captured_amount": self.captured,
             "refunded_amount": self.refunded,
             "refunds": self.refunds,
@@ -259,7 +264,9 @@ OBSERVED_FIELDS = (
 def observed(body: dict[str, Any]) -> dict[str, Any]:
     """The fields of a payment the model predicts, refunds by their amounts."""
     seen = {key: body[key] for key in OBSERVED_FIELDS}
-    seen["refunds"] = [item["amount"] for item in body["refunds"]]
+    # The payment shows its newest refunds first; the model keeps them in order made.
+    assert body["refunds"]["has_more"] is False, "the model makes fewer refunds than shown"
+    seen["refunds"] = [item["amount"] for item in reversed(body["refunds"]["data"])]
     return seen
 
 

@@ -8,7 +8,6 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import idempotency
 from giftcard.api.problems import problem_json
@@ -20,8 +19,9 @@ from giftcard.customers import (
     StaffPrincipal,
     authenticate,
 )
-from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts
+from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.http import services
+from giftcard.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
 
@@ -77,57 +77,47 @@ def roles(*allowed: Role) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
-def scope_of(who: Principal) -> str:
-    return who.actor
-
-
 async def run_idempotent(
     request: Request,
     *,
     who: Principal,
     body: Any,
     status: int,
-    act: Callable[[Callable[[AsyncConnection, T], Awaitable[None]] | None], Awaitable[T]],
+    act: Callable[[UnitOfWork], Awaitable[T]],
     render: Callable[[T], dict[str, Any]],
     render_stored: Callable[[T], dict[str, Any]] | None = None,
 ) -> Response:
-    """Run `act` once per Idempotency-Key: the response is stored in the same transaction
-    as the effect, and a retry with the same key gets it back without acting again."""
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return JSONResponse(render(await act(None)), status_code=status)
+    """Run the use case `act` in a unit of work bound to the request's Idempotency-Key, if
+    it has one: the answer is stored in the same transaction as the effect, and a retry
+    with the same key gets it back without acting again. `render_stored` words what is
+    kept for a replay when it must differ from the answer (never a code)."""
     svc = services(request)
-    fingerprint = idempotency.fingerprint(
-        svc.settings.secret_key, request.method, request.url.path, body
-    )
-    claimed = await idempotency.claim(
-        svc.db, scope=scope_of(who), key=key, request_fingerprint=fingerprint, now=svc.clock.now()
-    )
-    if isinstance(claimed, idempotency.Replay):
+    key = request.headers.get("idempotency-key")
+    keyed = None
+    if key is not None:
+        idempotency.check_key(key)
+        keep = render_stored or render
+        keyed = idempotency.KeyedRequest(
+            scope=who.actor,
+            key=key,
+            fingerprint=idempotency.fingerprint(
+                svc.settings.secret_key, request.method, request.url.path, body
+            ),
+            answer=lambda result: idempotency.StoredResponse(status, _json_text(keep(result))),
+            refusal=lambda error: idempotency.StoredResponse(error.status, problem_json(error)),
+        )
+    try:
+        result = await act(svc.unit_of_work(keyed))
+    except idempotency.Replayed as replayed:
+        stored = replayed.response
         return Response(
-            claimed.body,
-            status_code=claimed.status,
-            media_type="application/problem+json" if claimed.status >= 400 else "application/json",
+            stored.body,
+            status_code=stored.status,
+            media_type="application/problem+json" if stored.status >= 400 else "application/json",
             headers={"Idempotent-Replayed": "true"},
         )
-
-    async def record(connection: AsyncConnection, result: T) -> None:
-        body = JSONResponse((render_stored or render)(result)).body
-        await idempotency.complete(connection, claimed, status=status, body=bytes(body).decode())
-
-    try:
-        result = await act(record)
-    except GiftcardError as error:
-        if isinstance(error, TooManyAttempts) or error.status >= 500:
-            # Passing refusals: the retry should be judged afresh, not replayed.
-            await idempotency.release(svc.db, claimed)
-            raise
-        # A refusal moved nothing; remember it so the retry is answered the same way.
-        await idempotency.complete_alone(
-            svc.db, claimed, status=error.status, body=problem_json(error)
-        )
-        raise
-    except BaseException:
-        await idempotency.release(svc.db, claimed)
-        raise
     return JSONResponse(render(result), status_code=status)
+
+
+def _json_text(content: dict[str, Any]) -> str:
+    return bytes(JSONResponse(content).body).decode()

@@ -112,11 +112,17 @@ def payment(value: Payment) -> dict[str, Any]:
         order_id=value.order_id,
         amount=value.amount,
         currency=value.currency,
-        gift_card_amount=value.gift_card_amount,
-        other_amount=value.other_amount,
+        gift_card_amount=value.gift_card_part,
+        other_amount=value.other_part,
         captured_amount=value.captured_amount,
+        captured_gift_card_amount=value.captured_gift_card_amount,
+        captured_other_amount=value.captured_other_amount,
         refunded_amount=value.refunded_amount,
+        refunded_to_gift_card_balance=value.refunded_to_gift_card_balance,
+        refunded_to_original_payment_method=value.refunded_to_original_payment_method,
         hold_expires_at=value.hold_expires_at,
         created_at=value.created_at,
-        refunds=[refund(item) for item in value.refunds],
+        refunds=schemas.RefundList(
+            data=[refund(item) for item in value.refunds], has_more=value.refunds_has_more
+        ),
     ).model_dump(mode="json")

@@ -15,6 +15,7 @@ from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.http import services
 from giftcard.money import region as find_region
 from giftcard.services import Services
+from giftcard.unit_of_work import UnitOfWork
 
 router = APIRouter(prefix="/v1/cards", tags=["cards"])
 merchant = roles(Role.ADMIN, Role.MERCHANT)
@@ -49,14 +50,9 @@ async def issue(
         expires_at=body.expires_at,
     )
 
-    async def act(before_commit: Any) -> list[cards.IssuedCard]:
+    async def act(uow: UnitOfWork) -> list[cards.IssuedCard]:
         return await cards.issue(
-            svc.db,
-            issue_request,
-            secret_key=svc.settings.secret_key,
-            actor=who.actor,
-            clock=svc.clock,
-            before_commit=before_commit,
+            uow, issue_request, secret_key=svc.settings.secret_key, actor=who.actor
         )
 
     return await run_idempotent(
@@ -85,10 +81,22 @@ def _issued_list(issued: list[cards.IssuedCard], *, with_codes: bool) -> dict[st
 )
 async def activate(
     body: schemas.CardActivate,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
     svc: Services = Depends(services),
-) -> schemas.CardOut:
-    return render.card(await cards.activate(svc.db, body.serial, actor=who.actor, clock=svc.clock))
+) -> Any:
+    async def act(uow: UnitOfWork) -> cards.Card:
+        return await cards.activate(uow, body.serial, actor=who.actor)
+
+    return await run_idempotent(
+        request,
+        who=who,
+        body=body.model_dump(mode="json"),
+        status=200,
+        act=act,
+        render=lambda card: render.card(card).model_dump(mode="json"),
+    )
 
 
 @router.get(

@@ -15,6 +15,7 @@ from giftcard.customers import CustomerPrincipal, Principal, RefundPreference
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.http import client_address, services
 from giftcard.services import Services
+from giftcard.unit_of_work import UnitOfWork
 
 router = APIRouter(prefix="/v1")
 
@@ -139,17 +140,15 @@ async def redeem(
 ) -> Any:
     address = client_address(request)
 
-    async def act(before_commit: Any) -> redemption.Redemption:
+    async def act(uow: UnitOfWork) -> redemption.Redemption:
         return await redemption.redeem_limited(
-            svc.db,
+            uow,
             svc.limits,
             who.customer,
             body.code,
             address=address,
             secret_key=svc.settings.secret_key,
             actor=who.actor,
-            clock=svc.clock,
-            before_commit=before_commit,
         )
 
     return await run_idempotent(

@@ -3,9 +3,9 @@ admin, merchant)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from giftcard import payments
 from giftcard.api import ids, render, schemas
@@ -14,6 +14,7 @@ from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role
 from giftcard.http import services
 from giftcard.services import Services
+from giftcard.unit_of_work import UnitOfWork
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 merchant = roles(Role.ADMIN, Role.MERCHANT)
@@ -42,14 +43,9 @@ async def create_payment(
         capture=body.capture,
     )
 
-    async def act(before_commit: Any) -> payments.Payment:
+    async def act(uow: UnitOfWork) -> payments.Payment:
         return await payments.create(
-            svc.db,
-            payment_request,
-            hold_ttl_s=svc.settings.hold_ttl_s,
-            actor=who.actor,
-            clock=svc.clock,
-            before_commit=before_commit,
+            uow, payment_request, hold_ttl_s=svc.settings.hold_ttl_s, actor=who.actor
         )
 
     return await run_idempotent(
@@ -74,15 +70,8 @@ async def capture_payment(
     number = ids.parse_id(ids.PAYMENT, payment_id)
     amount = body.amount if body else None
 
-    async def act(before_commit: Any) -> payments.Payment:
-        return await payments.capture(
-            svc.db,
-            number,
-            amount=amount,
-            actor=who.actor,
-            clock=svc.clock,
-            before_commit=before_commit,
-        )
+    async def act(uow: UnitOfWork) -> payments.Payment:
+        return await payments.capture(uow, number, amount=amount, actor=who.actor)
 
     return await run_idempotent(
         request,
@@ -109,10 +98,8 @@ async def void_payment(
 ) -> Any:
     number = ids.parse_id(ids.PAYMENT, payment_id)
 
-    async def act(before_commit: Any) -> payments.Payment:
-        return await payments.void(
-            svc.db, number, actor=who.actor, clock=svc.clock, before_commit=before_commit
-        )
+    async def act(uow: UnitOfWork) -> payments.Payment:
+        return await payments.void(uow, number, actor=who.actor)
 
     return await run_idempotent(
         request, who=who, body=None, status=200, act=act, render=render.payment
@@ -136,15 +123,8 @@ async def refund_payment(
 ) -> Any:
     number = ids.parse_id(ids.PAYMENT, payment_id)
 
-    async def act(before_commit: Any) -> payments.Refund:
-        return await payments.refund(
-            svc.db,
-            number,
-            amount=body.amount,
-            actor=who.actor,
-            clock=svc.clock,
-            before_commit=before_commit,
-        )
+    async def act(uow: UnitOfWork) -> payments.Refund:
+        return await payments.refund(uow, number, amount=body.amount, actor=who.actor)
 
     return await run_idempotent(
         request,
@@ -166,3 +146,29 @@ async def get_payment(
     payment_id: str, who: Principal = Depends(merchant), svc: Services = Depends(services)
 ) -> Any:
     return render.payment(await payments.get(svc.db, ids.parse_id(ids.PAYMENT, payment_id)))
+
+
+@router.get(
+    "/{payment_id}/refunds",
+    response_model=schemas.RefundList,
+    responses=problems(401, 403, 404),
+    summary="A payment's refunds, newest first",
+)
+async def list_refunds(
+    payment_id: str,
+    who: Principal = Depends(merchant),
+    svc: Services = Depends(services),
+    limit: Annotated[
+        int, Query(ge=1, le=payments.REFUND_PAGE_SIZE_MAX)
+    ] = payments.REFUND_PAGE_SIZE_DEFAULT,
+    starting_after: Annotated[str | None, Query(max_length=40)] = None,
+) -> schemas.RefundList:
+    page = await payments.list_refunds(
+        svc.db,
+        ids.parse_id(ids.PAYMENT, payment_id),
+        limit=limit,
+        starting_after=ids.parse_cursor(ids.REFUND, starting_after),
+    )
+    return schemas.RefundList(
+        data=[render.refund(item) for item in page.items], has_more=page.has_more
+    )

@@ -192,6 +192,11 @@ class RefundOut(BaseModel):
     created_at: datetime
 
 
+class RefundList(BaseModel):
+    data: list[RefundOut]
+    has_more: bool
+
+
 class PaymentOut(BaseModel):
     id: str = Field(examples=["pay_1"])
     status: Literal["authorized", "captured", "voided", "expired", "refunded"]
@@ -199,10 +204,24 @@ class PaymentOut(BaseModel):
     order_id: str
     amount: int
     currency: str
-    gift_card_amount: int
-    other_amount: int
+    gift_card_amount: int = Field(
+        description="What the gift card balance pays: once captured, what was captured "
+        "from it; before, what is held for the order."
+    )
+    other_amount: int = Field(
+        description="What the store must charge to another payment method: once "
+        "captured, the captured amount less the balance's part; before, the order's "
+        "amount less the balance's part."
+    )
     captured_amount: int
+    captured_gift_card_amount: int
+    captured_other_amount: int
     refunded_amount: int
+    refunded_to_gift_card_balance: int
+    refunded_to_original_payment_method: int
     hold_expires_at: datetime | None
     created_at: datetime
-    refunds: list[RefundOut]
+    refunds: RefundList = Field(
+        description="The newest refunds, newest first; page through all of them with "
+        "GET /v1/payments/{id}/refunds."
+    )

@@ -5,8 +5,12 @@ adds retries): one database transaction, committed once, rolled back on any exce
 
 SQLite: WAL, foreign keys on, and write transactions opened with ``BEGIN IMMEDIATE`` so
 that a writer takes the write lock at its start instead of failing half-way when it
-upgrades from a read lock. PostgreSQL: asyncpg, READ COMMITTED by default or SERIALIZABLE
-when configured; either way, serialization failures and deadlocks are retried here.
+upgrades from a read lock (in WAL mode such an upgrade fails at once, without waiting, if
+another writer committed since the transaction's first read). Writers of other processes
+wait for the lock up to the busy timeout; one that waited longer ("database is locked")
+is retried here like any other transaction that did nothing. PostgreSQL: asyncpg, READ
+COMMITTED by default or SERIALIZABLE when configured; either way, serialization failures
+and deadlocks are retried here.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SQLITE_BUSY_TIMEOUT_S = 30
+# How long a SQLite writer waits for another process's write lock before the attempt
+# fails with "database is locked" and is retried (with back-off, up to RETRY_ATTEMPTS_MAX).
+SQLITE_BUSY_TIMEOUT_S = 5.0
 # Sized for a hot row at SERIALIZABLE: when 50 payments race for one customer's balance,
 # each round of retries that still collide lets only one through (the others queued on
 # the row's lock fail when it commits), until the growing jitter spreads them out. With
@@ -64,8 +70,16 @@ def _sqlstate(error: DBAPIError) -> str | None:
     return None
 
 
+def is_sqlite_busy(error: BaseException) -> bool:
+    """SQLite's SQLITE_BUSY: the write lock was not free within the busy timeout, or a
+    read transaction could not become a write one. The statement did nothing."""
+    return isinstance(error, DBAPIError) and "database is locked" in str(error.orig)
+
+
 def is_retryable(error: BaseException) -> bool:
-    return isinstance(error, DBAPIError) and _sqlstate(error) in RETRYABLE_SQLSTATES
+    if not isinstance(error, DBAPIError):
+        return False
+    return _sqlstate(error) in RETRYABLE_SQLSTATES or is_sqlite_busy(error)
 
 
 def is_unique_violation(error: BaseException) -> bool:
@@ -79,9 +93,17 @@ def is_unique_violation(error: BaseException) -> bool:
 class Database:
     """One engine, its dialect's quirks, and the unit of work."""
 
-    def __init__(self, database_url: str, *, pool_size: int = 10, isolation: str | None = None):
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        pool_size: int = 10,
+        isolation: str | None = None,
+        sqlite_busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S,
+    ):
         self.url = async_url(database_url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self.sqlite_busy_timeout_s = sqlite_busy_timeout_s
         self.engine: AsyncEngine = self._create_engine(pool_size, isolation)
         # SQLite has one writer at a time. Writers of this process queue here, in order,
         # rather than in SQLite's busy handler, which polls with growing sleeps and lets
@@ -93,12 +115,12 @@ class Database:
         if self.is_sqlite:
             engine = create_async_engine(
                 self.url,
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+                connect_args={"timeout": self.sqlite_busy_timeout_s},
                 hide_parameters=True,
                 pool_size=pool_size,
                 max_overflow=pool_size,
             )
-            _configure_sqlite(engine)
+            _configure_sqlite(engine, busy_timeout_ms=int(self.sqlite_busy_timeout_s * 1000))
             return engine
         options: dict[str, Any] = {
             "pool_size": pool_size,
@@ -156,13 +178,17 @@ class Database:
                     ) from error
                 delay_s = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * 2**attempt)
                 log.info(
-                    "retrying transaction", extra={"attempt": attempt, "sqlstate": _sqlstate(error)}
+                    "retrying transaction",
+                    extra={
+                        "attempt": attempt,
+                        "sqlstate": "sqlite_busy" if is_sqlite_busy(error) else _sqlstate(error),
+                    },
                 )
                 await asyncio.sleep(random.uniform(0, delay_s))
         raise AssertionError("unreachable")
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -173,7 +199,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")

@@ -248,13 +248,11 @@ idempotency_keys = Table(
     Column("key", String(255), nullable=False),
     # A keyed hash of the request: method, path and body. Never the body itself.
     Column("fingerprint", LargeBinary(32), nullable=False),
-    Column("state", String(16), nullable=False),
+    # The answer, written in the same transaction as the claim and the effect.
     Column("response_status", Integer, nullable=True),
     Column("response_body", Text, nullable=True),
-    Column("locked_at", UTCDateTime(), nullable=False),
     _created_at(),
     UniqueConstraint("scope", "key", name="uq_idempotency_keys_scope_key"),
-    CheckConstraint("state IN ('in_progress', 'complete')", name="state_known"),
 )
 Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)
 

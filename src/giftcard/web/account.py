@@ -100,14 +100,13 @@ async def redeem(request: Request) -> Response:
     svc = services(request)
     try:
         redeemed = await redemption.redeem_limited(
-            svc.db,
+            svc.unit_of_work(),
             svc.limits,
             shopper.customer,
             code,
             address=client_address(request),
             secret_key=svc.settings.secret_key,
             actor=shopper.actor,
-            clock=svc.clock,
         )
     except GiftcardError as error:
         return await _account_page(

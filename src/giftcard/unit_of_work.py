@@ -1,0 +1,111 @@
+"""The unit of work: one use case, one database transaction, retried where the database
+allows it, with what must ride along.
+
+Every writing use case runs its work through :meth:`UnitOfWork.run`, the one retry
+place (:meth:`giftcard.db.engine.Database.run`: serialization failures, deadlocks,
+SQLite's "database is locked"). Bound to an idempotency key, the unit of work claims the
+key as the transaction's first statement and stores the door's answer before it commits
+(see :mod:`giftcard.idempotency`); callbacks given to :meth:`UnitOfWork.on_commit` run
+only once the transaction has committed, never for an attempt that was rolled back.
+
+Which refusals are remembered under a key is decided here, for every door alike: a
+refusal that says something lasting about the request (an unknown code, a balance too
+low, a payment in the wrong state) is stored, so the retry is answered the same way; one
+that is about the moment (a lock-out, a busy service, a key reused) is not, and the retry
+is judged afresh. A refusal of the request's own shape (a malformed or mistyped code, an
+amount out of range) comes before the unit of work runs and is not stored either: the
+retry is refused the same way without it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from giftcard import idempotency
+from giftcard.clock import Clock
+from giftcard.db.engine import Database
+from giftcard.errors import ErrorCode, GiftcardError
+from giftcard.idempotency import KeyedRequest, Replayed
+
+T = TypeVar("T")
+
+# Refusals that depend on when the request came, not on what it asked.
+_PASSING_REFUSALS = frozenset(
+    {
+        ErrorCode.TOO_MANY_ATTEMPTS,
+        ErrorCode.IDEMPOTENCY_KEY_IN_USE,
+        ErrorCode.IDEMPOTENCY_KEY_REUSED,
+        ErrorCode.SERVICE_UNAVAILABLE,
+    }
+)
+
+OnCommit = Callable[[], Awaitable[None] | None]
+
+
+def is_remembered(error: GiftcardError) -> bool:
+    """Whether a retry of a request refused with `error` gets the same refusal back."""
+    return error.status < 500 and error.code not in _PASSING_REFUSALS
+
+
+class UnitOfWork:
+    """One use case's transaction. Build one per request (``Services.unit_of_work``)."""
+
+    def __init__(self, db: Database, clock: Clock, *, keyed: KeyedRequest | None = None):
+        self.db = db
+        self.clock = clock
+        self.keyed = keyed
+        self._on_commit: list[OnCommit] = []
+        self._used = False
+
+    def on_commit(self, callback: OnCommit) -> None:
+        """Run `callback` after the transaction commits (not for a rolled-back attempt)."""
+        self._on_commit.append(callback)
+
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, retried as the database allows; commit once.
+
+        Raises :class:`~giftcard.idempotency.Replayed` when the bound key already has an
+        answer: the door gives that answer back instead of a new one."""
+        if self._used:
+            raise RuntimeError("a unit of work runs one transaction")
+        self._used = True
+        keyed = self.keyed
+
+        async def attempt(connection: AsyncConnection) -> T:
+            self._on_commit.clear()
+            if keyed is None:
+                return await work(connection)
+            claim_id = await idempotency.claim(connection, keyed, now=self.clock.now())
+            result = await work(connection)
+            await idempotency.complete(connection, claim_id, keyed.answer(result))
+            return result
+
+        try:
+            result = await self.db.run(attempt)
+        except GiftcardError as error:
+            if keyed is not None and is_remembered(error):
+                await self._remember(keyed, error)
+            raise
+        for callback in self._on_commit:
+            outcome = callback()
+            if inspect.isawaitable(outcome):
+                await outcome
+        return result
+
+    async def _remember(self, keyed: KeyedRequest, error: GiftcardError) -> None:
+        """Store a refusal under the key, in a transaction of its own (the refused one
+        was rolled back). If another request with the key answered meanwhile, its
+        answer is the one to give: :class:`Replayed` carries it."""
+
+        async def record(connection: AsyncConnection) -> None:
+            claim_id = await idempotency.claim(connection, keyed, now=self.clock.now())
+            await idempotency.complete(connection, claim_id, keyed.refusal(error))
+
+        await self.db.run(record)
+
+
+__all__ = ["KeyedRequest", "Replayed", "UnitOfWork", "is_remembered"]
