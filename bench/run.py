@@ -43,8 +43,8 @@ import httpx
 from giftcard import customers, passwords, redemption, verify
 from giftcard.clock import SystemClock
 from giftcard.db.engine import Database
-from giftcard.unit_of_work import UnitOfWork
 from giftcard.db.migrate import upgrade
+from giftcard.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
 
