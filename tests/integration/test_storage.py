@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import ledger
 from giftcard.db.engine import Database
@@ -151,4 +153,84 @@ async def test_sqlite_write_transactions_take_the_write_lock_at_begin(database_u
         await asyncio.wait_for(asyncio.gather(first_task, second_task), timeout=10)
         assert order == ["first began", "first commits", "second began"]
     finally:
+        await db.dispose()
+
+
+# Two Database objects on one SQLite file stand in for two server processes: each has its
+# own connections and its own in-process writer queue, so they meet only in SQLite's
+# locks, as worker processes do.
+WRITERS_PER_PROCESS = 10
+
+
+async def _scratch(db: Database) -> None:
+    async with db.transaction() as connection:
+        await connection.execute(text("CREATE TABLE scratch (n INTEGER NOT NULL)"))
+        await connection.execute(text("INSERT INTO scratch VALUES (0)"))
+
+
+async def _scratch_value(db: Database) -> int:
+    async with db.transaction(write=False) as connection:
+        return int((await connection.execute(text("SELECT n FROM scratch"))).scalar_one())
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_writers_of_two_processes_never_fail_half_way(database_url: str) -> None:
+    """Given read-then-write transactions from two "processes" at once, every one runs
+    exactly once and none is lost: BEGIN IMMEDIATE makes each take the write lock before
+    it reads, so none reads a snapshot that another commits under (in WAL mode a
+    transaction that read first fails at its first write, and would have to run again)."""
+    databases = [Database(database_url, pool_size=WRITERS_PER_PROCESS) for _ in range(2)]
+    runs = 0
+
+    async def increment(connection: AsyncConnection) -> None:
+        nonlocal runs
+        runs += 1
+        value = (await connection.execute(text("SELECT n FROM scratch"))).scalar_one()
+        await asyncio.sleep(0.01)  # let the other process's writers reach their BEGIN
+        await connection.execute(text("UPDATE scratch SET n = :n"), {"n": value + 1})
+
+    try:
+        await _scratch(databases[0])
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(db.run(increment) for db in databases for _ in range(WRITERS_PER_PROCESS))
+            ),
+            timeout=60,
+        )
+        final = await _scratch_value(databases[0])
+    finally:
+        for db in databases:
+            await db.dispose()
+    assert final == 2 * WRITERS_PER_PROCESS, "an increment was lost"
+    assert runs == 2 * WRITERS_PER_PROCESS, f"{runs - 2 * WRITERS_PER_PROCESS} ran again"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_database_is_locked_is_retried(database_url: str) -> None:
+    """Given another process holding the write lock longer than the busy timeout, a
+    transaction that could not begin ("database is locked") is retried, and succeeds
+    once the lock is free, instead of failing with a 500."""
+    db = Database(database_url, pool_size=2, sqlite_busy_timeout_s=0.05)
+    await _scratch(db)
+    other = sqlite3.connect(
+        database_url.split("///", 1)[1], isolation_level=None, check_same_thread=False
+    )
+    attempts = 0
+
+    async def write(connection: AsyncConnection) -> None:
+        nonlocal attempts
+        attempts += 1
+        await connection.execute(text("UPDATE scratch SET n = 7"))
+
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        writing = asyncio.create_task(db.run(write))
+        await asyncio.sleep(0.5)
+        assert not writing.done(), "the write must wait while another process holds the lock"
+        other.execute("COMMIT")
+        await asyncio.wait_for(writing, timeout=30)
+        assert attempts == 1, "only the attempt that began ran its work"
+        assert await _scratch_value(db) == 7
+    finally:
+        other.close()
         await db.dispose()
