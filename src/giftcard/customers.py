@@ -448,11 +448,16 @@ async def update_customer(
 
 
 async def create_api_key(
-    db: Database, *, role: Role, name: str | None, clock: Clock
+    db: Database, *, role: Role, name: str | None, clock: Clock, key: str | None = None
 ) -> tuple[int, str]:
-    """A new API key: its id and the secret, which is never shown again."""
+    """A new API key: its id and the secret, which is never shown again. `key` is for a
+    secret derived elsewhere (the demo's, from the server's secret key); one whose hash is
+    stored already is refused by the unique key on `key_hash`."""
     name = check_name(name)
-    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    if key is None:
+        key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    elif not key.startswith(API_KEY_PREFIX) or len(key) > SECRET_LENGTH_MAX:
+        raise ValueError("an API key starts with its prefix and fits SECRET_LENGTH_MAX")
     now = clock.now()
 
     async def work(connection: AsyncConnection) -> int:
