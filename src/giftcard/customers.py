@@ -249,7 +249,8 @@ def _email_taken() -> GiftcardError:
 
 
 async def log_in(db: Database, *, email: str, password: str, ttl_s: int, clock: Clock) -> Session:
-    """A new session for a customer or a staff member with these credentials."""
+    """A new session for whoever owns this email (`identity_of`: one customer or one
+    staff member, never both) if the password is theirs."""
     try:
         email = normalize_email(email)
     except GiftcardError:

@@ -1,7 +1,7 @@
 """The demo store's pages: products, the cart, checkout, and the shopper's orders.
 
-Mounted only when GIFTCARD_DEMO_STORE is on (see `giftcard.web.install`): the rest of
-the test card is pretend money, so a real deployment has no page that takes it.
+Mounted only when GIFTCARD_DEMO_STORE is on (see `giftcard.web.install`): its test card
+is pretend money, so a real deployment has no page that takes it.
 
 The cart is a cookie of product ids and quantities (`mug:2|tote:1`), read defensively:
 anything unknown or out of bounds in it is dropped, and prices always come from the
