@@ -48,9 +48,10 @@ def csrf_of(page: str) -> str:
     return hidden_value(page, "csrf_token")
 
 
-async def csrf(client: httpx.AsyncClient, path: str = "/store") -> str:
-    """A CSRF token for this client's cookie, read from a page that always has a form."""
-    response = await client.get(path)
+async def csrf(client: httpx.AsyncClient, path: str = "/login") -> str:
+    """A CSRF token for this client's cookie, read from a page that always has a form:
+    the log-in page, or Your Gift Cards where it sends a logged-in shopper."""
+    response = await client.get(path, follow_redirects=True)
     assert response.status_code == 200, response.text
     return csrf_of(response.text)
 

@@ -23,7 +23,7 @@ from giftcard import cards, customers
 from giftcard import verify as verify_ledger
 from giftcard.clock import SystemClock
 from giftcard.codes import format_code
-from giftcard.config import ConfigError, Settings, load_settings
+from giftcard.config import DEMO_STORE_SETTING, ConfigError, Settings, load_settings
 from giftcard.db.engine import Database
 from giftcard.db.migrate import upgrade
 from giftcard.errors import GiftcardError
@@ -103,7 +103,10 @@ def serve(
         int | None, typer.Option(help="Worker processes; default: one per CPU core.", min=1)
     ] = None,
     demo: Annotated[
-        bool, typer.Option("--demo", help="Add a demo shopper, staff, API key and codes.")
+        bool,
+        typer.Option(
+            "--demo", help="Serve the demo store; add a demo shopper, staff, API key and codes."
+        ),
     ] = False,
 ) -> None:
     """Run the API and web pages, migrating the database first.
@@ -118,10 +121,12 @@ def serve(
     logs.configure(settings.log_level, settings.log_format)
     asyncio.run(upgrade(settings.database_url))
     if demo:
-        from giftcard.demo import seed
+        from giftcard.demo.seed import seed
 
         for line in asyncio.run(seed(settings)):
             typer.echo(line)
+        # Each worker process reads its settings from the environment it inherits.
+        os.environ[DEMO_STORE_SETTING] = "true"
         typer.echo(
             f"Open http://{host}:{port}/ in a browser: sign up (or log in as the shopper "
             "above), redeem a code on Your Gift Cards, then pay with the balance in the demo "

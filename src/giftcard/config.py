@@ -15,6 +15,8 @@ from limits import parse as parse_limit
 log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE_URL = "sqlite:///giftcard.db"
+# Read by every worker process; `giftcard serve --demo` sets it for them.
+DEMO_STORE_SETTING = "GIFTCARD_DEMO_STORE"
 SECRET_KEY_BYTES_MIN = 32
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
@@ -44,6 +46,19 @@ def _limit(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text not in _TRUE + _FALSE:
+        raise ConfigError(f"{name} must be true or false, not {env[name]!r}")
+    return text in _TRUE
+
+
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     text = env.get(name)
     if text is None or text.strip() == "":
@@ -71,6 +86,8 @@ class Settings:
     database_pool_size: int = 10
     log_level: str = "INFO"
     log_format: str = "json"
+    # The demo store pays with a pretend test card: only a demo may serve it (SPEC §7).
+    demo_store: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -116,6 +133,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_pool_size=_int(env, "GIFTCARD_DATABASE_POOL_SIZE", 10, minimum=1),
         log_level=env.get("GIFTCARD_LOG_LEVEL", "INFO").strip().upper() or "INFO",
         log_format=log_format,
+        demo_store=_bool(env, DEMO_STORE_SETTING, False),
     )
 
 

@@ -23,7 +23,7 @@ from giftcard import ledger
 from giftcard.abuse import AbuseLimits
 from giftcard.clock import Clock
 from giftcard.db.engine import Database, is_unique_violation
-from giftcard.db.tables import api_keys, customers, sessions, staff
+from giftcard.db.tables import api_keys, customers, identities, sessions, staff
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
 from giftcard.money import region as find_region
 from giftcard.passwords import (
@@ -142,6 +142,40 @@ def check_name(name: str | None) -> str | None:
     return name or None
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who an email belongs to (SPEC §1): one customer or one staff member, never both."""
+
+    email: str
+    customer_id: int | None
+    staff_id: int | None
+
+
+async def identity_of(connection: AsyncConnection, email: str) -> Identity | None:
+    """Who a normalized email is, or None if nobody has it: the one place that decides,
+    asked by log-in, sign-up and staff creation alike."""
+    row = (
+        await connection.execute(select(identities).where(identities.c.email == email))
+    ).one_or_none()
+    return None if row is None else Identity(row.email, row.customer_id, row.staff_id)
+
+
+async def _claim_identity(
+    connection: AsyncConnection,
+    email: str,
+    *,
+    customer_id: int | None = None,
+    staff_id: int | None = None,
+) -> None:
+    """Make a normalized email this person's. Checking `identity_of` first is only the
+    fast, friendly path: the table's primary key refuses a second owner, also one being
+    created at this very moment in another transaction (a unique violation, which the
+    caller turns into `email_taken`)."""
+    await connection.execute(
+        insert(identities).values(email=email, customer_id=customer_id, staff_id=staff_id)
+    )
+
+
 def customer_from_row(row: Row[Any]) -> Customer:
     return Customer(
         id=row.id,
@@ -168,10 +202,9 @@ async def sign_up(
     now = clock.now()
 
     async def work(connection: AsyncConnection) -> Customer:
-        taken = (
-            await connection.execute(select(customers.c.id).where(customers.c.email == email))
-        ).first()
-        if taken is not None:
+        # A staff member's address is taken too, and refused with the same words as a
+        # customer's: sign-up is public and need not tell who has it.
+        if await identity_of(connection, email) is not None:
             raise _email_taken()
         available = await ledger.open_account(
             connection, ledger.AccountKind.CUSTOMER_AVAILABLE, store.currency, now=now
@@ -196,6 +229,7 @@ async def sign_up(
                 .returning(*customers.c)
             )
         ).one()
+        await _claim_identity(connection, email, customer_id=row.id)
         return customer_from_row(row)
 
     try:
@@ -215,22 +249,27 @@ def _email_taken() -> GiftcardError:
 
 
 async def log_in(db: Database, *, email: str, password: str, ttl_s: int, clock: Clock) -> Session:
-    """A new session for a customer or a staff member with these credentials."""
+    """A new session for whoever owns this email (`identity_of`: one customer or one
+    staff member, never both) if the password is theirs."""
     try:
         email = normalize_email(email)
     except GiftcardError:
         raise _invalid_credentials() from None
     if len(password) > PASSWORD_LENGTH_MAX:
         raise _invalid_credentials()
+    customer_row = staff_row = None
     async with db.transaction(write=False) as connection:
-        customer_row = (
-            await connection.execute(select(customers).where(customers.c.email == email))
-        ).one_or_none()
-        staff_row = None
-        if customer_row is None:
+        found = await identity_of(connection, email)
+        if found is not None and found.customer_id is not None:
+            customer_row = (
+                await connection.execute(
+                    select(customers).where(customers.c.id == found.customer_id)
+                )
+            ).one()
+        elif found is not None and found.staff_id is not None:
             staff_row = (
                 await connection.execute(
-                    select(staff).where(staff.c.email == email, staff.c.disabled_at.is_(None))
+                    select(staff).where(staff.c.id == found.staff_id, staff.c.disabled_at.is_(None))
                 )
             ).one_or_none()
     row = customer_row or staff_row
@@ -410,11 +449,16 @@ async def update_customer(
 
 
 async def create_api_key(
-    db: Database, *, role: Role, name: str | None, clock: Clock
+    db: Database, *, role: Role, name: str | None, clock: Clock, key: str | None = None
 ) -> tuple[int, str]:
-    """A new API key: its id and the secret, which is never shown again."""
+    """A new API key: its id and the secret, which is never shown again. `key` is for a
+    secret derived elsewhere (the demo's, from the server's secret key); one whose hash is
+    stored already is refused by the unique key on `key_hash`."""
     name = check_name(name)
-    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    if key is None:
+        key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    elif not key.startswith(API_KEY_PREFIX) or len(key) > SECRET_LENGTH_MAX:
+        raise ValueError("an API key starts with its prefix and fits SECRET_LENGTH_MAX")
     now = clock.now()
 
     async def work(connection: AsyncConnection) -> int:
@@ -448,9 +492,10 @@ async def create_staff(
     now = clock.now()
 
     async def work(connection: AsyncConnection) -> int:
-        if (await connection.execute(select(staff.c.id).where(staff.c.email == email))).first():
-            raise _email_taken()
-        return int(
+        found = await identity_of(connection, email)
+        if found is not None:
+            raise _staff_email_taken(email, found)
+        staff_id = int(
             (
                 await connection.execute(
                     insert(staff)
@@ -465,5 +510,26 @@ async def create_staff(
                 )
             ).scalar_one()
         )
+        await _claim_identity(connection, email, staff_id=staff_id)
+        return staff_id
 
-    return await db.run(work)
+    try:
+        return await db.run(work)
+    except IntegrityError as error:
+        if is_unique_violation(error):
+            raise _staff_email_taken(email, None) from None
+        raise
+
+
+def _staff_email_taken(email: str, owner: Identity | None) -> GiftcardError:
+    """Said to the operator creating staff, who may know who has the address."""
+    if owner is not None and owner.customer_id is not None:
+        detail = (
+            f"{email} is the email of a customer account (cus_{owner.customer_id}). "
+            "A staff member needs an address of their own."
+        )
+    elif owner is not None:
+        detail = f"There is a staff member with the email {email} already."
+    else:
+        detail = f"{email} was taken by a customer or staff member just now."
+    return GiftcardError(ErrorCode.EMAIL_TAKEN, detail, param="email")

@@ -100,9 +100,10 @@ def browser(driver: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """A `giftcard serve` process on a fresh SQLite database, for one test module."""
+    """A `giftcard serve` process on a fresh SQLite database, for one test module, with
+    the demo store on (the journeys shop in it)."""
     folder = tmp_path_factory.mktemp("browser")
-    env = base_env(f"sqlite:///{folder / 'giftcard.db'}")
+    env = base_env(f"sqlite:///{folder / 'giftcard.db'}", GIFTCARD_DEMO_STORE="true")
     with running_server(env, folder / "server.log", workers=1) as server:
         yield Live(server, create_api_key(env))
 

@@ -5,12 +5,15 @@ does, which is what dominates its time.)"""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 
 from giftcard import passwords
+from giftcard.customers import Role, create_staff
+from giftcard.services import Services
 from tests.conftest import sign_up
 
 
@@ -66,3 +69,25 @@ async def test_sign_up_hashes_the_password_even_when_the_email_is_taken(
     assert taken.status_code == 409
     assert taken.json()["code"] == "email_taken"
     assert hasher.hashes == 1
+
+
+async def test_staff_addresses_cost_the_same_work_to_sign_up_with_and_to_log_in_to(
+    client: httpx.AsyncClient, services: Services, hasher: CountingHasher
+) -> None:
+    """A staff member's address is taken for sign-up and found for log-in with the same
+    hashing as a customer's, so neither tells a stranger which addresses are staff."""
+    email = f"staff-{uuid.uuid4().hex[:8]}@store.example"
+    await create_staff(
+        services.db, email=email, password="staff password 1", role=Role.ADMIN, clock=services.clock
+    )
+    hasher.hashes = hasher.verifies = 0
+
+    taken = await client.post(
+        "/v1/customers", json={"email": email, "password": "another password", "region": "US"}
+    )
+    wrong = await client.post("/v1/sessions", json={"email": email, "password": "wrong password"})
+
+    assert taken.status_code == 409
+    assert wrong.status_code == 401
+    assert hasher.hashes == 1
+    assert hasher.verifies == 1

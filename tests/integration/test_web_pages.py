@@ -52,13 +52,14 @@ async def customer_count(services: Services) -> int:
 # --- sign up, log in, cookies ---------------------------------------------------------
 
 
-async def test_home_page_offers_sign_up_log_in_and_the_store(browser: httpx.AsyncClient) -> None:
-    """A visitor sees what the service is and the ways in; the page is locked down by
-    its headers and hands out an HttpOnly, SameSite CSRF cookie."""
+async def test_home_page_offers_sign_up_and_log_in(browser: httpx.AsyncClient) -> None:
+    """A visitor sees what the service is and the ways in (the demo store only in a demo:
+    test_demo_store.py); the page is locked down by its headers and hands out an
+    HttpOnly, SameSite CSRF cookie."""
     home = await browser.get("/")
     assert home.status_code == 200
     assert home.headers["content-type"].startswith("text/html")
-    for link in ('href="/signup"', 'href="/login"', 'href="/store"'):
+    for link in ('href="/signup"', 'href="/login"'):
         assert link in home.text
     assert "frame-ancestors 'none'" in home.headers["content-security-policy"]
     assert home.headers["x-frame-options"] == "DENY"

@@ -1,4 +1,5 @@
-"""The demo store's pages over HTTP, on SQLite and PostgreSQL: the catalog in the
+"""The demo store's pages over HTTP, on SQLite and PostgreSQL, with GIFTCARD_DEMO_STORE on
+(tests/integration/test_demo_store.py shows they do not exist without it): the catalog in the
 shopper's currency, the cart cookie and its bounds, checkout with the gift card balance
 (all of it, a chosen amount, none) and the test card for the rest, a checkout sent twice,
 refunds split between the balance and the test card, and other shoppers' orders.
@@ -10,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from giftcard import store
+from giftcard.config import Settings
 from giftcard.db.tables import payments, refunds, store_orders
+from giftcard.demo import store
 from giftcard.money import format_minor
 from giftcard.services import Services
 from giftcard.verify import verify
@@ -35,10 +38,17 @@ from tests.web import (
     web_sign_up,
 )
 
+DEMO_NOTE = "This is a demo store: nothing is shipped, and the test card is pretend money."
 ORDER_PATH = re.compile(r"^/store/orders/(ord_[0-9a-f]{32})$")
 TEST_CARD_SENTENCE = (
     "Test card 4242 4242 4242 4242 — the rest is charged here. This is a demo: no real money moves."
 )
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Every test here runs against a demo: the store is mounted only then."""
+    return replace(settings, demo_store=True)
 
 
 def usd(amount_minor: int) -> str:
@@ -643,11 +653,13 @@ async def test_refund_requests_sent_at_once_refund_the_order_once(
     assert (await verify(services.db)).problems == []
 
 
-async def test_refund_follows_a_gift_card_balance_preference_from_the_orders_list(
+async def test_in_the_demo_a_balance_preference_refunds_the_test_card_part_labelled_pretend(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    """A shopper who wants refunds on their balance gets the whole order back there,
-    the card's part as store credit, and returns to the list the button was on."""
+    """In the demo, a shopper who wants refunds on their balance gets the whole order
+    back there, the test card's part as store credit, and returns to the list the button
+    was on; every store page, this one too, says the test card is pretend money. Outside
+    the demo there is no such page (test_demo_store.py)."""
     email = await shopper_with_balance(client, services, 2500)
     saved = await web_post(
         client, "/account/refund-preference", {"refund_preference": "gift_card_balance"}
@@ -664,6 +676,8 @@ async def test_refund_follows_a_gift_card_balance_preference_from_the_orders_lis
     assert flash(listing) == (
         f"Refund of {usd(4800)} requested: {usd(4800)} back to your gift card balance."
     )
+    assert DEMO_NOTE in text_of(listing)
+    assert DEMO_NOTE in text_of((await client.get(f"/store/orders/{order_id}")).text)
     assert (await balance_of(client, email))["available"] == 4800
     assert (await verify(services.db)).problems == []
 

@@ -21,6 +21,7 @@ def test_defaults_match_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert settings.limit_signups_address == "20/hour"
     assert settings.limit_login_failures_account == "10/15minutes"
     assert settings.redis_url is None
+    assert settings.demo_store is False
 
 
 def test_secret_key_is_generated_beside_sqlite_once(tmp_path: Path) -> None:
@@ -57,12 +58,21 @@ def test_short_secret_key_is_refused() -> None:
         ("GIFTCARD_DATABASE_POOL_SIZE", "zero"),
         ("GIFTCARD_DATABASE_URL", "mysql://db"),
         ("GIFTCARD_LOG_FORMAT", "xml"),
+        ("GIFTCARD_DEMO_STORE", "maybe"),
     ],
 )
 def test_malformed_settings_name_the_variable(name: str, value: str) -> None:
     """A malformed setting stops start-up with a message naming the variable."""
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value, "GIFTCARD_SECRET_KEY": KEY})
+
+
+@pytest.mark.parametrize(
+    ("text", "on"), [("true", True), (" TRUE ", True), ("1", True), ("false", False), ("", False)]
+)
+def test_the_demo_store_is_served_only_when_asked_for(text: str, on: bool) -> None:
+    settings = load_settings({"GIFTCARD_DEMO_STORE": text, "GIFTCARD_SECRET_KEY": KEY})
+    assert settings.demo_store is on
 
 
 def test_limits_notation_is_accepted() -> None:

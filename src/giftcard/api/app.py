@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(cards_router)
     app.include_router(payments_router)
     app.include_router(service_router)
-    web.install(app)
+    web.install(app, demo_store=settings.demo_store)
     app.add_middleware(BodySizeLimit, limit_bytes=settings.request_body_bytes_max)
     app.add_middleware(AccessLog)
     return app

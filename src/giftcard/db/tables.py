@@ -132,6 +132,19 @@ staff = Table(
     CheckConstraint("role IN ('support', 'admin')", name="role_known"),
 )
 
+# Who each email belongs to (SPEC §1): one customer or one staff member, never both.
+# Emails are stored normalized (trimmed, lower-cased), so the primary key makes the
+# namespace one and case-insensitive; sign-up and staff creation both insert here, and a
+# race between them is settled by that key.
+identities = Table(
+    "identities",
+    metadata,
+    Column("email", String(254), primary_key=True),
+    Column("customer_id", Id, ForeignKey("customers.id"), nullable=True, unique=True),
+    Column("staff_id", Id, ForeignKey("staff.id"), nullable=True, unique=True),
+    CheckConstraint("(customer_id IS NULL) <> (staff_id IS NULL)", name="one_owner"),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,

@@ -1,4 +1,4 @@
-"""The web door: server-rendered pages for shoppers, and the demo store.
+"""The web door: server-rendered pages for shoppers (and the demo store's, when asked for).
 
 Pages work without JavaScript (forms, POST/redirect/GET); `static/app.js` only adds
 conveniences. Errors on a page's address are pages too: a stale form, a missing page or
@@ -22,7 +22,6 @@ from giftcard.errors import GiftcardError
 from giftcard.web import security
 from giftcard.web.account import router as account_router
 from giftcard.web.pages import router as pages_router
-from giftcard.web.store import router as store_router
 from giftcard.web.templating import error_headers, page, redirect
 
 log = logging.getLogger(__name__)
@@ -90,14 +89,22 @@ async def _delegate(handler: Any, request: Request, error: Exception) -> Respons
     return response
 
 
-def install(app: FastAPI) -> None:
-    """Add the pages, their static files, and page-shaped answers to errors on pages.
-    Call after the API's problem handlers are installed: those stay in charge of every
-    API address and of clients that do not ask for HTML."""
+def install(app: FastAPI, *, demo_store: bool = False) -> None:
+    """Add the pages, their static files, and page-shaped answers to errors on pages;
+    the demo store's pages too when `demo_store` (GIFTCARD_DEMO_STORE) is on. Call after
+    the API's problem handlers are installed: those stay in charge of every API address
+    and of clients that do not ask for HTML."""
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(pages_router)
     app.include_router(account_router)
-    app.include_router(store_router)
+    app.state.demo_store = demo_store
+    if demo_store:
+        # The demo store pays with a pretend card, so its pages exist only in a demo
+        # (SPEC §7). This is the one place giftcard imports the demo package; without
+        # the setting its routes are never added and /store is an unknown address.
+        from giftcard.demo import pages as demo_pages
+
+        app.include_router(demo_pages.router)
 
     api_http_handler = app.exception_handlers[StarletteHTTPException]
     api_giftcard_handler = app.exception_handlers[GiftcardError]

@@ -19,15 +19,24 @@ from giftcard.errors import GiftcardError, TooManyAttempts
 from giftcard.money import REGIONS, format_minor
 from giftcard.web import security
 
-# StrictUndefined: a name missing from a page's context is an error in the tests, not
-# an empty string on the page (a form without its CSRF token, say).
-templates = Jinja2Templates(
-    env=Environment(
-        loader=FileSystemLoader(Path(__file__).parent / "templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
+TEMPLATES_FOLDER = Path(__file__).parent / "templates"
+
+
+def make_templates(*folders: Path) -> Jinja2Templates:
+    """Templates looked up in `folders` first, then among the site's own, so that pages
+    kept elsewhere (the demo store's) extend the site's `base.html` and its macros."""
+    # StrictUndefined: a name missing from a page's context is an error in the tests, not
+    # an empty string on the page (a form without its CSRF token, say).
+    return Jinja2Templates(
+        env=Environment(
+            loader=FileSystemLoader([*folders, TEMPLATES_FOLDER]),
+            autoescape=True,
+            undefined=StrictUndefined,
+        )
     )
-)
+
+
+templates = make_templates()
 
 # Pages load only this site's own scripts and styles; no page may be framed.
 CONTENT_SECURITY_POLICY = (
@@ -67,8 +76,9 @@ def page(
     *,
     status: int = 200,
     headers: dict[str, str] | None = None,
+    renderer: Jinja2Templates = templates,
 ) -> HTMLResponse:
-    """Render `template` for this request as a complete page response."""
+    """Render `template` (one of `renderer`'s) for this request as a complete page."""
     shopper: CustomerPrincipal | None = getattr(request.state, "shopper", None)
     locale = _locale(shopper)
 
@@ -84,9 +94,11 @@ def page(
         "when": when,
         "errors": {},
         "values": {},
+        # Links to the demo store appear only where it is served.
+        "demo_store": bool(getattr(request.app.state, "demo_store", False)),
         **(context or {}),
     }
-    response = templates.TemplateResponse(
+    response = renderer.TemplateResponse(
         request, template, full, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})}
     )
     security.finish(request, response)

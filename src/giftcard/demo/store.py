@@ -1,7 +1,7 @@
 """The demo store: a small catalog, carts priced on the server, and the store's orders.
 
 The store plays the part of a shop's back end. It never touches a balance: an order is
-paid through `payments.create`, exactly as a real store's server would through
+paid through `payments.pay`, as a real store's server would through
 `POST /v1/payments`, and its row is written in the same transaction as its payment, so
 there is never a payment without an order or an order without a payment. Refunds go
 through `payments.refund` likewise.

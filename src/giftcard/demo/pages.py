@@ -1,22 +1,27 @@
 """The demo store's pages: products, the cart, checkout, and the shopper's orders.
 
+Mounted only when GIFTCARD_DEMO_STORE is on (see `giftcard.web.install`): its test card
+is pretend money, so a real deployment has no page that takes it.
+
 The cart is a cookie of product ids and quantities (`mug:2|tote:1`), read defensively:
 anything unknown or out of bounds in it is dropped, and prices always come from the
-catalog. Checkout and refunds call the store's use cases in `giftcard.store`, which pay
-through the same payment use cases as the API.
+catalog. Checkout and refunds call the store's use cases in `giftcard.demo.store`, which
+pay through the same payment use cases as the API.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import FormData
 
-from giftcard import redemption, store
+from giftcard import redemption
 from giftcard.customers import CustomerPrincipal, RefundPreference
+from giftcard.demo import store
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
 from giftcard.http import services
 from giftcard.money import (
@@ -28,9 +33,11 @@ from giftcard.money import (
 from giftcard.payments import PaymentStatus, UseBalance
 from giftcard.web import security
 from giftcard.web.security import checked_form, current_shopper, require_shopper, text_field
-from giftcard.web.templating import money_for, page, redirect
+from giftcard.web.templating import make_templates, money_for, page, redirect
 
 router = APIRouter(include_in_schema=False)
+# The store's own templates; they extend the site's base page.
+templates = make_templates(Path(__file__).parent / "templates")
 
 STORE_PAGE = "/store"
 CART_PAGE = "/store/cart"
@@ -100,7 +107,7 @@ def _store_page(
         "problem": None,
         **context,
     }
-    return page(request, template, full, status=status)
+    return page(request, template, full, status=status, renderer=templates)
 
 
 # --- products and the cart ----------------------------------------------------------
