@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db import engine as engine_module
 from giftcard.db.engine import RETRY_ATTEMPTS_MAX, Database, is_retryable
+from giftcard.db.tables import cards
 from giftcard.errors import ErrorCode, GiftcardError
+from giftcard.services import Services
+from giftcard.verify import verify
+from tests.conftest import api_key, issue
 
 
 class FakeDriverError(Exception):
@@ -125,3 +130,53 @@ async def test_a_real_serialization_failure_is_recognised(database_url: str) -> 
         await db.dispose()
     assert len(errors) == 1, errors
     assert is_retryable(errors[0])
+
+
+class FailOnce:
+    """Make the next statement that starts with `prefix` fail as a serialization failure
+    would, once: the transaction it was in is then retried, or the failure surfaces."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.armed = False
+        self.failed = 0
+
+    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if self.armed and statement.lstrip().upper().startswith(self.prefix):
+            self.armed = False
+            self.failed += 1
+            raise driver_error("40001")
+
+
+async def test_card_issuance_and_activation_go_through_the_retry_place(
+    client: httpx.AsyncClient, services: Services, no_backoff: None
+) -> None:
+    """Given a serialization failure in the middle of issuing cards, and again in the
+    middle of activating one, each request still succeeds once (its transaction was run
+    again), with no card issued twice, instead of failing with a 500."""
+    admin = await api_key(services)
+    fail = FailOnce("INSERT INTO JOURNAL_TRANSACTIONS")
+    event.listen(services.db.engine.sync_engine, "before_cursor_execute", fail)
+    try:
+        fail.armed = True
+        issued = await client.post(
+            "/v1/cards",
+            json={"amount": 2000, "region": "US", "kind": "digital", "count": 3},
+            headers=admin,
+        )
+        assert issued.status_code == 201, issued.text
+        assert len(issued.json()["data"]) == 3
+        [physical] = await issue(client, admin, kind="physical")
+        fail.armed = True
+        activated = await client.post(
+            "/v1/cards/activate", json={"serial": physical["serial"]}, headers=admin
+        )
+        assert activated.status_code == 200, activated.text
+        assert activated.json()["state"] == "active"
+    finally:
+        event.remove(services.db.engine.sync_engine, "before_cursor_execute", fail)
+    assert fail.failed == 2
+    async with services.db.transaction(write=False) as connection:
+        count = (await connection.execute(select(func.count()).select_from(cards))).scalar_one()
+    assert count == 4
+    assert (await verify(services.db)).problems == []
