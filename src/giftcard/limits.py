@@ -48,9 +48,10 @@ from giftcard.errors import ErrorCode, GiftcardError, RedemptionError, TooManyAt
 log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_S = 2.0
-# Expired reservations removed by one maintenance pass: bounded, so that a purge never
-# holds the table for long; the next pass takes the rest.
+# Expired reservations removed by one maintenance pass: in batches, so that no delete
+# holds the table for long, and a bounded number of them; the next pass takes the rest.
 PURGE_BATCH_MAX = 5000
+PURGE_BATCHES_MAX = 20
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,10 @@ class AbuseLimits:
         whose effect is done."""
         try:
             await self.store.give_back(reservation)
-        except GiftcardError:
-            log.warning("could not give back an abuse-limit reservation; it will expire")
+        except Exception:
+            log.warning(
+                "could not give back an abuse-limit reservation; it will expire", exc_info=True
+            )
 
 
 def _is_invalid_credentials(error: BaseException) -> bool:
@@ -228,7 +231,9 @@ class DatabaseStore:
     it leaves its window. A reservation runs in one write transaction that holds a lock
     per key: PostgreSQL's transaction-scoped advisory locks, taken in key order so that
     two attempts sharing keys never deadlock; SQLite's BEGIN IMMEDIATE already lets one
-    writer at a time in. Counting, trimming and adding happen under that lock."""
+    writer at a time in. Counting and adding happen under that lock, in as few
+    statements as possible, since every attempt on a hot key (one busy address) waits
+    for it. Rows past their window are ignored by the count and purged by the sweeper."""
 
     def __init__(self, db: Database, *, key_prefix: str) -> None:
         self.db = db
@@ -237,49 +242,51 @@ class DatabaseStore:
     async def reserve(
         self, slots: Sequence[tuple[str, Rule]], *, token: str, now: datetime
     ) -> Reservation:
-        keys = [(f"{self.key_prefix}:{key}", rule) for key, rule in slots]
+        rules = {f"{self.key_prefix}:{key}": rule for key, rule in slots}
 
         async def work(connection: AsyncConnection) -> Reservation:
             if not self.db.is_sqlite:
-                for key, _ in sorted(keys, key=lambda pair: pair[0]):
+                # The lock serialises the attempts on a key; under it, each statement must
+                # see what the attempt before committed, which SERIALIZABLE's snapshot
+                # (taken before the lock was granted) would not.
+                await connection.execute(text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
+                for key in sorted(rules):
                     await connection.execute(
                         text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": _lock_id(key)}
                     )
-            retry_after_s = 0
-            for key, rule in keys:
+            held = (
                 await connection.execute(
-                    delete(limit_reservations).where(
-                        limit_reservations.c.limit_key == key,
-                        limit_reservations.c.expires_at <= now,
+                    select(
+                        limit_reservations.c.limit_key,
+                        func.count(),
+                        func.min(limit_reservations.c.expires_at),
                     )
+                    .where(
+                        limit_reservations.c.limit_key.in_(list(rules)),
+                        limit_reservations.c.expires_at > now,
+                    )
+                    .group_by(limit_reservations.c.limit_key)
                 )
-                held, first_expiry = (
-                    await connection.execute(
-                        select(func.count(), func.min(limit_reservations.c.expires_at)).where(
-                            limit_reservations.c.limit_key == key
-                        )
-                    )
-                ).one()
-                if held >= rule.attempts_max:
-                    until = first_expiry or now + timedelta(seconds=rule.window_s)
-                    retry_after_s = max(retry_after_s, _seconds_until(until, now))
+            ).all()
+            retry_after_s = 0
+            for key, count, first_expiry in held:
+                if count >= rules[key].attempts_max:
+                    retry_after_s = max(retry_after_s, _seconds_until(first_expiry, now))
+            for rule in rules.values():
+                if rule.attempts_max <= 0:
+                    retry_after_s = max(retry_after_s, rule.window_s)
             if retry_after_s:
                 raise Refused(retry_after_s)
-            row_ids = []
-            for key, rule in keys:
-                row_ids.append(
-                    (
-                        await connection.execute(
-                            insert(limit_reservations)
-                            .values(
-                                limit_key=key,
-                                expires_at=now + timedelta(seconds=rule.window_s),
-                            )
-                            .returning(limit_reservations.c.id)
-                        )
-                    ).scalar_one()
+            row_ids = (
+                await connection.execute(
+                    insert(limit_reservations).returning(limit_reservations.c.id),
+                    [
+                        {"limit_key": key, "expires_at": now + timedelta(seconds=rule.window_s)}
+                        for key, rule in rules.items()
+                    ],
                 )
-            return Reservation(tuple(key for key, _ in keys), token, tuple(row_ids))
+            ).scalars()
+            return Reservation(tuple(rules), token, tuple(row_ids))
 
         return await self.db.run(work)
 
@@ -295,9 +302,9 @@ class DatabaseStore:
         """The database is the store; /readyz checks it already."""
 
     async def purge(self, *, now: datetime) -> int:
-        """Remove a bounded batch of reservations that have left their window."""
+        """Remove reservations that have left their window, in bounded batches."""
 
-        async def work(connection: AsyncConnection) -> int:
+        async def one_batch(connection: AsyncConnection) -> int:
             expired = (
                 select(limit_reservations.c.id)
                 .where(limit_reservations.c.expires_at <= now)
@@ -309,7 +316,13 @@ class DatabaseStore:
             )
             return int(result.rowcount)
 
-        return await self.db.run(work)
+        purged = 0
+        for _ in range(PURGE_BATCHES_MAX):
+            removed = await self.db.run(one_batch)
+            purged += removed
+            if removed < PURGE_BATCH_MAX:
+                break
+        return purged
 
     async def close(self) -> None:
         """The database belongs to the services; they close it."""

@@ -23,14 +23,15 @@ import pytest
 import redis.asyncio as redis
 from sqlalchemy import func, select
 
-from giftcard import customers
+from giftcard import customers, redemption
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.codes import ALPHABET, generate_code
 from giftcard.config import Settings
 from giftcard.db.tables import limit_reservations
+from giftcard.errors import GiftcardError
 from giftcard.services import Services
-from tests.conftest import Shopper, api_key, assert_problem, issue, sign_up
+from tests.conftest import ALL_ISOLATIONS, Shopper, api_key, assert_problem, issue, sign_up
 from tests.services import free_port
 
 HOME = "203.0.113.7"
@@ -124,6 +125,18 @@ async def lab(
     built = Lab(settings, clock, redis_url)
     yield built
     await built.close()
+
+
+async def open_connections(workers: list[Services], count: int) -> None:
+    """Open `count` pooled connections in every worker before a burst, so that the burst's
+    attempts are not spread out in time by connecting one after another."""
+
+    async def hold(svc: Services) -> None:
+        async with svc.db.transaction(write=False) as connection:
+            await connection.execute(select(1))
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(hold(svc) for svc in workers for _ in range(count)))
 
 
 def mistyped(code: str) -> str:
@@ -383,14 +396,17 @@ async def test_workers_share_the_lock(lab: Lab) -> None:
     await lab.assert_counted_in_storage()
 
 
+@ALL_ISOLATIONS
 async def test_a_burst_across_workers_gets_exactly_the_allowed_refusals(lab: Lab) -> None:
     """Given four services sharing one database and store (four workers) and the default
     limit of 10, 40 unknown codes sent at once by one account, spread over the workers,
     get exactly 10 answers on their merits (404) and 30 × 429: reserving before the code
-    is looked at, in one atomic step, lets no burst slip past the limit."""
+    is looked at, in one atomic step, lets no burst slip past the limit (at SERIALIZABLE
+    too, where the reservation still reads what the one before it committed)."""
     workers = await lab.workers()
     clients = [lab.client(svc) for svc in workers]
     shopper = await sign_up(clients[0])
+    await open_connections(workers, 10)
 
     responses = await asyncio.wait_for(
         asyncio.gather(
@@ -400,6 +416,47 @@ async def test_a_burst_across_workers_gets_exactly_the_allowed_refusals(lab: Lab
     )
 
     assert Counter(r.status_code for r in responses) == {404: 10, 429: 30}
+    await lab.assert_counted_in_storage()
+
+
+async def test_a_burst_through_the_use_case_gets_exactly_the_allowed_refusals(
+    lab: Lab,
+) -> None:
+    """The same burst without HTTP in front: 40 unknown codes for one account, through
+    `redeem_limited` on four workers at once, so that every attempt reaches its
+    reservation at the same moment. Exactly 10 are refused on their merits, 30 locked."""
+    workers = await lab.workers()
+    customer = await customers.sign_up(
+        workers[0].db,
+        email="burst@example.com",
+        password=PASSWORD,
+        region="US",
+        name=None,
+        clock=lab.clock,
+    )
+
+    async def attempt(svc: Services) -> str:
+        try:
+            await redemption.redeem_limited(
+                svc.db,
+                svc.limits,
+                customer,
+                generate_code(),
+                address=HOME,
+                secret_key=svc.settings.secret_key,
+                actor="test",
+                clock=svc.clock,
+            )
+        except GiftcardError as error:
+            return error.code.value
+        return "redeemed"
+
+    await open_connections(workers, 10)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(attempt(workers[i % WORKERS]) for i in range(40))), BURST_TIMEOUT_S
+    )
+
+    assert Counter(outcomes) == {"code_not_found": 10, "too_many_attempts": 30}
     await lab.assert_counted_in_storage()
 
 
