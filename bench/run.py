@@ -7,12 +7,16 @@ For each backend, in a scratch database that is removed afterwards:
 2. redeem codes from that CSV through the use case (`giftcard.redemption.redeem`), with
    one asyncio task per customer running side by side;
 3. redeem other codes from it over HTTP, against a real `giftcard serve --workers 2` on
-   loopback, with a bounded number of requests in flight (httpx);
-4. check every ledger invariant (`giftcard.verify`) over what the runs wrote.
+   loopback, with a bounded number of requests in flight (httpx), the abuse limits
+   counted without Redis;
+4. the same again with the abuse limits counted in Redis (GIFTCARD_REDIS_URL), so that
+   the cost of the limits shows beside the cost of the redemption itself;
+5. check every ledger invariant (`giftcard.verify`) over what the runs wrote.
 
 PostgreSQL is reached at 127.0.0.1:5432 (override with GIFTCARD_BENCH_POSTGRES_URL, a URL
-of a database to connect to while creating the scratch one); when it does not answer,
-its row says so and the run goes on. Every phase has a time limit, so a hung server or
+of a database to connect to while creating the scratch one) and Redis at 127.0.0.1:6379
+(GIFTCARD_BENCH_REDIS_URL); when one does not answer, its row or column says so and the
+run goes on. Every phase has a time limit, so a hung server or
 database ends the run instead of stalling it.
 
 Run: .venv/bin/python bench/run.py [--cards N] [--redemptions N] [--requests N]
@@ -39,6 +43,7 @@ from typing import TypeVar
 
 import asyncpg
 import httpx
+import redis.asyncio as redis
 
 from giftcard import customers, passwords, redemption, verify
 from giftcard.clock import SystemClock
@@ -49,6 +54,7 @@ from giftcard.unit_of_work import UnitOfWork
 T = TypeVar("T")
 
 POSTGRES_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL_DEFAULT = "redis://127.0.0.1:6379/0"
 CARDS_DEFAULT = 100_000
 REDEMPTIONS_DEFAULT = 2_000
 REQUESTS_DEFAULT = 2_000
@@ -65,6 +71,7 @@ REDEEM_TIMEOUT_S = 300
 SERVER_START_TIMEOUT_S = 60
 SERVER_STOP_TIMEOUT_S = 15
 POSTGRES_CONNECT_TIMEOUT_S = 5
+REDIS_CONNECT_TIMEOUT_S = 3
 REQUEST_TIMEOUT_S = 30
 VERIFY_TIMEOUT_S = 300
 
@@ -94,6 +101,7 @@ class Result:
     issue_s: float | None = None
     use_case: Latencies | None = None
     http: Latencies | None = None
+    http_redis: Latencies | None = None
     verified: str = "-"
     note: str = ""
 
@@ -118,8 +126,8 @@ def _options() -> argparse.Namespace:
     parser.add_argument("--redemptions", type=int, default=REDEMPTIONS_DEFAULT)
     parser.add_argument("--requests", type=int, default=REQUESTS_DEFAULT)
     options = parser.parse_args()
-    if options.redemptions + options.requests > options.cards:
-        parser.error("--cards must cover --redemptions plus --requests")
+    if options.redemptions + 2 * options.requests > options.cards:
+        parser.error("--cards must cover --redemptions plus twice --requests")
     return options
 
 
@@ -167,7 +175,20 @@ async def _run_backend(
             )
             print(f"[{backend}] redeeming {options.requests:,} codes over HTTP", flush=True)
             http_codes = codes[options.redemptions : options.redemptions + options.requests]
-            result.http = await _redeem_http(db, env, work, http_codes)
+            result.http = await _redeem_http(db, env, work, http_codes, "http")
+            redis_url = os.environ.get("GIFTCARD_BENCH_REDIS_URL", REDIS_URL_DEFAULT)
+            if await _redis_answers(redis_url):
+                print(f"[{backend}] redeeming {options.requests:,} codes over HTTP (Redis)")
+                start = options.redemptions + options.requests
+                result.http_redis = await _redeem_http(
+                    db,
+                    {**env, "GIFTCARD_REDIS_URL": redis_url},
+                    work,
+                    codes[start : start + options.requests],
+                    "redis",
+                )
+            else:
+                result.note = f"HTTP+Redis skipped: {redis_url} unreachable"
             report = await _bounded(verify.verify(db), VERIFY_TIMEOUT_S, "verifying")
             result.verified = "OK" if not report.problems else f"{len(report.problems)} problems"
         finally:
@@ -268,11 +289,21 @@ async def _drive(
     return latencies
 
 
+async def _redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+    try:
+        return bool(await asyncio.wait_for(client.ping(), REDIS_CONNECT_TIMEOUT_S))
+    except (OSError, redis.RedisError, TimeoutError):
+        return False
+    finally:
+        await client.aclose()
+
+
 async def _redeem_http(
-    db: Database, env: dict[str, str], work: Path, codes: Sequence[str]
+    db: Database, env: dict[str, str], work: Path, codes: Sequence[str], label: str
 ) -> Latencies:
     password = secrets.token_urlsafe(16)
-    shoppers = await _customers(db, HTTP_CONCURRENCY, "http", password)
+    shoppers = await _customers(db, HTTP_CONCURRENCY, label, password)
     tokens = []
     for shopper in shoppers:
         session = await customers.log_in(
@@ -280,7 +311,7 @@ async def _redeem_http(
         )
         tokens.append(session.token)
     port = _free_port()
-    metrics_folder = work / "metrics"
+    metrics_folder = work / f"metrics-{label}"
     metrics_folder.mkdir(exist_ok=True)
     command = [str(GIFTCARD), "serve", "--host", "127.0.0.1", "--port", str(port)]
     server = await asyncio.create_subprocess_exec(
@@ -356,11 +387,13 @@ def _print_table(results: Sequence[Result], options: argparse.Namespace) -> None
         f"issue: {options.cards:,} cards with `giftcard cards issue` (wall clock, CSV included); "
         f"use case: {options.redemptions:,} redemptions, {USE_CASE_CONCURRENCY} customers "
         f"at once; HTTP: {options.requests:,} POST /v1/me/redemptions, {HTTP_CONCURRENCY} in "
-        f"flight, {SERVER_WORKERS} server workers"
+        f"flight, {SERVER_WORKERS} server workers; HTTP+Redis: the same with the abuse "
+        "limits counted in Redis"
     )
     header = (
         f"{'backend':<11} {'issue s':>8}  {'use case /s':>11} {'p50 ms':>7} {'p99 ms':>7}"
-        f"  {'HTTP /s':>8} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}  {'verify':<6}"
+        f"  {'HTTP /s':>8} {'p50 ms':>7} {'p99 ms':>7}"
+        f"  {'+Redis /s':>9} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}  {'verify':<6}"
     )
     print(header)
     print("-" * len(header))
@@ -372,7 +405,7 @@ def _row(result: Result) -> str:
     issue = f"{result.issue_s:8.2f}" if result.issue_s is not None else f"{'-':>8}"
     columns = [f"{result.backend:<11} {issue}"]
     failures = 0
-    for latencies, width in ((result.use_case, 11), (result.http, 8)):
+    for latencies, width in ((result.use_case, 11), (result.http, 8), (result.http_redis, 9)):
         if latencies is None:
             columns.append(f"{'-':>{width}} {'-':>7} {'-':>7}")
             continue

@@ -134,13 +134,6 @@ def serve(
         )
     worker_count = workers or os.cpu_count() or 1
     if worker_count > 1:
-        if not settings.redis_url:
-            err.print(
-                f"note: {worker_count} workers count abuse limits each in its own memory; "
-                "set GIFTCARD_REDIS_URL to share them.",
-                highlight=False,
-                soft_wrap=True,
-            )
         os.environ.setdefault(
             "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="giftcard-metrics-")
         )

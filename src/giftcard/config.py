@@ -59,6 +59,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return text in _TRUE
 
 
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _key_prefix(text: str) -> str:
+    prefix = text.strip()
+    if not _KEY_PREFIX.match(prefix):
+        raise ConfigError(
+            "GIFTCARD_LIMIT_KEY_PREFIX must be 1 to 64 letters, digits, '.', '_' or '-', "
+            f"not {text!r}"
+        )
+    return prefix
+
+
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     text = env.get(name)
     if text is None or text.strip() == "":
@@ -82,6 +95,9 @@ class Settings:
     limit_redeem_failures_address: str = "50/15minutes"
     limit_signups_address: str = "20/hour"
     limit_login_failures_account: str = "10/15minutes"
+    limit_login_failures_address: str = "100/15minutes"
+    # Namespaces the abuse limits' keys, so that deployments sharing one Redis keep apart.
+    limit_key_prefix: str = "giftcard"
     request_body_bytes_max: int = 64 * 1024
     database_pool_size: int = 10
     log_level: str = "INFO"
@@ -127,6 +143,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         limit_login_failures_account=_limit(
             env, "GIFTCARD_LIMIT_LOGIN_FAILURES_ACCOUNT", "10/15minutes"
         ),
+        limit_login_failures_address=_limit(
+            env, "GIFTCARD_LIMIT_LOGIN_FAILURES_ADDRESS", "100/15minutes"
+        ),
+        limit_key_prefix=_key_prefix(env.get("GIFTCARD_LIMIT_KEY_PREFIX", "giftcard")),
         request_body_bytes_max=_int(
             env, "GIFTCARD_REQUEST_BODY_MAX_BYTES", 64 * 1024, minimum=1024
         ),

@@ -20,11 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import ledger
-from giftcard.abuse import AbuseLimits
 from giftcard.clock import Clock
 from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import api_keys, customers, identities, sessions, staff
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
+from giftcard.limits import AbuseLimits
 from giftcard.money import region as find_region
 from giftcard.passwords import (
     PASSWORD_LENGTH_MAX,
@@ -332,17 +332,19 @@ async def _open_session(
 
 
 async def log_in_limited(
-    db: Database, limits: AbuseLimits, *, email: str, password: str, ttl_s: int, clock: Clock
+    db: Database,
+    limits: AbuseLimits,
+    *,
+    email: str,
+    password: str,
+    address: str,
+    ttl_s: int,
+    clock: Clock,
 ) -> Session:
-    """:func:`log_in` under the failed log-in limit per account (SPEC §8)."""
-    email_key = email.strip().lower()
-    async with limits.login_attempt(email_key):
-        try:
-            return await log_in(db, email=email, password=password, ttl_s=ttl_s, clock=clock)
-        except GiftcardError as error:
-            if error.code is ErrorCode.INVALID_CREDENTIALS:
-                await limits.login_failed(email_key)
-            raise
+    """:func:`log_in` under the failed log-in limits of SPEC §8: per email from one
+    address, and per address. Only wrong credentials count."""
+    async with limits.login_attempt(email.strip().lower(), address):
+        return await log_in(db, email=email, password=password, ttl_s=ttl_s, clock=clock)
 
 
 def _invalid_credentials() -> GiftcardError:

@@ -18,12 +18,12 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import codes, ledger
-from giftcard.abuse import AbuseLimits
 from giftcard.cards import CardState, effective_state, record_event
 from giftcard.customers import Customer
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards, ledger_accounts
 from giftcard.errors import ErrorCode, RedemptionError
+from giftcard.limits import AbuseLimits
 from giftcard.metrics import REDEMPTIONS
 from giftcard.money import REGIONS, format_minor
 from giftcard.unit_of_work import UnitOfWork
@@ -143,13 +143,13 @@ async def redeem_limited(
     actor: str,
 ) -> Redemption:
     """:func:`redeem` under the abuse limits of SPEC §8, as every door calls it: refused
-    at once while the account or address is locked; every refusal counts."""
+    at once while the account or address is locked, before the code is looked at; every
+    refusal counts, whatever its error, and a success gives its units back."""
     async with limits.redeem_attempt(customer.id, address):
         try:
             result = await redeem(uow, customer, raw_code, secret_key=secret_key, actor=actor)
         except RedemptionError as error:
             REDEMPTIONS.labels(outcome=error.code.value).inc()
-            await limits.redeem_refused(customer.id, address)
             raise
     REDEMPTIONS.labels(outcome="redeemed").inc()
     return result

@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 
 from giftcard import idempotency, payments
-from giftcard.abuse import AbuseLimits
 from giftcard.clock import Clock, SystemClock
 from giftcard.config import Settings
 from giftcard.db.engine import Database
 from giftcard.idempotency import KeyedRequest
+from giftcard.limits import AbuseLimits
 from giftcard.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,14 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
+        db = Database(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            isolation=settings.database_isolation,
+        )
+        clock = clock or SystemClock()
         return cls(
-            settings=settings,
-            db=Database(
-                settings.database_url,
-                pool_size=settings.database_pool_size,
-                isolation=settings.database_isolation,
-            ),
-            clock=clock or SystemClock(),
-            limits=AbuseLimits(settings),
+            settings=settings, db=db, clock=clock, limits=AbuseLimits.build(settings, db, clock)
         )
 
     def unit_of_work(self, keyed: KeyedRequest | None = None) -> UnitOfWork:
@@ -44,12 +43,14 @@ class Services:
         return UnitOfWork(self.db, self.clock, keyed=keyed)
 
     async def close(self) -> None:
+        await self.limits.close()
         await self.db.dispose()
 
     async def maintain(self, *, interval_s: float = MAINTENANCE_INTERVAL_S) -> None:
-        """Housekeeping while the server runs: release holds past their expiry and forget
-        idempotency keys past their time. Safe with several servers: every hold is
-        claimed by a guarded update, and each purge deletes a bounded batch."""
+        """Housekeeping while the server runs: release holds past their expiry, forget
+        idempotency keys past their time and abuse-limit units past their window. Safe
+        with several servers: every hold is claimed by a guarded update, and each purge
+        deletes a bounded batch."""
         while True:
             await asyncio.sleep(interval_s)
             await self.maintain_once()
@@ -58,8 +59,16 @@ class Services:
         try:
             released = await payments.expire_holds(self.db, clock=self.clock)
             purged = await idempotency.purge(self.db, now=self.clock.now())
+            units_purged = await self.limits.purge()
         except Exception:
             log.exception("maintenance failed; will retry")
             return
-        if released or purged:
-            log.info("maintenance", extra={"holds_released": released, "keys_purged": purged})
+        if released or purged or units_purged:
+            log.info(
+                "maintenance",
+                extra={
+                    "holds_released": released,
+                    "keys_purged": purged,
+                    "limit_units_purged": units_purged,
+                },
+            )

@@ -33,6 +33,7 @@ def settings(settings: Settings) -> Settings:
         limit_redeem_failures_address="10000/15minutes",
         limit_signups_address="10000/hour",
         limit_login_failures_account="10000/15minutes",
+        limit_login_failures_address="10000/15minutes",
     )
 
 

@@ -255,6 +255,7 @@ def fuzzing(database_url: str) -> Iterator[Fuzzing]:
         limit_redeem_failures_address=LIMIT_GENEROUS,
         limit_signups_address=LIMIT_GENEROUS,
         limit_login_failures_account=LIMIT_GENEROUS,
+        limit_login_failures_address=LIMIT_GENEROUS,
     )
     email, password = "fuzz@example.com", "correct horse battery"
     clock = SystemClock()

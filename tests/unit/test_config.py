@@ -20,6 +20,7 @@ def test_defaults_match_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert settings.limit_redeem_failures_address == "50/15minutes"
     assert settings.limit_signups_address == "20/hour"
     assert settings.limit_login_failures_account == "10/15minutes"
+    assert settings.limit_login_failures_address == "100/15minutes"
     assert settings.redis_url is None
     assert settings.demo_store is False
 

@@ -51,12 +51,15 @@ async def sign_up(
     tags=["sessions"],
     summary="Log in (customers and staff)",
 )
-async def log_in(body: schemas.SessionCreate, svc: Services = Depends(services)) -> Any:
+async def log_in(
+    body: schemas.SessionCreate, request: Request, svc: Services = Depends(services)
+) -> Any:
     session = await customers.log_in_limited(
         svc.db,
         svc.limits,
         email=body.email,
         password=body.password,
+        address=client_address(request),
         ttl_s=svc.settings.session_ttl_s,
         clock=svc.clock,
     )

@@ -30,7 +30,7 @@ async def healthz() -> schemas.Health:
     "/readyz",
     response_model=schemas.Health,
     responses=problems(503),
-    summary="The database answers",
+    summary="The database answers, and Redis too when the abuse limits are counted there",
 )
 async def readyz(svc: Services = Depends(services)) -> Response | schemas.Health:
     try:
@@ -38,6 +38,10 @@ async def readyz(svc: Services = Depends(services)) -> Response | schemas.Health
             await connection.execute(text("SELECT 1"))
     except Exception:
         return problem_response(ErrorCode.SERVICE_UNAVAILABLE, "The database does not answer.")
+    try:
+        await svc.limits.check_ready()
+    except GiftcardError as error:
+        return problem_response(error.code, error.detail)
     return schemas.Health(status="ok")
 
 

@@ -269,6 +269,23 @@ idempotency_keys = Table(
 )
 Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at)
 
+# The abuse limits' units when there is no Redis (giftcard.limits): one row per unit an
+# attempt holds on one rule and identity, until it leaves its window or is given back.
+# The key names the rule and a hash of the identity, never an email or address itself.
+limit_reservations = Table(
+    "limit_reservations",
+    metadata,
+    _id(),
+    Column("limit_key", String(200), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+Index(
+    "ix_limit_reservations_limit_key_expires_at",
+    limit_reservations.c.limit_key,
+    limit_reservations.c.expires_at,
+)
+Index("ix_limit_reservations_expires_at", limit_reservations.c.expires_at)
+
 payments = Table(
     "payments",
     metadata,

@@ -138,6 +138,7 @@ async def login(request: Request) -> Response:
             svc.limits,
             email=email,
             password=password,
+            address=client_address(request),
             ttl_s=svc.settings.session_ttl_s,
             clock=svc.clock,
         )

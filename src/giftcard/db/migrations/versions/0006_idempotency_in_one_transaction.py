@@ -3,7 +3,7 @@ is never seen in progress: the columns that tracked a claim's state and its lock
 Rows still in progress (their requests died) are deleted: nothing of theirs committed.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

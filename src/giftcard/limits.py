@@ -1,0 +1,427 @@
+"""Abuse limits (SPEC §8): refused redemptions per account and per address, sign-ups per
+address, failed log-ins per email from one address and per address.
+
+Count first, give back on success. Every attempt reserves one unit on each of its rules
+before it runs, in one atomic step that every worker and server sees; when any rule is
+full the attempt is refused with `too_many_attempts` and reserves nothing. An attempt that
+succeeds gives its units back; a refused one keeps them, so they count as its failure.
+Because the reservation comes first, attempts sent all at once cannot all pass a check
+before any of them counts: of a burst of guesses from one account, exactly as many run
+as the limit allows, however many processes answer them.
+
+The units live in Redis when GIFTCARD_REDIS_URL is set (one Lua script per reservation:
+a sorted set per rule and identity, its members unique reservation ids scored by time),
+and in the database otherwise (the `limit_reservations` table, changed under a lock per
+key). Time comes from the service's clock, so that tests can move it. No lock is held
+while waiting for anything but the store itself, and nothing is shared between the
+attempts of one process.
+
+While a requester is locked, every attempt is refused before its code or password is
+looked at, so the lock tells a guesser nothing. Refusals caused by the lock itself do
+not count again: the lock ends when the window has moved past the failures that set it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import redis.asyncio as redis
+from limits import parse
+from redis.exceptions import RedisError
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from giftcard.clock import Clock
+from giftcard.config import Settings
+from giftcard.db.engine import Database
+from giftcard.db.tables import limit_reservations
+from giftcard.errors import ErrorCode, GiftcardError, RedemptionError, TooManyAttempts
+
+log = logging.getLogger(__name__)
+
+REDIS_TIMEOUT_S = 2.0
+# Expired reservations removed by one maintenance pass: in batches, so that no delete
+# holds the table for long, and a bounded number of them; the next pass takes the rest.
+PURGE_BATCH_MAX = 5000
+PURGE_BATCHES_MAX = 20
+
+
+@dataclass(frozen=True)
+class Rule:
+    """At most `attempts_max` kept reservations per identity in any `window_s` seconds."""
+
+    name: str
+    attempts_max: int
+    window_s: int
+
+    @classmethod
+    def parse(cls, name: str, notation: str) -> Rule:
+        item = parse(notation)
+        return cls(name, item.amount, item.get_expiry())
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One rule applied to one identity (an account, an address, an email at an address)."""
+
+    rule: Rule
+    identity: str
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The units one attempt holds: a handle for giving them back."""
+
+    keys: tuple[str, ...]
+    token: str
+    row_ids: tuple[int, ...] = ()
+
+
+class Refused(Exception):
+    """A rule is full: the attempt may be tried again in `retry_after_s` seconds."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class Store(Protocol):
+    async def reserve(
+        self, slots: Sequence[tuple[str, Rule]], *, token: str, now: datetime
+    ) -> Reservation:
+        """One unit on every slot, or none at all and :class:`Refused`."""
+
+    async def give_back(self, reservation: Reservation) -> None: ...
+
+    async def check_ready(self) -> None:
+        """Raise :class:`GiftcardError` (service_unavailable) when the store is down."""
+
+    async def purge(self, *, now: datetime) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class AbuseLimits:
+    """The abuse limits of SPEC §8, counted in `store`."""
+
+    def __init__(self, settings: Settings, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.redeem_account = Rule.parse("redeem-account", settings.limit_redeem_failures_account)
+        self.redeem_address = Rule.parse("redeem-address", settings.limit_redeem_failures_address)
+        self.signup_address = Rule.parse("signup-address", settings.limit_signups_address)
+        self.login_account = Rule.parse("login-account", settings.limit_login_failures_account)
+        self.login_address = Rule.parse("login-address", settings.limit_login_failures_address)
+
+    @classmethod
+    def build(cls, settings: Settings, db: Database, clock: Clock) -> AbuseLimits:
+        """In Redis when GIFTCARD_REDIS_URL is set, else in the database."""
+        prefix = settings.limit_key_prefix
+        store: Store = (
+            RedisStore(settings.redis_url, key_prefix=prefix)
+            if settings.redis_url
+            else DatabaseStore(db, key_prefix=prefix)
+        )
+        return cls(settings, store, clock)
+
+    def redeem_attempt(self, customer_id: int, address: str) -> AbstractAsyncContextManager[None]:
+        """Run one redemption inside this block: refused at once while the account or
+        the address is locked; its units are given back unless it ends in a
+        :class:`RedemptionError`, whatever that error is."""
+        slots = (
+            Slot(self.redeem_account, f"customer:{customer_id}"),
+            Slot(self.redeem_address, address),
+        )
+        return self._attempt(
+            slots, detail=_REDEEM_LOCKED_DETAIL, counts=lambda e: isinstance(e, RedemptionError)
+        )
+
+    def login_attempt(self, email: str, address: str) -> AbstractAsyncContextManager[None]:
+        """Run one log-in inside this block: refused at once while this email is locked at
+        this address, or the address is; only wrong credentials keep their units. The
+        email counts per address so that a stranger elsewhere cannot lock its owner out."""
+        slots = (
+            Slot(self.login_account, f"{address} {email}"),
+            Slot(self.login_address, address),
+        )
+        return self._attempt(slots, detail=_LOGIN_LOCKED_DETAIL, counts=_is_invalid_credentials)
+
+    async def signup_attempt(self, address: str) -> None:
+        """Count a sign-up from `address`, refusing it if the address is over its limit.
+        Every sign-up counts, so nothing is given back."""
+        await self._reserve((Slot(self.signup_address, address),), detail=_SIGNUP_LOCKED_DETAIL)
+
+    async def check_ready(self) -> None:
+        await self.store.check_ready()
+
+    async def purge(self) -> int:
+        return await self.store.purge(now=self.clock.now())
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    @asynccontextmanager
+    async def _attempt(
+        self, slots: Sequence[Slot], *, detail: str, counts: Callable[[BaseException], bool]
+    ) -> AsyncIterator[None]:
+        reservation = await self._reserve(slots, detail=detail)
+        try:
+            yield
+        except BaseException as error:
+            if not counts(error):
+                await self._give_back(reservation)
+            raise
+        await self._give_back(reservation)
+
+    async def _reserve(self, slots: Sequence[Slot], *, detail: str) -> Reservation:
+        keyed = [(_key(slot), slot.rule) for slot in slots]
+        try:
+            return await self.store.reserve(keyed, token=uuid.uuid4().hex, now=self.clock.now())
+        except Refused as refused:
+            raise TooManyAttempts(detail, retry_after_s=refused.retry_after_s) from None
+
+    async def _give_back(self, reservation: Reservation) -> None:
+        """The attempt has already happened; a store that fails now costs the requester
+        one unit until the window moves past it, which is better than failing a request
+        whose effect is done."""
+        try:
+            await self.store.give_back(reservation)
+        except Exception:
+            log.warning(
+                "could not give back an abuse-limit reservation; it will expire", exc_info=True
+            )
+
+
+def _is_invalid_credentials(error: BaseException) -> bool:
+    return isinstance(error, GiftcardError) and error.code is ErrorCode.INVALID_CREDENTIALS
+
+
+def _key(slot: Slot) -> str:
+    """The rule's name and a hash of the identity: emails and addresses are not kept in
+    the store in the clear, and every key has one bounded length."""
+    digest = hashlib.sha256(slot.identity.encode()).hexdigest()
+    return f"{slot.rule.name}:{digest}"
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, math.ceil((moment - now).total_seconds()))
+
+
+_REDEEM_LOCKED_DETAIL = (
+    "Too many unsuccessful attempts to redeem a code. Please wait before trying again."
+)
+_LOGIN_LOCKED_DETAIL = "Too many failed log-ins for this account. Please wait before trying again."
+_SIGNUP_LOCKED_DETAIL = "Too many accounts were created from this address. Please try later."
+_REDIS_DOWN_DETAIL = (
+    "The store that counts attempts (Redis) does not answer, so this cannot be checked "
+    "now; nothing was done. Please retry shortly."
+)
+
+
+class DatabaseStore:
+    """Reservations as rows of `limit_reservations`, one per unit, each with the moment
+    it leaves its window. A reservation runs in one write transaction that holds a lock
+    per key: PostgreSQL's transaction-scoped advisory locks, taken in key order so that
+    two attempts sharing keys never deadlock; SQLite's BEGIN IMMEDIATE already lets one
+    writer at a time in. Counting and adding happen under that lock, in as few
+    statements as possible, since every attempt on a hot key (one busy address) waits
+    for it. Rows past their window are ignored by the count and purged by the sweeper."""
+
+    def __init__(self, db: Database, *, key_prefix: str) -> None:
+        self.db = db
+        self.key_prefix = key_prefix
+
+    async def reserve(
+        self, slots: Sequence[tuple[str, Rule]], *, token: str, now: datetime
+    ) -> Reservation:
+        rules = {f"{self.key_prefix}:{key}": rule for key, rule in slots}
+
+        async def work(connection: AsyncConnection) -> Reservation:
+            if not self.db.is_sqlite:
+                # The lock serialises the attempts on a key; under it, each statement must
+                # see what the attempt before committed, which SERIALIZABLE's snapshot
+                # (taken before the lock was granted) would not.
+                await connection.execute(text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
+                for key in sorted(rules):
+                    await connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": _lock_id(key)}
+                    )
+            held = (
+                await connection.execute(
+                    select(
+                        limit_reservations.c.limit_key,
+                        func.count(),
+                        func.min(limit_reservations.c.expires_at),
+                    )
+                    .where(
+                        limit_reservations.c.limit_key.in_(list(rules)),
+                        limit_reservations.c.expires_at > now,
+                    )
+                    .group_by(limit_reservations.c.limit_key)
+                )
+            ).all()
+            retry_after_s = 0
+            for key, count, first_expiry in held:
+                if count >= rules[key].attempts_max:
+                    retry_after_s = max(retry_after_s, _seconds_until(first_expiry, now))
+            for rule in rules.values():
+                if rule.attempts_max <= 0:
+                    retry_after_s = max(retry_after_s, rule.window_s)
+            if retry_after_s:
+                raise Refused(retry_after_s)
+            row_ids = (
+                await connection.execute(
+                    insert(limit_reservations).returning(limit_reservations.c.id),
+                    [
+                        {"limit_key": key, "expires_at": now + timedelta(seconds=rule.window_s)}
+                        for key, rule in rules.items()
+                    ],
+                )
+            ).scalars()
+            return Reservation(tuple(rules), token, tuple(row_ids))
+
+        return await self.db.run(work)
+
+    async def give_back(self, reservation: Reservation) -> None:
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(
+                delete(limit_reservations).where(limit_reservations.c.id.in_(reservation.row_ids))
+            )
+
+        await self.db.run(work)
+
+    async def check_ready(self) -> None:
+        """The database is the store; /readyz checks it already."""
+
+    async def purge(self, *, now: datetime) -> int:
+        """Remove reservations that have left their window, in bounded batches."""
+
+        async def one_batch(connection: AsyncConnection) -> int:
+            expired = (
+                select(limit_reservations.c.id)
+                .where(limit_reservations.c.expires_at <= now)
+                .limit(PURGE_BATCH_MAX)
+                .scalar_subquery()
+            )
+            result = await connection.execute(
+                delete(limit_reservations).where(limit_reservations.c.id.in_(expired))
+            )
+            return int(result.rowcount)
+
+        purged = 0
+        for _ in range(PURGE_BATCHES_MAX):
+            removed = await self.db.run(one_batch)
+            purged += removed
+            if removed < PURGE_BATCH_MAX:
+                break
+        return purged
+
+    async def close(self) -> None:
+        """The database belongs to the services; they close it."""
+
+
+def _lock_id(key: str) -> int:
+    """A signed 64-bit number for `key`, as pg_advisory_xact_lock takes. Two keys that
+    share one only wait for each other, which is harmless."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
+# KEYS: one sorted set per rule and identity. ARGV: now (seconds), the reservation's
+# member id, then the limit and window (seconds) of each key in turn. Trims each set to
+# its window, and adds the member to every set only if none of them is full; otherwise
+# returns how many seconds until the fullest one has room.
+_RESERVE_SCRIPT = """
+local now = tonumber(ARGV[1])
+local member = ARGV[2]
+local wait = 0
+for i, key in ipairs(KEYS) do
+    local attempts_max = tonumber(ARGV[1 + 2 * i])
+    local window = tonumber(ARGV[2 + 2 * i])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    if redis.call('ZCARD', key) >= attempts_max then
+        local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+        local until_s = window
+        if oldest[2] then
+            until_s = tonumber(oldest[2]) + window - now
+        end
+        if until_s > wait then
+            wait = until_s
+        end
+    end
+end
+if wait > 0 then
+    return tostring(wait)
+end
+for i, key in ipairs(KEYS) do
+    redis.call('ZADD', key, now, member)
+    redis.call('EXPIRE', key, tonumber(ARGV[2 + 2 * i]))
+end
+return false
+"""
+
+
+class RedisStore:
+    """Reservations in Redis: one script call to reserve, one to give back. The keys
+    share one hash tag, so that a script touching several of them also runs on a Redis
+    Cluster. Every call is bounded by a socket timeout; a Redis that does not answer
+    refuses the attempt with service_unavailable rather than letting it through
+    uncounted."""
+
+    def __init__(self, url: str, *, key_prefix: str) -> None:
+        self.key_prefix = key_prefix
+        self.client: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            retry_on_timeout=False,
+        )
+        self._reserve_script = self.client.register_script(_RESERVE_SCRIPT)
+
+    async def reserve(
+        self, slots: Sequence[tuple[str, Rule]], *, token: str, now: datetime
+    ) -> Reservation:
+        keys = [f"{{{self.key_prefix}}}:{key}" for key, _ in slots]
+        arguments: list[Any] = [repr(now.timestamp()), token]
+        for _, rule in slots:
+            arguments += [rule.attempts_max, rule.window_s]
+        try:
+            wait = await self._reserve_script(keys=keys, args=arguments)
+        except (RedisError, OSError) as error:
+            raise _redis_down() from error
+        if wait is not None:
+            raise Refused(max(1, math.ceil(float(wait))))
+        return Reservation(tuple(keys), token)
+
+    async def give_back(self, reservation: Reservation) -> None:
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in reservation.keys:
+                    pipe.zrem(key, reservation.token)
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            raise _redis_down() from error
+
+    async def check_ready(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as error:
+            raise _redis_down() from error
+
+    async def purge(self, *, now: datetime) -> int:
+        """Redis expires idle keys itself, and every reservation trims its own."""
+        return 0
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _redis_down() -> GiftcardError:
+    return GiftcardError(ErrorCode.SERVICE_UNAVAILABLE, _REDIS_DOWN_DETAIL)
