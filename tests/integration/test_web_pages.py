@@ -488,7 +488,8 @@ async def test_history_pages_ten_at_a_time(
     browser: httpx.AsyncClient, client: httpx.AsyncClient, services: Services
 ) -> None:
     """Twelve redemptions: the first page has ten and an 'Older' link, the second the
-    other two and a 'Newest' link; a made-up cursor gets a clear page, not a 500."""
+    other two and a 'Newest' link; a malformed or made-up cursor gets a clear page, not a
+    500."""
     cards = await issue(client, await api_key(services), amount=100, count=12)
     await web_sign_up(browser)
     for card in cards:
@@ -506,6 +507,9 @@ async def test_history_pages_ten_at_a_time(
     bad = await browser.get(ACCOUNT + "?starting_after=nonsense")
     assert bad.status_code == 422
     assert "starting_after" in bad.text
+    unknown = await browser.get(ACCOUNT + "?starting_after=txn_987654321")
+    assert unknown.status_code == 422
+    assert "starting_after" in unknown.text
 
 
 async def test_the_refund_preference_is_saved_and_shown(
