@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from giftcard import __version__, passwords, web
 from giftcard.api import problems
-from giftcard.api.middleware import AccessLog, BodySizeLimit
+from giftcard.api.middleware import AccessLog, BodySizeLimit, NoStore
 from giftcard.api.routes_cards import router as cards_router
 from giftcard.api.routes_customers import router as customers_router
 from giftcard.api.routes_payments import router as payments_router
@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(service_router)
     web.install(app)
     app.add_middleware(BodySizeLimit, limit_bytes=settings.request_body_bytes_max)
+    # Outside the size limit, so that its 413 is marked too.
+    app.add_middleware(NoStore, prefix="/v1")
     app.add_middleware(AccessLog)
     return app
 
