@@ -75,7 +75,8 @@ async def log_in(body: schemas.SessionCreate, svc: Services = Depends(services))
 @router.delete(
     "/sessions/current",
     status_code=204,
-    responses=problems(401),
+    # 403: an API key is not a session, so it cannot log out.
+    responses=problems(401, 403),
     tags=["sessions"],
     summary="Log out: the token stops working",
 )
