@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import functools
+import ipaddress
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -118,6 +119,7 @@ def serve(
     from giftcard import logs
 
     settings = _settings()
+    proxy = proxy_options(os.environ)
     logs.configure(settings.log_level, settings.log_format)
     asyncio.run(upgrade(settings.database_url))
     if demo:
@@ -146,9 +148,32 @@ def serve(
         workers=worker_count,
         log_config=None,
         access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips=os.environ.get("GIFTCARD_FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        **proxy,
     )
+
+
+def proxy_options(environ: Mapping[str, str]) -> dict[str, Any]:
+    """uvicorn's proxy settings from GIFTCARD_FORWARDED_ALLOW_IPS.
+
+    Unset, no proxy is trusted: `X-Forwarded-For` and `X-Forwarded-Proto` are ignored,
+    so a client cannot pick the address the per-address limits count. Set, they are
+    believed from those addresses or networks only, or from anyone with `*` (for a
+    server that only a proxy can reach)."""
+    text = environ.get("GIFTCARD_FORWARDED_ALLOW_IPS", "").strip()
+    if not text:
+        return {"proxy_headers": False}
+    entries = [entry.strip() for entry in text.split(",")]
+    if entries == ["*"]:
+        return {"proxy_headers": True, "forwarded_allow_ips": "*"}
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                "GIFTCARD_FORWARDED_ALLOW_IPS must be * alone or comma-separated IP "
+                f"addresses or networks (10.0.0.5, 10.0.0.0/8), not {entry!r}"
+            ) from None
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(entries)}
 
 
 def _expiry(text: str | None) -> datetime | None:

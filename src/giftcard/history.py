@@ -1,5 +1,14 @@
 """A customer's history: every movement of their available balance, newest first, read
-from the ledger's postings (never reconstructed)."""
+from the ledger's postings (never reconstructed).
+
+The history is ordered by posting id: the order in which the balance actually changed, so
+that each item's `balance_after` follows from the one before it. It pages by that same
+key. Journal transaction ids do not follow it: `ledger.post` numbers the transaction
+before it waits for the balance's row lock, so of two concurrent movements the one with
+the smaller transaction id may change the balance second. A cursor is still the item's
+public transaction id, resolved here to that transaction's posting on this customer's
+account (`ledger.check_entry` allows one posting per account and transaction).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,7 @@ from sqlalchemy import select
 from giftcard.customers import Customer
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards, journal_transactions, postings
+from giftcard.errors import ErrorCode, GiftcardError
 
 PAGE_SIZE_DEFAULT = 20
 PAGE_SIZE_MAX = 100
@@ -76,9 +86,26 @@ async def customer_history(
         .order_by(postings.c.id.desc())
         .limit(limit + 1)
     )
-    if starting_after is not None:
-        query = query.where(postings.c.transaction_id < starting_after)
     async with db.transaction(write=False) as connection:
+        if starting_after is not None:
+            cursor_posting_id = (
+                await connection.execute(
+                    select(postings.c.id).where(
+                        postings.c.account_id == customer.available_account_id,
+                        postings.c.transaction_id == starting_after,
+                    )
+                )
+            ).scalar_one_or_none()
+            if cursor_posting_id is None:
+                # The same answer whether the id names nothing or another customer's
+                # movement, so that a cursor tells nobody what exists elsewhere.
+                raise GiftcardError(
+                    ErrorCode.VALIDATION_ERROR,
+                    "starting_after must be the id of an item of this history, from a "
+                    "previous page.",
+                    param="starting_after",
+                )
+            query = query.where(postings.c.id < cursor_posting_id)
         rows = (await connection.execute(query)).all()
     items = [
         HistoryItem(

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.e2e
 
 PAGES_MAX = 200
 # Addresses of the service rather than pages: fetched with a plain request, not opened in
-# the browser. Swagger UI at /docs loads its script from a CDN, out of reach here, and a
-# browser showing JSON or text asks for /favicon.ico, which the service does not serve.
+# the browser. Swagger UI at /docs is not one of the site's pages (test_docs.py opens it
+# in the browser), and a browser showing JSON or text asks for /favicon.ico, which the
+# service does not serve.
 SERVICE_ADDRESSES = ("/docs", "/openapi.json", "/healthz", "/readyz", "/metrics")
 
 

@@ -438,14 +438,13 @@ async def test_a_burst_through_the_use_case_gets_exactly_the_allowed_refusals(
     async def attempt(svc: Services) -> str:
         try:
             await redemption.redeem_limited(
-                svc.db,
+                svc.unit_of_work(),
                 svc.limits,
                 customer,
                 generate_code(),
                 address=HOME,
                 secret_key=svc.settings.secret_key,
                 actor="test",
-                clock=svc.clock,
             )
         except GiftcardError as error:
             return error.code.value

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import hypothesis
 import pytest
 import schemathesis
@@ -96,8 +97,8 @@ IMPLEMENTED_AT_LEAST = {
     ("GET", "/metrics"),
 }
 
-# Schemathesis: a bounded run per operation and generation mode.
-EXAMPLES_PER_OPERATION_MAX = 25
+# Schemathesis: a bounded run per operation, generation mode and role.
+EXAMPLES_PER_ROLE_MAX = 10
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -219,31 +220,111 @@ def test_spec_endpoints_that_exist_are_documented() -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-async def test_openapi_json_and_docs_are_served(client: Any) -> None:
-    """/openapi.json is the document the tests read, and /docs renders it."""
+async def test_openapi_json_is_served(client: Any) -> None:
+    """/openapi.json is the document the tests read."""
     document = await client.get("/openapi.json")
-    docs = await client.get("/docs")
 
     assert document.status_code == 200
     assert document.json() == _document()
-    assert docs.status_code == 200
-    assert "/openapi.json" in docs.text
+
+
+def _policy(response: httpx.Response) -> dict[str, list[str]]:
+    """The Content-Security-Policy header as {directive: sources}."""
+    directives = {}
+    for part in response.headers["content-security-policy"].split(";"):
+        name, *sources = part.split()
+        directives[name] = sources
+    return directives
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+async def test_docs_pages_load_everything_from_this_server(client: Any, path: str) -> None:
+    """/docs and /redoc name the OpenAPI document and load every script, style and icon
+    from this server, each answered with 200 (nothing from a CDN: they work offline);
+    their Content-Security-Policy allows scripts from this server only, and no page
+    script is inline."""
+    page = await client.get(path)
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'data-openapi-url="/openapi.json"' in page.text
+    urls = re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]*)"', page.text)
+    assert len(urls) >= 3, urls
+    for url in urls:
+        assert url.startswith("/"), url
+        assert not url.startswith("//"), url
+        asset = await client.get(url)
+        assert asset.status_code == 200, url
+        assert asset.content, url
+    assert len(re.findall(r"<script\b", page.text)) == len(
+        re.findall(r"<script\b[^>]*\bsrc=", page.text)
+    )
+    policy = _policy(page)
+    assert policy["default-src"] == ["'none'"]
+    assert policy["script-src"] == ["'self'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    for sources in policy.values():
+        for source in sources:
+            assert source.startswith("'") or source in ("data:", "blob:"), source
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_docs_pages_allow_no_inline_style_but_redocs_own(client: Any) -> None:
+    """Swagger UI's page allows styles from this server only; ReDoc's allows, beside
+    those, only the contents its bundle writes as it loads, named by their hashes."""
+    swagger = _policy(await client.get("/docs"))
+    redoc = _policy(await client.get("/redoc"))
+
+    assert swagger["style-src"] == ["'self'"]
+    assert redoc["style-src"][0] == "'self'"
+    assert redoc["style-src"][1:]
+    assert all(source.startswith("'sha256-") for source in redoc["style-src"][1:])
 
 
 # -- (b) generated input -----------------------------------------------------------------
+
+# Who calls every operation, one after the other: the store's back end with a merchant
+# API key, a shopper with their session, and a staff member (an admin) with theirs.
+ROLES = ("merchant", "shopper", "staff")
+
+
+# How the door refuses a caller: unknown credentials, or credentials without the right.
+# Any other answer, even a refusal (a wrong password at log-in is 401
+# `invalid_credentials`), came from inside the operation.
+DOOR_REFUSALS = frozenset({"401 unauthorized", "403 forbidden"})
+
+
+def _answer(response: Any) -> str:
+    """`<status> <problem code>` for a problem document, else the status alone (from a
+    schemathesis response, whose headers map each name to its list of values)."""
+    content_types = response.headers.get("content-type") or [""]
+    if content_types[0].startswith(PROBLEM_MEDIA_TYPE):
+        return f"{response.status_code} {response.json().get('code')}"
+    return str(response.status_code)
 
 
 @dataclass
 class Fuzzing:
     app: FastAPI
-    api_key: str
-    customer_token: str
-    new_session_token: Callable[[], str]
+    merchant_key: str
+    new_session_token: Callable[[str], str]
+    session_tokens: dict[str, str]
+
+    def secret(self, role: str, method: str, path: str) -> str:
+        """The secret `role` sends to `method path`: log-out ends the session it is
+        sent with, so each log-out gets a session of its own."""
+        if role == "merchant":
+            return self.merchant_key
+        if (method, path) == ("DELETE", "/v1/sessions/current"):
+            return self.new_session_token(role)
+        return self.session_tokens[role]
 
 
 @pytest.fixture
 def fuzzing(database_url: str) -> Iterator[Fuzzing]:
-    """An app on its own database, with an admin API key and a signed-in customer.
+    """An app on its own database, with a merchant API key, a shopper and an admin
+    staff member, each of the two logged in.
 
     The app builds its services in its lifespan, which schemathesis runs in its own event
     loop thread, so that every connection is opened in the loop that uses it; the set-up
@@ -257,53 +338,45 @@ def fuzzing(database_url: str) -> Iterator[Fuzzing]:
         limit_login_failures_account=LIMIT_GENEROUS,
         limit_login_failures_address=LIMIT_GENEROUS,
     )
-    email, password = "fuzz@example.com", "correct horse battery"
+    password = "correct horse battery"
+    emails = {"shopper": "fuzz-shopper@example.com", "staff": "fuzz-staff@example.com"}
     clock = SystemClock()
 
     async def seed() -> str:
         db = Database(database_url)
         try:
             _, key = await customers.create_api_key(
-                db, role=customers.Role.ADMIN, name="fuzz", clock=clock
+                db, role=customers.Role.MERCHANT, name="fuzz", clock=clock
             )
             await customers.sign_up(
-                db, email=email, password=password, region="US", name=None, clock=clock
+                db, email=emails["shopper"], password=password, region="US", name=None, clock=clock
+            )
+            await customers.create_staff(
+                db, email=emails["staff"], password=password, role=customers.Role.ADMIN, clock=clock
             )
         finally:
             await db.dispose()
         return key
 
-    async def log_in() -> str:
+    async def log_in(role: str) -> str:
         db = Database(database_url)
         try:
             session = await customers.log_in(
-                db, email=email, password=password, ttl_s=3600, clock=clock
+                db, email=emails[role], password=password, ttl_s=3600, clock=clock
             )
         finally:
             await db.dispose()
         return session.token
 
-    api_key = asyncio.run(seed())
+    merchant_key = asyncio.run(seed())
     yield Fuzzing(
         app=create_app(settings),
-        api_key=api_key,
-        customer_token=asyncio.run(log_in()),
-        new_session_token=lambda: asyncio.run(log_in()),
+        merchant_key=merchant_key,
+        new_session_token=lambda role: asyncio.run(log_in(role)),
+        session_tokens={role: asyncio.run(log_in(role)) for role in emails},
     )
     # Runs the lifespan's shutdown, which closes the app's database connections.
     shutdown_lifespans()
-
-
-def _credentials(fuzzing: Fuzzing, method: str, path: str) -> Callable[[], str | None]:
-    """Who calls `method path`: a fresh session for log-out (which ends it), the API key
-    for cards, the customer for the rest of what needs a token."""
-    if (method, path) == ("DELETE", "/v1/sessions/current"):
-        return fuzzing.new_session_token
-    if path.startswith("/v1/cards"):
-        return lambda: fuzzing.api_key
-    if path.startswith(("/v1/me", "/v1/sessions/")):
-        return lambda: fuzzing.customer_token
-    return lambda: None
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -311,29 +384,33 @@ def _credentials(fuzzing: Fuzzing, method: str, path: str) -> Callable[[], str |
 def test_generated_requests_get_documented_answers(
     fuzzing: Fuzzing, method: str, path: str, mode: schemathesis.GenerationMode
 ) -> None:
-    """Given generated requests, valid and invalid, to one operation, every answer has a
-    documented status, content type and body shape, and none is a server error; and the
-    credentials work, so the answers come from the operation and not from the door."""
+    """Given generated requests, valid and invalid, to one operation, sent by each role
+    in turn, every answer has a documented status, content type and body shape, and none
+    is a server error; and some role gets past authentication and authorization, so that
+    the answers come from the operation and not only from the door."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", fuzzing.app)
     operation = schema[path][method]
-    secret = _credentials(fuzzing, method, path)
-    statuses: list[int] = []
+    statuses: dict[str, list[str]] = {role: [] for role in ROLES}
 
-    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-    @hypothesis.settings(
-        max_examples=EXAMPLES_PER_OPERATION_MAX,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
-    def exchange(case: schemathesis.Case) -> None:
-        token = secret()
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        response = case.call_and_validate(headers=headers, checks=CHECKS)
-        statuses.append(response.status_code)
+    def run_as(role: str) -> None:
+        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+        @hypothesis.settings(
+            max_examples=EXAMPLES_PER_ROLE_MAX,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        def exchange(case: schemathesis.Case) -> None:
+            headers = {"Authorization": f"Bearer {fuzzing.secret(role, method, path)}"}
+            response = case.call_and_validate(headers=headers, checks=CHECKS)
+            statuses[role].append(_answer(response))
 
-    exchange()
+        exchange()
 
-    assert statuses
-    if secret() is not None and mode is schemathesis.GenerationMode.POSITIVE:
-        assert 401 not in statuses, "the credentials were refused"
+    for role in ROLES:
+        run_as(role)
+
+    assert all(statuses.values()), statuses
+    assert any(
+        answer not in DOOR_REFUSALS for answers in statuses.values() for answer in answers
+    ), f"{method} {path} never got past the door under any role: {statuses}"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy import make_url, text
 
 from giftcard.services import Services
 from giftcard.verify import verify
@@ -84,12 +87,51 @@ async def test_hold_capture_refund(client: httpx.AsyncClient, services: Services
 
 
 async def test_the_isolation_level_is_the_one_asked_for(services: Services, backend: str) -> None:
-    """The serializable variant really runs PostgreSQL transactions at SERIALIZABLE."""
+    """PostgreSQL runs transactions at the isolation level configured (SERIALIZABLE for
+    the serializable variant, else READ COMMITTED). SQLite has no levels to choose: its
+    transactions are serializable because writers run one at a time, and this checks
+    what that rests on, that a write transaction takes the write lock when it begins
+    (`BEGIN IMMEDIATE`), before its first write, while a read transaction takes none
+    and, in WAL mode, a reader is not stopped by a writer."""
     if backend == "sqlite":
+        await _check_sqlite_transactions(services)
         return
-    from sqlalchemy import text
-
     async with services.db.transaction() as connection:
         level = (await connection.execute(text("SHOW transaction_isolation"))).scalar_one()
     expected = "serializable" if backend == "postgresql-serializable" else "read committed"
     assert level == expected
+
+
+def _begin_writing(path: str) -> None:
+    """Start and end a write transaction on a connection of its own, without waiting
+    for a lock: raises `sqlite3.OperationalError` (database is locked) if one is held."""
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+def _read(path: str) -> int:
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        count: int = other.execute("SELECT count(*) FROM ledger_accounts").fetchone()[0]
+    finally:
+        other.close()
+    return count
+
+
+async def _check_sqlite_transactions(services: Services) -> None:
+    path = make_url(services.db.url).database
+    assert path
+    async with services.db.transaction() as connection:
+        journal_mode = (await connection.execute(text("PRAGMA journal_mode"))).scalar_one()
+        # Nothing written yet: the lock was taken by BEGIN itself.
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            _begin_writing(path)
+        assert _read(path) > 0
+    async with services.db.transaction(write=False) as connection:
+        await connection.execute(text("SELECT count(*) FROM ledger_accounts"))
+        _begin_writing(path)
+    assert journal_mode == "wal"

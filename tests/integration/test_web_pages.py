@@ -298,6 +298,82 @@ async def test_a_form_without_a_valid_csrf_token_gets_a_clear_page_and_changes_n
     assert await customer_count(services) == 0
 
 
+async def refund_preference_of(services: Services, email: str) -> str:
+    async with services.db.transaction(write=False) as connection:
+        value = (
+            await connection.execute(
+                select(customers_table.c.refund_preference).where(customers_table.c.email == email)
+            )
+        ).scalar_one()
+    return str(value)
+
+
+async def test_a_token_from_before_log_in_is_refused_after_it(
+    browser: httpx.AsyncClient, services: Services
+) -> None:
+    """A CSRF token handed out before logging in (which whoever planted or read the
+    browser's CSRF cookie could hold) does not work in the session opened afterwards;
+    a form rendered in that session does."""
+    email = await web_sign_up(browser)
+    await browser.post("/logout", data={"csrf_token": csrf_of((await browser.get("/")).text)})
+    form = await browser.get("/login")
+    before = csrf_of(form.text)
+    logged_in = await browser.post(
+        "/login", data={"csrf_token": before, "email": email, "password": PASSWORD}
+    )
+    assert logged_in.status_code == 303
+
+    stale = await browser.post(
+        "/account/refund-preference",
+        data={"csrf_token": before, "refund_preference": "gift_card_balance"},
+    )
+    assert stale.status_code == 403
+    assert "This form has expired" in stale.text
+    assert await refund_preference_of(services, email) == "original_payment_method"
+
+    fresh = csrf_of((await browser.get(ACCOUNT)).text)
+    saved = await browser.post(
+        "/account/refund-preference",
+        data={"csrf_token": fresh, "refund_preference": "gift_card_balance"},
+    )
+    assert saved.status_code == 303
+    assert await refund_preference_of(services, email) == "gift_card_balance"
+
+
+async def test_a_token_from_another_session_is_refused(
+    browser: httpx.AsyncClient, services: Services
+) -> None:
+    """A token rendered in one session of a browser is refused in its next session, and
+    in another session carried with the same CSRF cookie; nothing changes."""
+    email = await web_sign_up(browser)
+    first_session_token = csrf_of((await browser.get(ACCOUNT)).text)
+    await browser.post("/logout", data={"csrf_token": first_session_token})
+    form = await browser.get("/login")
+    await browser.post(
+        "/login", data={"csrf_token": csrf_of(form.text), "email": email, "password": PASSWORD}
+    )
+    own_session_token = csrf_of((await browser.get(ACCOUNT)).text)
+    other = await customers.log_in(
+        services.db, email=email, password=PASSWORD, ttl_s=3600, clock=services.clock
+    )
+
+    old = await browser.post(
+        "/account/refund-preference",
+        data={"csrf_token": first_session_token, "refund_preference": "gift_card_balance"},
+    )
+    browser.cookies.delete("giftcard_session")
+    browser.cookies.set("giftcard_session", other.token)
+    crossed = await browser.post(
+        "/account/refund-preference",
+        data={"csrf_token": own_session_token, "refund_preference": "gift_card_balance"},
+    )
+
+    for refused in (old, crossed):
+        assert refused.status_code == 403
+        assert "This form has expired" in refused.text
+    assert await refund_preference_of(services, email) == "original_payment_method"
+
+
 async def test_log_out_needs_the_csrf_token_and_ends_the_session(
     browser: httpx.AsyncClient,
 ) -> None:
@@ -489,7 +565,8 @@ async def test_history_pages_ten_at_a_time(
     browser: httpx.AsyncClient, client: httpx.AsyncClient, services: Services
 ) -> None:
     """Twelve redemptions: the first page has ten and an 'Older' link, the second the
-    other two and a 'Newest' link; a made-up cursor gets a clear page, not a 500."""
+    other two and a 'Newest' link; a malformed or made-up cursor gets a clear page, not a
+    500."""
     cards = await issue(client, await api_key(services), amount=100, count=12)
     await web_sign_up(browser)
     for card in cards:
@@ -507,6 +584,9 @@ async def test_history_pages_ten_at_a_time(
     bad = await browser.get(ACCOUNT + "?starting_after=nonsense")
     assert bad.status_code == 422
     assert "starting_after" in bad.text
+    unknown = await browser.get(ACCOUNT + "?starting_after=txn_987654321")
+    assert unknown.status_code == 422
+    assert "starting_after" in unknown.text
 
 
 async def test_the_refund_preference_is_saved_and_shown(

@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from giftcard import __version__, passwords, web
-from giftcard.api import problems
-from giftcard.api.middleware import AccessLog, BodySizeLimit
+from giftcard.api import docs, problems
+from giftcard.api.middleware import AccessLog, BodySizeLimit, NoStore
 from giftcard.api.routes_cards import router as cards_router
 from giftcard.api.routes_customers import router as customers_router
 from giftcard.api.routes_payments import router as payments_router
@@ -51,16 +51,22 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by `docs` from installed assets instead of FastAPI's CDN-loading pages.
+        docs_url=None,
+        redoc_url=None,
     )
     if services is not None:
         app.state.services = services
     problems.install(app)
+    docs.install(app)
     app.include_router(customers_router)
     app.include_router(cards_router)
     app.include_router(payments_router)
     app.include_router(service_router)
     web.install(app, demo_store=settings.demo_store)
     app.add_middleware(BodySizeLimit, limit_bytes=settings.request_body_bytes_max)
+    # Outside the size limit, so that its 413 is marked too.
+    app.add_middleware(NoStore, prefix="/v1")
     app.add_middleware(AccessLog)
     return app
 

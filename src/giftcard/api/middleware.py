@@ -1,4 +1,5 @@
-"""ASGI middleware: a request body size limit, and one log line plus metrics a request."""
+"""ASGI middleware: a request body size limit, no caching of API answers, and one log
+line plus metrics a request."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from giftcard.api.problems import problem_response
@@ -71,6 +73,31 @@ class BodySizeLimit:
             f"The request body is larger than {self.limit_bytes} bytes.",
         )
         await response(scope, receive, send)
+
+
+class NoStore:
+    """`Cache-Control: no-store` on every answer under `prefix`, errors included.
+
+    API answers carry balances, histories and codes that no browser or proxy cache may
+    keep. Marking every answer under the prefix, rather than choosing route by route,
+    leaves no new route or error path to forget."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix.rstrip("/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == self.prefix or path.startswith(self.prefix + "/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def marking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, marking_send)
 
 
 class AccessLog:

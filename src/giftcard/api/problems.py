@@ -176,4 +176,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> ProblemResponse:
         log.exception("unhandled error", extra={"path": request.url.path})
-        return problem_response(ErrorCode.INTERNAL_ERROR, "Something went wrong on our side.")
+        # Starlette answers this outside every middleware, the one that marks API
+        # answers `no-store` included, so this answer marks itself.
+        return problem_response(
+            ErrorCode.INTERNAL_ERROR,
+            "Something went wrong on our side.",
+            headers={"Cache-Control": "no-store"},
+        )

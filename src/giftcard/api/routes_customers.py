@@ -79,7 +79,8 @@ async def log_in(
 @router.delete(
     "/sessions/current",
     status_code=204,
-    responses=problems(401),
+    # 403: an API key is not a session, so it cannot log out.
+    responses=problems(401, 403),
     tags=["sessions"],
     summary="Log out: the token stops working",
 )

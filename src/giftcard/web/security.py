@@ -5,10 +5,17 @@ Cookies, each HttpOnly, SameSite=Lax, and Secure when the page is served over HT
 
 - `giftcard_session` holds the shopper's session token (`gcs_…`, the same sessions the
   API hands out; the server keeps only its hash).
-- `giftcard_csrf` holds a random value; every form carries HMAC(secret key, that value)
-  in its `csrf_token` field, and a POST whose field does not match its cookie is refused
-  (a signed double-submit token: another site can neither read the cookie nor forge the
-  field). A POST whose `Origin` header names another site is refused as well.
+- `giftcard_csrf` holds a random value; every form carries, in its `csrf_token` field,
+  a token signed with the secret key over that value and the session the page was
+  rendered in, and a POST whose token does not match its cookies is refused (a signed
+  double-submit token: another site can neither read the cookie nor forge the field).
+  Binding the token to the session means a token obtained before logging in, or in
+  another session, is refused once the browser holds a session: whoever could plant or
+  read this browser's random cookie still cannot act in the session opened after it. A
+  POST that comes with no session acts as nobody, so it takes any token signed for its
+  cookie; that is what lets a form whose session ended meanwhile lead to logging in
+  instead of an error. A POST whose `Origin` header names another site is refused as
+  well.
 - `giftcard_flash` carries a signed message to the page a form redirects to.
 - `giftcard_redeem` carries the code of a redeem link (`/redeem?code=…`) through logging
   in or signing up, so that the code never travels in a URL the server sees again and
@@ -48,6 +55,10 @@ PENDING_CODE_LENGTH_MAX = 64
 NEXT_LENGTH_MAX = 200
 FLASH_LENGTH_MAX = 1500
 CSRF_COOKIE_TTL_S = 365 * 86400
+# Enough of a keyed digest to tell sessions apart (132 bits), short enough for a form.
+CSRF_SESSION_BINDING_LENGTH = 22
+# A binding, a dot and a signature, with room to spare; longer input is refused unread.
+CSRF_TOKEN_LENGTH_MAX = 100
 
 
 class CsrfRejected(Exception):
@@ -93,13 +104,31 @@ def _mac(key: bytes, purpose: str, value: str) -> str:
 
 
 def csrf_token(request: Request) -> str:
-    """The token forms on this page carry; makes a CSRF cookie if the browser has none
-    (the page's response sets it: see `finish`)."""
+    """The token forms on this page carry, bound to this browser's CSRF cookie and to its
+    session; makes a CSRF cookie if the browser has none (the page's response sets it:
+    see `finish`). The token is `<session binding>.<signature>`, the binding empty
+    without a session."""
     seed = request.cookies.get(CSRF_COOKIE, "")
     if not _looks_random(seed):
         seed = getattr(request.state, "new_csrf_seed", None) or secrets.token_urlsafe(32)
         request.state.new_csrf_seed = seed
-    return _mac(services(request).settings.secret_key, "csrf", seed)
+    binding = _session_binding(request)
+    return binding + "." + _csrf_signature(request, seed, binding)
+
+
+def _session_binding(request: Request) -> str:
+    """A short keyed digest of the session cookie: names the session without revealing
+    its token. Empty when the browser sends no session."""
+    session = request.cookies.get(SESSION_COOKIE, "")
+    if not session:
+        return ""
+    return _mac(services(request).settings.secret_key, "csrf-session", session)[
+        :CSRF_SESSION_BINDING_LENGTH
+    ]
+
+
+def _csrf_signature(request: Request, seed: str, binding: str) -> str:
+    return _mac(services(request).settings.secret_key, "csrf", f"{seed}.{binding}")
 
 
 def _looks_random(seed: str) -> bool:
@@ -107,17 +136,24 @@ def _looks_random(seed: str) -> bool:
 
 
 async def checked_form(request: Request) -> FormData:
-    """The submitted form, once its CSRF token and origin are known to be this site's."""
+    """The submitted form, once its CSRF token and origin are known to be this site's
+    and its token to be this session's (see the module's docstring)."""
     origin = request.headers.get("origin")
     if origin and origin != "null" and urlsplit(origin).netloc != request.url.netloc:
         raise CsrfRejected
     form = await request.form()
     seed = request.cookies.get(CSRF_COOKIE, "")
     sent = form.get(CSRF_FIELD)
-    if not _looks_random(seed) or not isinstance(sent, str):
+    if not _looks_random(seed) or not isinstance(sent, str) or len(sent) > CSRF_TOKEN_LENGTH_MAX:
         raise CsrfRejected
-    expected = _mac(services(request).settings.secret_key, "csrf", seed)
-    if not hmac.compare_digest(sent.encode(), expected.encode()):
+    binding, dot, signature = sent.partition(".")
+    if not dot:
+        raise CsrfRejected
+    expected = _csrf_signature(request, seed, binding)
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
+        raise CsrfRejected
+    current = _session_binding(request)
+    if current and not hmac.compare_digest(binding.encode(), current.encode()):
         raise CsrfRejected
     return form
 
