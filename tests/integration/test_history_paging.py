@@ -12,8 +12,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard import customers, ledger
-from giftcard.api import ids
+from giftcard import customers, ids, ledger
 from giftcard.db.tables import ledger_accounts
 from giftcard.ledger import AccountKind, Entry, Posting, TransactionType
 from giftcard.services import Services

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from giftcard.api import ids
+from giftcard import ids
 from giftcard.clock import FrozenClock
 from giftcard.config import Settings
 from giftcard.db.tables import journal_transactions, payments

@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import text
 
-from giftcard import cards
-from giftcard.api import ids
+from giftcard import cards, ids
 from giftcard.codes import ALPHABET, generate_code
 from giftcard.services import Services
 from giftcard.verify import verify

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from giftcard.api import ids, schemas
+from giftcard import ids
+from giftcard.api import schemas
 from giftcard.cards import Card, IssuedCard
 from giftcard.codes import format_code
 from giftcard.customers import Customer, StaffPrincipal

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from giftcard import cards
-from giftcard.api import ids, render, schemas
+from giftcard import cards, ids
+from giftcard.api import render, schemas
 from giftcard.api.deps import IdempotencyKey, roles, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from giftcard import customers, history, redemption
-from giftcard.api import ids, render, schemas
+from giftcard import customers, history, ids, redemption
+from giftcard.api import render, schemas
 from giftcard.api.deps import IdempotencyKey, customer, principal, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.customers import CustomerPrincipal, Principal, RefundPreference

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from giftcard import payments
-from giftcard.api import ids, render, schemas
+from giftcard import ids, payments
+from giftcard.api import render, schemas
 from giftcard.api.deps import IdempotencyKey, roles, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role

@@ -7,8 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from giftcard import customers, history, redemption
-from giftcard.api import ids
+from giftcard import customers, history, ids, redemption
 from giftcard.customers import CustomerPrincipal, RefundPreference
 from giftcard.errors import GiftcardError
 from giftcard.http import client_address, services
