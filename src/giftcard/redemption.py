@@ -117,6 +117,8 @@ async def redeem(
             customer_id=customer.id,
         )
         held = await ledger.balance_of(connection, customer.held_account_id)
+        # Counted once the credit is committed, whichever door asked for it.
+        uow.on_commit(_count_redeemed)
         return Redemption(
             transaction_id=posted.transaction_id,
             amount=card.amount,
@@ -151,8 +153,11 @@ async def redeem_limited(
         except RedemptionError as error:
             REDEMPTIONS.labels(outcome=error.code.value).inc()
             raise
-    REDEMPTIONS.labels(outcome="redeemed").inc()
     return result
+
+
+def _count_redeemed() -> None:
+    REDEMPTIONS.labels(outcome="redeemed").inc()
 
 
 async def _refusal(
