@@ -1,6 +1,8 @@
-"""Idempotency keys are claimed and answered in the use case's own transaction, so a row
-is never seen in progress: the columns that tracked a claim's state and its lock go.
-Rows still in progress (their requests died) are deleted: nothing of theirs committed.
+"""Idempotency keys are claimed and answered in the use case's own transaction.
+
+A key's row is never seen in progress any more, so the columns that tracked a claim's
+state and its lock go. Rows still in progress (their requests died) are deleted: nothing
+of theirs committed.
 
 Revision ID: 0006
 Revises: 0005
