@@ -146,3 +146,19 @@ def issue_cards(
     assert response.status_code == 201, response.text
     cards: list[dict[str, Any]] = response.json()["data"]
     return cards
+
+
+@dataclass
+class HttpShopper:
+    id: str
+    auth: dict[str, str]
+
+
+async def sign_up_shopper(http: httpx.AsyncClient, email: str, region: str = "US") -> HttpShopper:
+    """Sign up a shopper through the real server and log them in."""
+    account = {"email": email, "password": "correct horse battery"}
+    created = await http.post("/v1/customers", json={**account, "region": region})
+    assert created.status_code == 201, created.text
+    session = await http.post("/v1/sessions", json=account)
+    assert session.status_code == 201, session.text
+    return HttpShopper(created.json()["id"], {"Authorization": f"Bearer {session.json()['token']}"})

@@ -27,6 +27,7 @@ from tests.e2e.server import (
     issue_cards,
     run_cli,
     running_server,
+    sign_up_shopper,
 )
 
 pytestmark = pytest.mark.e2e
@@ -51,19 +52,6 @@ def _env(database_url: str) -> dict[str, str]:
         GIFTCARD_LIMIT_REDEEM_FAILURES_ADDRESS="10000/15minutes",
         GIFTCARD_DATABASE_POOL_SIZE="25",
     )
-
-
-async def _shopper(http: httpx.AsyncClient, email: str) -> dict[str, str]:
-    account = {"email": email, "password": "correct horse battery"}
-    created = await http.post("/v1/customers", json={**account, "region": "US"})
-    assert created.status_code == 201, created.text
-    session = await http.post("/v1/sessions", json=account)
-    assert session.status_code == 201, session.text
-    return {"Authorization": f"Bearer {session.json()['token']}", "id": created.json()["id"]}
-
-
-def _auth(shopper: dict[str, str]) -> dict[str, str]:
-    return {"Authorization": shopper["Authorization"]}
 
 
 class Keyed:
@@ -119,20 +107,20 @@ async def test_a_server_killed_under_keyed_load_loses_nothing_and_repeats_nothin
         ]
         [funding] = issue_cards(server, admin, amount=FUNDS)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=REQUEST_TIMEOUT_S) as http:
-            redeemer = await _shopper(http, "redeemer@example.com")
-            payer = await _shopper(http, "payer@example.com")
+            redeemer = await sign_up_shopper(http, "redeemer@example.com")
+            payer = await sign_up_shopper(http, "payer@example.com")
             funded = await http.post(
-                "/v1/me/redemptions", json={"code": funding["code"]}, headers=_auth(payer)
+                "/v1/me/redemptions", json={"code": funding["code"]}, headers=payer.auth
             )
             assert funded.status_code == 201, funded.text
         requests = [
-            Keyed("/v1/me/redemptions", {"code": code}, _auth(redeemer), f"redeem-{number}")
+            Keyed("/v1/me/redemptions", {"code": code}, redeemer.auth, f"redeem-{number}")
             for number, code in enumerate(codes)
         ] + [
             Keyed(
                 "/v1/payments",
                 {
-                    "customer_id": payer["id"],
+                    "customer_id": payer.id,
                     "order_id": f"order-{number}",
                     "amount": PAYMENT_AMOUNT,
                     "currency": "USD",
@@ -176,10 +164,10 @@ async def test_a_server_killed_under_keyed_load_loses_nothing_and_repeats_nothin
             assert len({payment["id"] for payment in paid}) == LOAD_PAYMENTS
             redeemed = [response.json() for response, _ in retried if "card" in response.json()]
             assert len({item["id"] for item in redeemed}) == LOAD_REDEMPTIONS
-            assert (await http.get("/v1/me/balance", headers=_auth(redeemer))).json()[
+            assert (await http.get("/v1/me/balance", headers=redeemer.auth)).json()[
                 "total"
             ] == CARD_AMOUNT * LOAD_REDEMPTIONS
-            assert (await http.get("/v1/me/balance", headers=_auth(payer))).json()[
+            assert (await http.get("/v1/me/balance", headers=payer.auth)).json()[
                 "total"
             ] == FUNDS - PAYMENT_AMOUNT * LOAD_PAYMENTS
 
@@ -208,15 +196,15 @@ async def test_payments_across_two_workers_never_spend_the_balance_twice(
         async with httpx.AsyncClient(
             base_url=server.base_url, timeout=REQUEST_TIMEOUT_S, limits=limits
         ) as http:
-            shopper = await _shopper(http, "racer@example.com")
+            shopper = await sign_up_shopper(http, "racer@example.com")
             redeemed = await http.post(
-                "/v1/me/redemptions", json={"code": cards[0]["code"]}, headers=_auth(shopper)
+                "/v1/me/redemptions", json={"code": cards[0]["code"]}, headers=shopper.auth
             )
             assert redeemed.status_code == 201, redeemed.text
 
             def payment(order: str) -> dict[str, Any]:
                 return {
-                    "customer_id": shopper["id"],
+                    "customer_id": shopper.id,
                     "order_id": order,
                     "amount": 1000,
                     "currency": "USD",
@@ -237,7 +225,7 @@ async def test_payments_across_two_workers_never_spend_the_balance_twice(
                 (r.json()["gift_card_amount"], r.json()["other_amount"]) for r in responses
             )
             assert split == {(1000, 0): 10, (0, 1000): PAYMENT_RACE - 10}
-            balance = await http.get("/v1/me/balance", headers=_auth(shopper))
+            balance = await http.get("/v1/me/balance", headers=shopper.auth)
             assert balance.json()["total"] == 0
 
             keyed = {**admin, "Idempotency-Key": "same-order-everywhere"}

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as redis
 
 from giftcard.codes import generate_code
-from tests.e2e.server import base_env, running_server
+from tests.e2e.server import base_env, running_server, sign_up_shopper
 
 pytestmark = pytest.mark.e2e
 
@@ -66,12 +66,7 @@ async def test_forty_guesses_at_once_get_exactly_ten_refusals_across_workers(
             async with httpx.AsyncClient(
                 base_url=server.base_url, timeout=REQUEST_TIMEOUT_S, limits=limits
             ) as http:
-                account = {"email": "guesser@example.com", "password": "correct horse battery"}
-                created = await http.post("/v1/customers", json={**account, "region": "US"})
-                assert created.status_code == 201, created.text
-                session = await http.post("/v1/sessions", json=account)
-                assert session.status_code == 201, session.text
-                auth = {"Authorization": f"Bearer {session.json()['token']}"}
+                auth = (await sign_up_shopper(http, "guesser@example.com")).auth
 
                 responses = await asyncio.wait_for(
                     asyncio.gather(

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import base_env, create_api_key, run_cli, running_server
+from tests.e2e.server import base_env, create_api_key, run_cli, running_server, sign_up_shopper
 
 pytestmark = pytest.mark.e2e
 
@@ -47,12 +47,7 @@ async def test_fifty_redemptions_of_one_code_over_http_credit_it_once(
             )
             assert issued.status_code == 201, issued.text
             code = issued.json()["data"][0]["code"]
-            account = {"email": "racer@example.com", "password": "correct horse battery"}
-            created = await http.post("/v1/customers", json={**account, "region": "US"})
-            assert created.status_code == 201, created.text
-            session = await http.post("/v1/sessions", json=account)
-            assert session.status_code == 201, session.text
-            auth = {"Authorization": f"Bearer {session.json()['token']}"}
+            auth = (await sign_up_shopper(http, "racer@example.com")).auth
 
             responses = await asyncio.wait_for(
                 asyncio.gather(
