@@ -185,7 +185,7 @@ async def create(
     check_request(request)
 
     async def work(connection: AsyncConnection) -> Payment:
-        return await pay(
+        return await _pay(
             connection, request, hold_ttl_s=hold_ttl_s, actor=actor, now=uow.clock.now()
         )
 
@@ -203,6 +203,18 @@ async def pay(
     """:func:`create`'s work inside a transaction the caller runs, for a use case that
     must write its own rows in the same transaction (a store's order and its payment)."""
     check_request(request)
+    return await _pay(connection, request, hold_ttl_s=hold_ttl_s, actor=actor, now=now)
+
+
+async def _pay(
+    connection: AsyncConnection,
+    request: PaymentRequest,
+    *,
+    hold_ttl_s: int,
+    actor: str,
+    now: datetime,
+) -> Payment:
+    """Pay for a request already checked by :func:`check_request`."""
     customer = await _customer(connection, request.customer_id)
     if request.currency != customer.currency:
         raise GiftcardError(
@@ -559,7 +571,8 @@ async def _not_in_state(
 async def refund(uow: UnitOfWork, payment_id: int, *, amount: int, actor: str) -> Refund:
     """Give back part or all of what a payment captured. The balance's part is refunded
     first, always to the balance; the rest follows the customer's refund preference."""
-    check_refund_amount(amount)
+    if type(amount) is not int or not 0 < amount <= AMOUNT_MINOR_MAX:
+        raise validation_error("amount must be a positive whole number of minor units.", "amount")
 
     async def work(connection: AsyncConnection) -> Refund:
         return await _give_back(
@@ -569,16 +582,10 @@ async def refund(uow: UnitOfWork, payment_id: int, *, amount: int, actor: str) -
     return await uow.run(work)
 
 
-def check_refund_amount(amount: int) -> None:
-    if type(amount) is not int or not 0 < amount <= AMOUNT_MINOR_MAX:
-        raise validation_error("amount must be a positive whole number of minor units.", "amount")
-
-
 async def _give_back(
     connection: AsyncConnection, payment_id: int, *, amount: int, actor: str, now: datetime
 ) -> Refund:
-    """:func:`refund`'s work inside a transaction the caller runs."""
-    check_refund_amount(amount)
+    """:func:`refund`'s work, for an amount it has checked."""
     current = await _get(connection, payment_id, lock=True)
     if current.status not in (PaymentStatus.CAPTURED,):
         raise GiftcardError(
