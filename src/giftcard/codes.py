@@ -79,6 +79,10 @@ SERIAL_LENGTH = 12
 SERIAL_INPUT_LENGTH_MAX = 64
 
 _SYMBOL_BITS = 5
+_RANDOM_BITS = _SYMBOL_BITS * CODE_RANDOM_LENGTH
+SEED_BYTES = 32
+# Keeps derived codes apart from anything else the secret key is used for.
+_DERIVED_CODE_PURPOSE = b"giftcard derived code v1\x00"
 _FIELD_SIZE = 1 << _SYMBOL_BITS  # 32 elements, one per symbol.
 _FIELD_ORDER = _FIELD_SIZE - 1  # The multiplicative group has 31 elements.
 _PRIMITIVE_POLYNOMIAL = 0b100101  # x^5 + x^2 + 1
@@ -176,7 +180,31 @@ _RANDOM_POSITION_TABLES = tuple(
 
 def generate_code() -> str:
     """Return a new normalized code: 15 symbols from `secrets`, then the check symbol."""
-    random_bits = secrets.randbits(_SYMBOL_BITS * CODE_RANDOM_LENGTH)
+    return _code_from_bits(secrets.randbits(_SYMBOL_BITS * CODE_RANDOM_LENGTH))
+
+
+def new_seed() -> bytes:
+    """32 random bytes from which :func:`derive_code` makes a code with the secret key."""
+    return secrets.token_bytes(SEED_BYTES)
+
+
+def derive_code(secret_key: bytes, seed: bytes) -> str:
+    """The code kept as `seed` (from :func:`new_seed`): an e-gift's code, which must be
+    shown again in a resent email yet never stored.
+
+    Its 75 bits are HMAC-SHA-256 of the seed under the server's secret key: without the
+    key, a seed says nothing about its code; with it, the same seed gives the same code.
+    """
+    if not secret_key:
+        raise ValueError("derive_code needs a non-empty secret key")
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"derive_code needs a {SEED_BYTES}-byte seed")
+    digest = hmac.new(secret_key, _DERIVED_CODE_PURPOSE + seed, hashlib.sha256).digest()
+    random_bits = int.from_bytes(digest, "big") >> (len(digest) * 8 - _RANDOM_BITS)
+    return _code_from_bits(random_bits)
+
+
+def _code_from_bits(random_bits: int) -> str:
     symbols: list[str] = []
     syndrome = 0
     for shift, table in _RANDOM_POSITION_TABLES:

@@ -104,6 +104,15 @@ class Settings:
     log_format: str = "json"
     # The demo store pays with a pretend test card: only a demo may serve it (SPEC §7).
     demo_store: bool = False
+    # Where links in emails point: the address shoppers reach this service at.
+    public_url: str = "http://127.0.0.1:8000"
+    # Without an SMTP server, emails are written into this folder as .eml files.
+    mail_dir: Path = Path("mail")
+    mail_from: str = "giftcard <giftcard@localhost>"
+    # A message not accepted after this many attempts is given up as failed.
+    mail_attempts_max: int = 8
+    # The first retry's wait; each later one doubles it (with jitter), up to an hour.
+    mail_retry_base_s: int = 30
 
     @property
     def is_sqlite(self) -> bool:
@@ -154,7 +163,43 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=env.get("GIFTCARD_LOG_LEVEL", "INFO").strip().upper() or "INFO",
         log_format=log_format,
         demo_store=_bool(env, DEMO_STORE_SETTING, False),
+        public_url=_public_url(env.get("GIFTCARD_PUBLIC_URL", "")),
+        mail_dir=_mail_dir(env.get("GIFTCARD_MAIL_DIR", ""), database_url),
+        mail_from=_mail_from(env.get("GIFTCARD_MAIL_FROM", "")),
+        mail_attempts_max=_int(env, "GIFTCARD_MAIL_ATTEMPTS_MAX", 8, minimum=1),
+        mail_retry_base_s=parse_duration_s(
+            "GIFTCARD_MAIL_RETRY_BASE", env.get("GIFTCARD_MAIL_RETRY_BASE", "30s")
+        ),
     )
+
+
+def _public_url(text: str) -> str:
+    url = text.strip().rstrip("/") or "http://127.0.0.1:8000"
+    if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", url):
+        raise ConfigError(
+            "GIFTCARD_PUBLIC_URL must be an http:// or https:// address such as "
+            f"https://gifts.example.com, not {text!r}"
+        )
+    return url
+
+
+def _mail_dir(text: str, database_url: str) -> Path:
+    """Where emails go without an SMTP server: a `mail` folder beside the SQLite
+    database unless told otherwise."""
+    if text.strip():
+        return Path(text.strip())
+    database_file = sqlite_path(database_url) if database_url.startswith("sqlite") else None
+    return database_file.with_name("mail") if database_file else Path("mail")
+
+
+def _mail_from(text: str) -> str:
+    value = text.strip() or "giftcard <giftcard@localhost>"
+    if any(character in value for character in "\r\n") or "@" not in value:
+        raise ConfigError(
+            f"GIFTCARD_MAIL_FROM must be one address such as 'Shop <gifts@example.com>', "
+            f"not {text!r}"
+        )
+    return value
 
 
 _ISOLATION_LEVELS = {"read_committed": "READ COMMITTED", "serializable": "SERIALIZABLE"}

@@ -388,3 +388,87 @@ store_orders = Table(
     CheckConstraint("amount > 0", name="amount_positive"),
 )
 Index("ix_store_orders_customer_id_id", store_orders.c.customer_id, store_orders.c.id)
+
+# Every email the service sends, written in the transaction that decided to send it and
+# sent afterwards by a sender (giftcard.mail). A row holds no secret: the message is
+# rendered when it is sent, from the row it refers to (a gift, a password reset), and a
+# code or link in it is derived then with the server's secret key. `message_id` is fixed
+# here, so that a message sent again after a crash carries the same Message-ID.
+outbox_messages = Table(
+    "outbox_messages",
+    metadata,
+    _id(),
+    # gift, password_reset, email_changed, password_changed
+    Column("kind", String(32), nullable=False),
+    Column("recipient", String(254), nullable=False),
+    # The gift, password reset or customer the message is about.
+    Column("ref_id", Id, nullable=True),
+    # Values the message shows that are not secret and may change later, as JSON.
+    Column("payload", Text, nullable=True),
+    Column("message_id", String(255), nullable=False, unique=True),
+    # pending (waiting or being sent), sent, failed (gave up)
+    Column("status", String(16), nullable=False),
+    # When it may be sent next: its delivery time, then each retry's.
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # A sender's claim: while it lasts no other sender takes the message.
+    Column("claim_token", String(32), nullable=True),
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("sent_at", UTCDateTime(), nullable=True),
+    _created_at(),
+    CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status_known"),
+)
+Index(
+    "ix_outbox_messages_due",
+    outbox_messages.c.next_attempt_at,
+    sqlite_where=text("status = 'pending'"),
+    postgresql_where=text("status = 'pending'"),
+)
+Index("ix_outbox_messages_kind_ref_id", outbox_messages.c.kind, outbox_messages.c.ref_id)
+
+# E-gift cards: a digital card bought for someone and delivered by email. The code is
+# not stored: it is derived from `code_seed` with the server's secret key whenever the
+# email is rendered (giftcard.codes.derive_code), so a resend carries the same code and a
+# copy of the database alone reveals none.
+gifts = Table(
+    "gifts",
+    metadata,
+    _id(),
+    Column("card_id", Id, ForeignKey("cards.id"), nullable=False, unique=True),
+    Column("code_seed", LargeBinary(32), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("region", String(2), nullable=False),
+    Column("recipient_email", String(254), nullable=False),
+    Column("recipient_name", String(200), nullable=True),
+    Column("sender_name", String(200), nullable=False),
+    Column("message", Text, nullable=True),
+    Column("deliver_at", UTCDateTime(), nullable=False),
+    Column("purchaser_customer_id", Id, ForeignKey("customers.id"), nullable=True),
+    # scheduled (waiting to be sent), sent, failed; "redeemed" is read from the card.
+    Column("status", String(16), nullable=False),
+    Column("sent_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("actor", String(64), nullable=False),
+    _created_at(),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("status IN ('scheduled', 'sent', 'failed')", name="status_known"),
+)
+Index("ix_gifts_purchaser_customer_id_id", gifts.c.purchaser_customer_id, gifts.c.id)
+
+# "Forgot your password?": one row per link sent. The token is derived from `token_seed`
+# with the server's secret key when the email is rendered; it is looked up by its keyed
+# hash. A link is good once, for an hour.
+password_resets = Table(
+    "password_resets",
+    metadata,
+    _id(),
+    Column("customer_id", Id, ForeignKey("customers.id"), nullable=False),
+    Column("token_seed", LargeBinary(32), nullable=False),
+    Column("token_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("used_at", UTCDateTime(), nullable=True),
+    _created_at(),
+)
+Index("ix_password_resets_customer_id", password_resets.c.customer_id)
