@@ -9,6 +9,7 @@ import csv
 import functools
 import ipaddress
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -28,8 +29,12 @@ from giftcard.config import DEMO_STORE_SETTING, ConfigError, Settings, load_sett
 from giftcard.db.engine import Database
 from giftcard.db.migrate import upgrade
 from giftcard.errors import GiftcardError
+from giftcard.mail import sender, test_message
+from giftcard.mail.outbox import MessageStatus
+from giftcard.mail.transport import announcement
 from giftcard.money import format_major_plain, parse_major
 from giftcard.money import region as find_region
+from giftcard.services import Services
 from giftcard.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
@@ -43,9 +48,11 @@ app = typer.Typer(
 cards_app = typer.Typer(help="Issue gift cards.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 staff_app = typer.Typer(help="Manage support staff.", no_args_is_help=True)
+mail_app = typer.Typer(help="Check the email settings.", no_args_is_help=True)
 app.add_typer(cards_app, name="cards")
 app.add_typer(keys_app, name="keys")
 app.add_typer(staff_app, name="staff")
+app.add_typer(mail_app, name="mail")
 
 err = Console(stderr=True)
 CARDS_PER_CLI_BATCH_MAX = 1_000_000
@@ -140,6 +147,7 @@ def serve(
             "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="giftcard-metrics-")
         )
     typer.echo(f"Serving on http://{host}:{port}/ with {worker_count} worker(s)")
+    typer.echo(announcement(settings))
     uvicorn.run(
         "giftcard.api.app:serving_app",
         factory=True,
@@ -375,6 +383,109 @@ def verify() -> None:
             err.print(f"[red]FAIL[/red] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     typer.echo("OK: every invariant holds.")
+
+
+@app.command()
+@command_errors
+def worker() -> None:
+    """Send the queued emails, in a process of its own beside `giftcard serve` (which
+    sends them too; any number of senders may run). SIGTERM or Ctrl-C stops it once the
+    email in hand is sent and recorded.
+
+    Example: GIFTCARD_SMTP_URL=smtps://user:password@mail.example.com giftcard worker
+    """
+    from giftcard import logs
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    typer.echo(f"Sending emails from {_database_name(settings)}. {announcement(settings)}")
+    asyncio.run(_send_until_stopped(settings))
+
+
+def _database_name(settings: Settings) -> str:
+    """The database's address without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+async def _send_until_stopped(settings: Settings) -> None:
+    services = Services.build(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    try:
+        await sender.run(services, stop=stop)
+    finally:
+        await services.close()
+
+
+# How often `giftcard mail test` looks whether its email went out.
+MAIL_TEST_POLL_INTERVAL_S = 0.5
+
+
+@mail_app.command("test")
+@command_errors
+def mail_test(
+    to: Annotated[str, typer.Option(help="The address to send the test email to.")],
+    wait: Annotated[
+        int,
+        typer.Option(
+            help="Seconds to wait for a running server or worker to send it; 0: only queue it.",
+            min=0,
+            max=600,
+        ),
+    ] = 30,
+) -> None:
+    """Queue a test email and say how its first attempt went: a check of the email
+    settings. A running `giftcard serve` or `giftcard worker` sends it.
+
+    Example: giftcard mail test --to ops@example.com
+    """
+    settings = _settings()
+    queued, state = asyncio.run(_queue_test_email(settings, to, wait_s=wait))
+    typer.echo(
+        f"Queued a test email to {queued.recipient} with Message-ID {queued.message_id}. "
+        f"{announcement(settings)}."
+    )
+    if state is None:
+        return
+    if state.status is MessageStatus.SENT:
+        typer.echo("Sent.")
+    elif state.status is MessageStatus.FAILED:
+        raise _fail(f"it was given up: {state.last_error}")
+    elif state.last_error:
+        raise _fail(
+            f"attempt {state.attempts} failed: {state.last_error}. It will be tried again "
+            f"from {state.next_attempt_at.isoformat(timespec='seconds')}."
+        )
+    else:
+        raise _fail(
+            f"not sent within {wait}s: is `giftcard serve` or `giftcard worker` running "
+            "on this database?"
+        )
+
+
+async def _queue_test_email(
+    settings: Settings, to: str, *, wait_s: int
+) -> tuple[test_message.QueuedMessage, test_message.MessageState | None]:
+    """Queue the email, then watch it until its first attempt ends or `wait_s` passed."""
+    db = Database(settings.database_url)
+    try:
+        queued = await test_message.queue_test_email(UnitOfWork(db, SystemClock()), to)
+        if wait_s == 0:
+            return queued, None
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            async with db.transaction(write=False) as connection:
+                state = await test_message.message_state(connection, queued.id)
+            attempted = state.status is not MessageStatus.PENDING or state.last_error
+            if attempted or asyncio.get_running_loop().time() >= deadline:
+                return queued, state
+            await asyncio.sleep(MAIL_TEST_POLL_INTERVAL_S)
+    finally:
+        await db.dispose()
 
 
 def main() -> None:

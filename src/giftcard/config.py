@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from limits import parse as parse_limit
 
@@ -113,6 +114,12 @@ class Settings:
     mail_attempts_max: int = 8
     # The first retry's wait; each later one doubles it (with jitter), up to an hour.
     mail_retry_base_s: int = 30
+    # How long a sender's claim on a message lasts. Longer than the SMTP timeout, so that
+    # a live sender never loses a message mid-send; a crashed sender's messages are taken
+    # over by another once it ends.
+    mail_claim_ttl_s: int = 300
+    # The longest one email's delivery may take: connecting, TLS, log-in and sending.
+    smtp_timeout_s: int = 30
 
     @property
     def is_sqlite(self) -> bool:
@@ -132,11 +139,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     log_format = env.get("GIFTCARD_LOG_FORMAT", "json").strip().lower()
     if log_format not in ("json", "text"):
         raise ConfigError("GIFTCARD_LOG_FORMAT must be json or text")
+    smtp_url, smtp_timeout_s, mail_claim_ttl_s = _mail_delivery(env)
     return Settings(
         database_url=database_url,
         secret_key=_secret_key(env.get("GIFTCARD_SECRET_KEY", ""), database_url),
         redis_url=env.get("GIFTCARD_REDIS_URL") or None,
-        smtp_url=env.get("GIFTCARD_SMTP_URL") or None,
         session_ttl_s=parse_duration_s(
             "GIFTCARD_SESSION_TTL", env.get("GIFTCARD_SESSION_TTL", "7d")
         ),
@@ -170,7 +177,78 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mail_retry_base_s=parse_duration_s(
             "GIFTCARD_MAIL_RETRY_BASE", env.get("GIFTCARD_MAIL_RETRY_BASE", "30s")
         ),
+        smtp_url=smtp_url,
+        smtp_timeout_s=smtp_timeout_s,
+        mail_claim_ttl_s=mail_claim_ttl_s,
     )
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where GIFTCARD_SMTP_URL points: `smtp://` (STARTTLS when the server offers it) or
+    `smtps://` (TLS from the first byte), with an optional user and password."""
+
+    host: str
+    port: int
+    implicit_tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """The URL without its user and password, for messages and logs."""
+        scheme = "smtps" if self.implicit_tls else "smtp"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+_SMTP_DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
+
+
+def parse_smtp_url(text: str) -> SmtpServer:
+    """`smtp://user:password@host:587` → :class:`SmtpServer`; the user and password are
+    percent-decoded. A ConfigError names GIFTCARD_SMTP_URL, never the password."""
+    example = "such as smtp://mail.example.com:587 or smtps://user:password@mail.example.com"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"GIFTCARD_SMTP_URL must be an address {example}") from None
+    if parts.scheme not in _SMTP_DEFAULT_PORTS:
+        raise ConfigError(
+            f"GIFTCARD_SMTP_URL must start with smtp:// or smtps:// ({example}), "
+            f"not {parts.scheme + '://' if parts.scheme else 'nothing'}"
+        )
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"GIFTCARD_SMTP_URL must be a server's address {example}")
+    if parts.password is not None and not parts.username:
+        raise ConfigError("GIFTCARD_SMTP_URL has a password but no user name")
+    return SmtpServer(
+        host=parts.hostname,
+        port=port or _SMTP_DEFAULT_PORTS[parts.scheme],
+        implicit_tls=parts.scheme == "smtps",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def _mail_delivery(env: Mapping[str, str]) -> tuple[str | None, int, int]:
+    """The SMTP server (checked now, so that a typo stops the start rather than every
+    email), its timeout, and the claim that must outlast it."""
+    smtp_url = env.get("GIFTCARD_SMTP_URL", "").strip() or None
+    if smtp_url is not None:
+        parse_smtp_url(smtp_url)
+    timeout_s = parse_duration_s("GIFTCARD_SMTP_TIMEOUT", env.get("GIFTCARD_SMTP_TIMEOUT", "30s"))
+    claim_ttl_s = parse_duration_s(
+        "GIFTCARD_MAIL_CLAIM_TTL", env.get("GIFTCARD_MAIL_CLAIM_TTL", "5m")
+    )
+    if claim_ttl_s <= timeout_s:
+        raise ConfigError(
+            f"GIFTCARD_MAIL_CLAIM_TTL ({claim_ttl_s}s) must be longer than "
+            f"GIFTCARD_SMTP_TIMEOUT ({timeout_s}s): a sender must never lose its claim on "
+            "a message while it is still sending it"
+        )
+    return smtp_url, timeout_s, claim_ttl_s
 
 
 def _public_url(text: str) -> str:

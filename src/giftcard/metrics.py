@@ -9,6 +9,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -21,6 +22,27 @@ REQUESTS = Histogram(
     ["route", "method", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+
+# Every attempt to deliver an email, by its kind and how it ended: `sent`, `retried`
+# (refused or unreachable, to be tried again) or `failed` (given up). Counted by the
+# process that sent it: `giftcard serve`'s own senders appear in its /metrics.
+EMAILS = Counter(
+    "giftcard_emails_total", "Email delivery attempts by kind and outcome", ["kind", "outcome"]
+)
+# The outbox as a whole, whichever process sends: messages waiting (due or scheduled
+# later) and messages given up. Counted in the database by each running sender every
+# EMAIL_GAUGES_INTERVAL_S; with several processes, the most recent count is shown.
+EMAILS_PENDING = Gauge(
+    "giftcard_emails_pending",
+    "Emails waiting to be sent, due now or scheduled",
+    multiprocess_mode="mostrecent",
+)
+EMAILS_FAILED = Gauge(
+    "giftcard_emails_failed",
+    "Emails given up after their last attempt",
+    multiprocess_mode="mostrecent",
+)
+EMAIL_GAUGES_INTERVAL_S = 15
 
 
 def exposition() -> tuple[bytes, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from giftcard import idempotency, payments
 from giftcard.clock import Clock, SystemClock
@@ -25,6 +25,8 @@ class Services:
     db: Database
     clock: Clock
     limits: AbuseLimits
+    # Set when this process queued an email, so that its sender wakes at once.
+    mail_due: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
@@ -41,6 +43,12 @@ class Services:
     def unit_of_work(self, keyed: KeyedRequest | None = None) -> UnitOfWork:
         """A unit of work for one use case, bound to an idempotency key when given."""
         return UnitOfWork(self.db, self.clock, keyed=keyed)
+
+    def mail_wakeup(self) -> None:
+        """Wake this process's email sender: a use case that queued a message passes this
+        to ``uow.on_commit``, so that the email leaves now rather than at the next poll
+        (another process's sender finds it within a second anyway)."""
+        self.mail_due.set()
 
     async def close(self) -> None:
         await self.limits.close()

@@ -17,7 +17,12 @@ from giftcard.api.routes_customers import router as customers_router
 from giftcard.api.routes_payments import router as payments_router
 from giftcard.api.routes_service import router as service_router
 from giftcard.config import Settings, load_settings
+from giftcard.mail import sender
 from giftcard.services import Services
+
+# Beyond the SMTP timeout, how long a stopping server waits for its sender to record the
+# email in hand.
+SENDER_STOP_MARGIN_S = 5
 
 DESCRIPTION = """
 A self-hostable gift card service. Money is always an integer in the currency's minor
@@ -37,12 +42,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.state.services = running
         await passwords.prepare()
         maintenance = asyncio.create_task(running.maintain())
+        # Each worker process sends email too; claims keep any two from sending one twice.
+        stop_sending = asyncio.Event()
+        sending = asyncio.create_task(sender.run(running, stop=stop_sending))
         try:
             yield
         finally:
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
+            await _stop_sender(sending, stop_sending, running.settings)
             if owned:
                 await running.close()
 
@@ -69,6 +78,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(NoStore, prefix="/v1")
     app.add_middleware(AccessLog)
     return app
+
+
+async def _stop_sender(
+    sending: asyncio.Task[None], stop: asyncio.Event, settings: Settings
+) -> None:
+    """Let the sender finish and record the email in hand (bounded by the SMTP timeout),
+    so that a restart sends nothing twice; cancel it if it takes longer."""
+    stop.set()
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(sending, timeout=settings.smtp_timeout_s + SENDER_STOP_MARGIN_S)
 
 
 def serving_app() -> FastAPI:

@@ -83,6 +83,7 @@ _HANDLERS = {
     MessageKind.PASSWORD_RESET: ("giftcard.account_mail", "PASSWORD_RESET_EMAIL"),
     MessageKind.EMAIL_CHANGED: ("giftcard.account_mail", "EMAIL_CHANGED_EMAIL"),
     MessageKind.PASSWORD_CHANGED: ("giftcard.account_mail", "PASSWORD_CHANGED_EMAIL"),
+    MessageKind.TEST: ("giftcard.mail.test_message", "TEST_EMAIL"),
 }
 
 
