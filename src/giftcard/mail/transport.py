@@ -97,22 +97,23 @@ class SmtpTransport:
             raise DeliveryFailed(
                 f"{server.address} did not finish within {self.timeout_s:g}s"
             ) from None
-        except ssl.SSLError as error:
-            raise DeliveryFailed(f"TLS with {server.address} failed: {error}") from None
         except (aiosmtplib.SMTPException, OSError) as error:
             raise DeliveryFailed(
-                f"could not deliver to {server.address}: {_error_text(error)}"
+                f"could not deliver through {server.address}: {_error_text(error)}"
             ) from None
 
 
 def _error_text(error: BaseException) -> str:
-    """An exception's words, with what caused it when they say little (aiosmtplib wraps
-    a refused connection in a message of its own)."""
-    text = str(error) or type(error).__name__
-    cause = error.__cause__
-    if isinstance(cause, ssl.SSLError):
-        return f"{text} (TLS: {cause})"
-    return text
+    """An exception's gist: aiosmtplib wraps a refused connection or a failed TLS
+    handshake in words of its own, so the cause is named when there is one."""
+    for candidate in (error, error.__cause__, error.__context__):
+        if isinstance(candidate, ssl.SSLCertVerificationError):
+            return f"TLS failed: certificate verify failed ({candidate.verify_message})"
+        if isinstance(candidate, ssl.SSLError):
+            return f"TLS failed ({candidate.reason or candidate})"
+        if isinstance(candidate, OSError) and candidate.errno:
+            return os.strerror(candidate.errno).lower()
+    return str(error) or type(error).__name__
 
 
 class FileTransport:
