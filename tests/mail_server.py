@@ -180,12 +180,13 @@ def smtp_server(
     if implicit_tls is not None:
         options.update(ssl_context=implicit_tls.server_context())
     if login is not None:
-        # aiosmtpd sees only STARTTLS as TLS: over TLS from the start, it must be told
+        # AUTH over TLS only where STARTTLS is offered: aiosmtpd sees only STARTTLS as
+        # TLS, so over TLS from the start (or on a plain test server) it must be told
         # that AUTH is fine without it.
         options.update(
             authenticator=password_checker(*login),
             auth_required=True,
-            auth_require_tls=implicit_tls is None,
+            auth_require_tls=starttls is not None,
         )
     port = free_port()
     controller = Controller(recorder, hostname="127.0.0.1", port=port, **options)

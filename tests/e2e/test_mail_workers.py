@@ -1,0 +1,208 @@
+"""Email senders as real processes against a real SMTP server (aiosmtpd in this test
+process), on SQLite and PostgreSQL: two `giftcard worker` processes racing over the same
+200 messages send each exactly once; a worker killed with SIGKILL after the server
+accepted a message but before it was marked sent leaves exactly one duplicate, with the
+same Message-ID, and nothing lost; `giftcard serve` sends too, says where mail goes
+without the URL's password, and `giftcard mail test` reports the delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from giftcard.clock import SystemClock
+from giftcard.db.engine import Database
+from giftcard.db.tables import outbox_messages
+from giftcard.mail import outbox
+from giftcard.mail.outbox import MessageKind
+from tests.e2e.server import GIFTCARD, base_env, run_cli, running_server
+from tests.mail_server import Received, smtp_server
+
+pytestmark = pytest.mark.e2e
+
+RACED_MESSAGES = 200
+DELIVERY_TIMEOUT_S = 120
+WORKER_STOP_TIMEOUT_S = 30
+# A worker killed mid-send holds its claim this long; the SMTP timeout must be shorter.
+SHORT_CLAIM = {"GIFTCARD_MAIL_CLAIM_TTL": "3s", "GIFTCARD_SMTP_TIMEOUT": "1s"}
+
+
+def _enqueue(database_url: str, count: int) -> list[str]:
+    """Queue `count` test messages in one transaction; their Message-IDs."""
+
+    async def work() -> list[str]:
+        db = Database(database_url)
+        try:
+            async with db.transaction() as connection:
+                now = SystemClock().now()
+                for number in range(count):
+                    await outbox.enqueue(
+                        connection,
+                        kind=MessageKind.TEST,
+                        recipient=f"friend{number}@example.com",
+                        ref_id=None,
+                        now=now,
+                    )
+                rows = await connection.execute(
+                    select(outbox_messages.c.message_id).order_by(outbox_messages.c.id)
+                )
+                return list(rows.scalars())
+        finally:
+            await db.dispose()
+
+    return asyncio.run(work())
+
+
+def _unsent(database_url: str) -> int:
+    async def work() -> int:
+        db = Database(database_url)
+        try:
+            async with db.transaction(write=False) as connection:
+                counted = await connection.execute(
+                    select(func.count()).where(outbox_messages.c.status != "sent")
+                )
+                return int(counted.scalar_one())
+        finally:
+            await db.dispose()
+
+    return asyncio.run(work())
+
+
+def _wait_all_sent(database_url: str, workers: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+    while _unsent(database_url):
+        assert time.monotonic() < deadline, "the workers did not send everything in time"
+        assert all(worker.poll() is None for worker in workers), "a worker exited"
+        time.sleep(0.5)
+
+
+@contextmanager
+def _worker(env: Mapping[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`giftcard worker`, stopped with SIGTERM on exit (SIGKILL if it hangs)."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(GIFTCARD), "worker"],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=WORKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=WORKER_STOP_TIMEOUT_S)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> int:
+    worker.send_signal(signal.SIGTERM)
+    return worker.wait(timeout=WORKER_STOP_TIMEOUT_S)
+
+
+def _sent_lines(log_path: Path) -> int:
+    return log_path.read_text(errors="replace").count('"message": "email sent"')
+
+
+def test_two_workers_racing_over_the_same_messages_send_each_once(
+    server_database_url: str, tmp_path: Path
+) -> None:
+    """Given 200 queued messages and two workers started together, every message
+    reaches the server exactly once (counted by Message-ID), both workers took part,
+    and each stops cleanly on SIGTERM."""
+    with smtp_server() as smtp:
+        env = base_env(server_database_url, GIFTCARD_SMTP_URL=smtp.url)
+        assert run_cli(env, "migrate").returncode == 0
+        queued = _enqueue(server_database_url, RACED_MESSAGES)
+        logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
+        with _worker(env, logs[0]) as first, _worker(env, logs[1]) as second:
+            _wait_all_sent(server_database_url, [first, second])
+            exits = [_stop(first), _stop(second)]
+        received = smtp.recorder.message_ids()
+
+    assert exits == [0, 0]
+    duplicates = {mid: n for mid, n in Counter(received).items() if n > 1}
+    assert duplicates == {}
+    assert sorted(received) == sorted(queued)
+    sent_by = [_sent_lines(log) for log in logs]
+    assert sum(sent_by) == RACED_MESSAGES
+    assert all(count > 0 for count in sent_by), sent_by
+
+
+def test_a_worker_killed_between_acceptance_and_record_gives_one_duplicate(
+    server_database_url: str, tmp_path: Path
+) -> None:
+    """Given a worker that the SMTP server kills with SIGKILL right after accepting its
+    third message (before the worker can mark it sent), a second worker takes that
+    message over once the dead one's claim ran out: it arrives twice, with the same
+    Message-ID, every other message once, none lost."""
+    killed: list[str] = []
+    worker_pids: list[int] = []
+    lock = threading.Lock()
+
+    def kill_on_third(received: Received) -> None:
+        with lock:
+            if len(killed) == 0 and len(smtp.recorder.received) == 3:
+                killed.append(received.message_id)
+                os.kill(worker_pids[0], signal.SIGKILL)
+
+    with smtp_server() as smtp:
+        smtp.recorder.on_accept = kill_on_third
+        env = base_env(server_database_url, GIFTCARD_SMTP_URL=smtp.url, **SHORT_CLAIM)
+        assert run_cli(env, "migrate").returncode == 0
+        queued = _enqueue(server_database_url, 5)
+        with _worker(env, tmp_path / "doomed.log") as doomed:
+            worker_pids.append(doomed.pid)
+            assert doomed.wait(timeout=DELIVERY_TIMEOUT_S) == -signal.SIGKILL
+        assert _unsent(server_database_url) > 0
+        with _worker(env, tmp_path / "survivor.log") as survivor:
+            _wait_all_sent(server_database_url, [survivor])
+            assert _stop(survivor) == 0
+        received = smtp.recorder.message_ids()
+
+    counts = Counter(received)
+    assert set(counts) == set(queued)  # none lost
+    assert {mid: n for mid, n in counts.items() if n > 1} == {killed[0]: 2}
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_serve_sends_says_where_without_the_password_and_mail_test_reports(
+    server_database_url: str, tmp_path: Path
+) -> None:
+    """`giftcard serve` announces the SMTP server without the URL's password; its own
+    sender delivers what `giftcard mail test` queues, logging in with the URL's user,
+    and the command reports it sent with its Message-ID."""
+    with smtp_server(login=("ops", "s3cret-password")) as smtp:
+        url = f"smtp://ops:s3cret-password@127.0.0.1:{smtp.port}"
+        env = base_env(server_database_url, GIFTCARD_SMTP_URL=url)
+        with running_server(env, tmp_path / "server.log", workers=1) as server:
+            result = run_cli(env, "mail", "test", "--to", "ops@example.com")
+            log = server.log_tail(20_000)
+        received = list(smtp.recorder.received)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Emails go to smtp://127.0.0.1:{smtp.port}" in log
+    assert "s3cret-password" not in log
+    assert "s3cret-password" not in result.stdout + result.stderr
+    [email] = received
+    assert email.user == "ops"
+    assert email.recipients == ["ops@example.com"]
+    assert f"Message-ID {email.message_id}" in result.stdout
+    assert result.stdout.strip().endswith("Sent.")
