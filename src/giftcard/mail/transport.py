@@ -70,6 +70,8 @@ class SmtpTransport:
         self.server = server
         self.timeout_s = timeout_s
         self.description = server.address
+        # The system's authorities, read once per transport rather than per email.
+        self.tls_context = ssl.create_default_context()
 
     async def send(self, email: EmailMessage, *, outbox_id: int, now: datetime) -> None:
         server = self.server
@@ -85,7 +87,7 @@ class SmtpTransport:
                     # None: upgrade with STARTTLS when the server offers it.
                     start_tls=False if server.implicit_tls else None,
                     timeout=self.timeout_s,
-                    tls_context=ssl.create_default_context(),
+                    tls_context=self.tls_context,
                 )
         except aiosmtplib.SMTPRecipientsRefused as error:
             answers = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
