@@ -7,17 +7,20 @@ not be sent, or cannot be composed, is given up at once; claims keep two senders
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.config import Settings, SmtpServer
 from giftcard.db.tables import outbox_messages
@@ -294,8 +297,6 @@ async def test_a_stopping_sender_hands_back_what_it_has_not_started(
 ) -> None:
     """When asked to stop, a sender finishes the message in hand and hands back the
     rest of its claim, attempts uncounted, for another sender to take at once."""
-    import asyncio
-
     ids = [await _enqueue(mail) for _ in range(3)]
     stop = asyncio.Event()
     smtp.recorder.on_accept = lambda _received: stop.set()
@@ -309,3 +310,48 @@ async def test_a_stopping_sender_hands_back_what_it_has_not_started(
         ("pending", 0, None),
     ]
     assert await sender.deliver_due(mail) == 2
+
+
+async def test_a_message_queued_in_this_process_wakes_its_sender_at_once(
+    mail: Services, smtp: RunningSmtpServer
+) -> None:
+    """Given a running sender that would look again only in a minute, a use case that
+    queues a message and wakes it on commit (``Services.mail_wakeup``) has the email
+    delivered within seconds; asked to stop, the sender ends at once."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(sender.run(mail, stop=stop, poll_interval_s=60))
+    await asyncio.sleep(0.2)  # its first pass found nothing; it waits now
+    uow = mail.unit_of_work()
+
+    async def work(connection: AsyncConnection) -> int:
+        uow.on_commit(mail.mail_wakeup)
+        return await outbox.enqueue(
+            connection, kind=MessageKind.TEST, recipient=RECIPIENT, ref_id=None, now=uow.clock.now()
+        )
+
+    await uow.run(work)
+    for _ in range(100):
+        if smtp.recorder.received:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(running, timeout=5)
+
+    assert len(smtp.recorder.received) == 1
+
+
+async def test_metrics_show_emails_by_kind_and_outcome(
+    mail: Services, smtp: RunningSmtpServer
+) -> None:
+    """/metrics carries the delivery counter and the outbox gauges."""
+    await queue_test_email(mail.unit_of_work(), RECIPIENT)
+    await sender.deliver_due(mail)
+    await sender.refresh_gauges(mail)
+    transport = httpx.ASGITransport(app=create_app(services=mail))
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        body = (await http.get("/metrics")).text
+
+    assert 'giftcard_emails_total{kind="test",outcome="sent"}' in body
+    assert "giftcard_emails_pending 0.0" in body
+    assert "giftcard_emails_failed 0.0" in body
