@@ -8,6 +8,7 @@ not be sent, or cannot be composed, is given up at once; claims keep two senders
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -355,3 +356,33 @@ async def test_metrics_show_emails_by_kind_and_outcome(
     assert 'giftcard_emails_total{kind="test",outcome="sent"}' in body
     assert "giftcard_emails_pending 0.0" in body
     assert "giftcard_emails_failed 0.0" in body
+
+
+async def test_a_message_whose_every_attempt_died_with_its_sender_is_given_up(
+    mail: Services, smtp: RunningSmtpServer, clock: FrozenClock
+) -> None:
+    """A message whose sending killed its sender each time (claimed, never recorded)
+    is not tried forever: the claim after the last attempt allowed gives it up."""
+    outbox_id = await _enqueue(mail)
+    ttl_s = mail.settings.mail_claim_ttl_s
+
+    async def claim_and_die(connection: AsyncConnection) -> tuple[str, Any]:
+        return await outbox.claim(connection, now=clock.now(), claim_ttl_s=ttl_s, limit=1)
+
+    for _ in range(mail.settings.mail_attempts_max):
+        _, [row] = await mail.db.run(claim_and_die)
+        clock.advance(timedelta(seconds=ttl_s + 1))
+
+    assert await sender.deliver_due(mail) == 0
+
+    row = await _row(mail, outbox_id)
+    assert row.status == "failed"
+    assert row.last_error == "no attempt finished: a sender stopped during each of 4"
+    assert smtp.recorder.received == []
+
+
+def test_retry_waits_double_up_to_an_hour_with_jitter_between_half_and_all() -> None:
+    rng = random.Random(7)
+    for attempts, ceiling_s in [(1, 30), (2, 60), (3, 120), (7, 1920), (8, 3600), (60, 3600)]:
+        waits = [outbox.retry_wait_s(attempts, base_s=30, rng=rng) for _ in range(200)]
+        assert ceiling_s / 2 <= min(waits) < max(waits) <= ceiling_s, attempts
