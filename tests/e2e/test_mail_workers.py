@@ -206,3 +206,60 @@ def test_serve_sends_says_where_without_the_password_and_mail_test_reports(
     assert email.recipients == ["ops@example.com"]
     assert f"Message-ID {email.message_id}" in result.stdout
     assert result.stdout.strip().endswith("Sent.")
+
+
+def _rows(database_url: str) -> list[tuple[str, int, str | None]]:
+    """(status, attempts, claim_token) of every message, in the order queued."""
+
+    async def work() -> list[tuple[str, int, str | None]]:
+        db = Database(database_url)
+        try:
+            async with db.transaction(write=False) as connection:
+                table = outbox_messages.c
+                rows = await connection.execute(
+                    select(table.status, table.attempts, table.claim_token).order_by(table.id)
+                )
+                return [(row.status, row.attempts, row.claim_token) for row in rows]
+        finally:
+            await db.dispose()
+
+    return asyncio.run(work())
+
+
+def test_sigterm_lets_a_worker_record_the_email_in_hand_and_hand_back_the_rest(
+    server_database_url: str, tmp_path: Path
+) -> None:
+    """Given a worker told to stop (SIGTERM) while the server is accepting its first
+    email, it records that email sent, hands back the rest of its claim untried, and
+    exits 0: a restart sends nothing twice and waits for no claim to run out."""
+    worker_pids: list[int] = []
+
+    def stop_on_first(_received: Received) -> None:
+        if len(smtp.recorder.received) == 1:
+            os.kill(worker_pids[0], signal.SIGTERM)
+
+    with smtp_server() as smtp:
+        smtp.recorder.on_accept = stop_on_first
+        env = base_env(server_database_url, GIFTCARD_SMTP_URL=smtp.url)
+        assert run_cli(env, "migrate").returncode == 0
+        _enqueue(server_database_url, 3)
+        with _worker(env, tmp_path / "worker.log") as worker:
+            worker_pids.append(worker.pid)
+            exit_code = worker.wait(timeout=DELIVERY_TIMEOUT_S)
+
+    assert exit_code == 0
+    assert len(smtp.recorder.received) == 1
+    assert _rows(server_database_url) == [
+        ("sent", 1, None),
+        ("pending", 0, None),
+        ("pending", 0, None),
+    ]
+
+
+def test_a_bad_smtp_url_stops_the_worker_with_the_variable_named(tmp_path: Path) -> None:
+    env = base_env(f"sqlite:///{tmp_path / 'bad.db'}", GIFTCARD_SMTP_URL="smtp.example.com:587")
+
+    result = run_cli(env, "worker")
+
+    assert result.returncode == 1
+    assert "GIFTCARD_SMTP_URL must start with smtp:// or smtps://" in result.stderr
