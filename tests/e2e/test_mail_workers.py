@@ -28,7 +28,7 @@ from giftcard.db.tables import outbox_messages
 from giftcard.mail import outbox
 from giftcard.mail.outbox import MessageKind
 from tests.e2e.server import GIFTCARD, base_env, run_cli, running_server
-from tests.mail_server import Received, smtp_server
+from tests.mail_server import Received, self_signed_certificate, smtp_server
 
 pytestmark = pytest.mark.e2e
 
@@ -182,16 +182,19 @@ def test_a_worker_killed_between_acceptance_and_record_gives_one_duplicate(
     assert {mid: n for mid, n in counts.items() if n > 1} == {killed[0]: 2}
 
 
-@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 def test_serve_sends_says_where_without_the_password_and_mail_test_reports(
     server_database_url: str, tmp_path: Path
 ) -> None:
     """`giftcard serve` announces the SMTP server without the URL's password; its own
-    sender delivers what `giftcard mail test` queues, logging in with the URL's user,
-    and the command reports it sent with its Message-ID."""
-    with smtp_server(login=("ops", "s3cret-password")) as smtp:
+    sender delivers what `giftcard mail test` queues, over STARTTLS (the server's
+    certificate trusted through SSL_CERT_FILE, as an operator with a private authority
+    would), logging in with the URL's user; the command reports it sent."""
+    certificate = self_signed_certificate(tmp_path)
+    with smtp_server(starttls=certificate, login=("ops", "s3cret-password")) as smtp:
         url = f"smtp://ops:s3cret-password@127.0.0.1:{smtp.port}"
-        env = base_env(server_database_url, GIFTCARD_SMTP_URL=url)
+        env = base_env(
+            server_database_url, GIFTCARD_SMTP_URL=url, SSL_CERT_FILE=str(certificate.cert)
+        )
         with running_server(env, tmp_path / "server.log", workers=1) as server:
             result = run_cli(env, "mail", "test", "--to", "ops@example.com")
             log = server.log_tail(20_000)
@@ -202,7 +205,7 @@ def test_serve_sends_says_where_without_the_password_and_mail_test_reports(
     assert "s3cret-password" not in log
     assert "s3cret-password" not in result.stdout + result.stderr
     [email] = received
-    assert email.user == "ops"
+    assert (email.user, email.over_tls) == ("ops", True)
     assert email.recipients == ["ops@example.com"]
     assert f"Message-ID {email.message_id}" in result.stdout
     assert result.stdout.strip().endswith("Sent.")

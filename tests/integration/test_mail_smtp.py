@@ -138,3 +138,18 @@ def test_the_certificate_folder_is_the_tests_own(certificate: Certificate) -> No
     """The certificate is made fresh for the tests (no key is kept in the repository)."""
     assert Path(certificate.cert).is_file()
     assert not str(certificate.cert).startswith(str(Path(__file__).parents[2]))
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+async def test_a_password_is_never_sent_without_tls() -> None:
+    """Given a server that offers no STARTTLS (or one whose offer was struck out on the
+    way), an smtp:// URL with a password does not log in in the clear: the email is
+    not handed over, and the reason says STARTTLS was missing."""
+    with (
+        smtp_server(login=(USER, PASSWORD)) as server,
+        pytest.raises(DeliveryFailed) as failure,
+    ):
+        await _send(_url("smtp", server.port))
+
+    assert "STARTTLS" in failure.value.reason
+    assert server.recorder.received == []

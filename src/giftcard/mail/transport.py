@@ -62,9 +62,10 @@ def announcement(settings: Settings) -> str:
 
 class SmtpTransport:
     """One connection per email, bounded as a whole by the timeout: STARTTLS whenever the
-    server offers it on `smtp://`, TLS from the start on `smtps://`, and the user and
-    password of the URL when given. Certificates are checked against the system's
-    authorities (the default SSL context, which honours SSL_CERT_FILE)."""
+    server offers it on `smtp://` (and required when logging in), TLS from the start on
+    `smtps://`, and the user and password of the URL when given. Certificates are
+    checked against the system's authorities (the default SSL context, which honours
+    SSL_CERT_FILE)."""
 
     def __init__(self, server: SmtpServer, *, timeout_s: float) -> None:
         self.server = server
@@ -84,8 +85,7 @@ class SmtpTransport:
                     username=server.username,
                     password=server.password,
                     use_tls=server.implicit_tls,
-                    # None: upgrade with STARTTLS when the server offers it.
-                    start_tls=False if server.implicit_tls else None,
+                    start_tls=_starttls(server),
                     timeout=self.timeout_s,
                     tls_context=self.tls_context,
                 )
@@ -103,6 +103,16 @@ class SmtpTransport:
             raise DeliveryFailed(
                 f"could not deliver through {server.address}: {_error_text(error)}"
             ) from None
+
+
+def _starttls(server: SmtpServer) -> bool | None:
+    """Whether to upgrade an `smtp://` connection: whenever the server offers it (None);
+    and with a password to send, always (True), refusing a server that does not offer it,
+    so that the password never crosses the network in the clear because someone on the
+    way struck the offer out."""
+    if server.implicit_tls:
+        return False
+    return True if server.username else None
 
 
 def _error_text(error: BaseException) -> str:
