@@ -4,6 +4,10 @@ A use case that sends an email calls :func:`enqueue` on its own connection, so t
 message exists exactly when what it announces does: no gift email without its card, no
 card without its email. The sender (:mod:`giftcard.mail.sender`) claims due messages,
 renders them, hands them to the transport, and marks them sent or schedules a retry.
+
+Senders look for due messages every second; to have this process's sender go at once,
+the use case also registers ``uow.on_commit(services.mail_wakeup)`` inside its work
+(the unit of work forgets callbacks registered outside it, or by an attempt it retried).
 """
 
 from __future__ import annotations
