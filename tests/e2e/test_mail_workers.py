@@ -266,3 +266,27 @@ def test_a_bad_smtp_url_stops_the_worker_with_the_variable_named(tmp_path: Path)
 
     assert result.returncode == 1
     assert "GIFTCARD_SMTP_URL must start with smtp:// or smtps://" in result.stderr
+
+
+def test_mail_test_reports_a_refusal_or_that_nothing_sent_it(tmp_path: Path) -> None:
+    """`giftcard mail test` exits 1 with the server's answer when the first attempt was
+    refused, and says so when no server or worker picked the email up in time."""
+    database_url = f"sqlite:///{tmp_path / 'mail.db'}"
+    with smtp_server() as smtp:
+        # Both test emails' first attempts: the one nobody sent goes first once a
+        # worker runs.
+        for _ in range(2):
+            smtp.recorder.refuse_next("RCPT", "550 5.7.1 Relaying denied")
+        env = base_env(database_url, GIFTCARD_SMTP_URL=smtp.url)
+        assert run_cli(env, "migrate").returncode == 0
+        nobody = run_cli(env, "mail", "test", "--to", "ops@example.com", "--wait", "1")
+        with _worker(env, tmp_path / "worker.log"):
+            refused = run_cli(env, "mail", "test", "--to", "ops@example.com")
+
+    assert nobody.returncode == 1
+    assert "not sent within 1s: is `giftcard serve` or `giftcard worker` running" in (nobody.stderr)
+    assert refused.returncode == 1
+    assert f"attempt 1 failed: smtp://127.0.0.1:{smtp.port} refused the recipient: 550 5.7.1" in (
+        refused.stderr
+    )
+    assert "It will be tried again from" in refused.stderr
