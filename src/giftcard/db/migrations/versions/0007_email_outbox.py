@@ -50,6 +50,14 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'pending'"),
     )
     op.create_index(
+        "ix_outbox_messages_failed",
+        "outbox_messages",
+        ["id"],
+        unique=False,
+        sqlite_where=sa.text("status = 'failed'"),
+        postgresql_where=sa.text("status = 'failed'"),
+    )
+    op.create_index(
         "ix_outbox_messages_kind_ref_id", "outbox_messages", ["kind", "ref_id"], unique=False
     )
     op.create_table(
@@ -118,5 +126,6 @@ def downgrade() -> None:
     op.drop_index("ix_gifts_purchaser_customer_id_id", table_name="gifts")
     op.drop_table("gifts")
     op.drop_index("ix_outbox_messages_kind_ref_id", table_name="outbox_messages")
+    op.drop_index("ix_outbox_messages_failed", table_name="outbox_messages")
     op.drop_index("ix_outbox_messages_due", table_name="outbox_messages")
     op.drop_table("outbox_messages")
