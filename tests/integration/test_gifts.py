@@ -6,6 +6,7 @@ link, the amount as each store writes it) and paging through /v1/me/gifts."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import re
@@ -604,3 +605,28 @@ def test_derived_codes_are_valid_codes() -> None:
     code = codes.derive_code(TEST_SECRET_KEY, seed)
     assert codes.check_code(codes.format_code(code)) == code
     assert gifts.redeem_link is not None
+
+
+async def test_two_resends_at_once_queue_one_email(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Given a sent gift, when support and its buyer resend it at the same moment, then
+    one resend queues a new email and the other is refused with invalid_state: the gift's
+    guarded status update settles the race, not a read before it."""
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    buyer = await sign_up(client)
+    gift = await buy(client, merchant, purchaser_customer_id=buyer.id)
+    [message] = await messages_of(services, gift["id"])
+    await mark_delivered(services, message)
+    path = f"/v1/gifts/{gift['id']}/resend"
+
+    answers = await asyncio.gather(
+        *(client.post(path, headers=who) for who in (support, buyer.auth, support, buyer.auth))
+    )
+
+    assert sorted(answer.status_code for answer in answers) == [200, 409, 409, 409]
+    for answer in answers:
+        if answer.status_code == 409:
+            assert_problem(answer, 409, "invalid_state")
+    assert len(await messages_of(services, gift["id"])) == 2
