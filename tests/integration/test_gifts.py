@@ -29,6 +29,7 @@ from giftcard.mail.compose import HeaderRefused, compose
 from giftcard.mail.messages import NotToBeSent, OutboxMessage, handler_for
 from giftcard.mail.outbox import MessageKind
 from giftcard.services import Services
+from giftcard.verify import verify
 from tests.conftest import TEST_SECRET_KEY, Shopper, api_key, assert_problem, sign_up
 
 GIFT = {
@@ -185,6 +186,7 @@ async def test_the_code_in_the_email_redeems_the_gift_and_the_gift_reads_redeeme
     again = await client.post(f"/v1/gifts/{gift['id']}/resend", headers=support)
     assert_problem(again, 409, "invalid_state")
     assert len(await messages_of(services, gift["id"])) == 1
+    assert (await verify(services.db)).problems == []
 
 
 async def test_a_failure_after_the_card_was_written_leaves_neither_card_nor_gift(
