@@ -61,6 +61,7 @@ from giftcard.unit_of_work import OnCommit, UnitOfWork
 NAME_LENGTH_MAX = 200
 MESSAGE_LENGTH_MAX = 1000
 DELIVER_AT_INPUT_LENGTH_MAX = 64
+EMAIL_INPUT_LENGTH_MAX = 254
 # How far in the past a delivery time may be (the caller's clock runs behind ours).
 DELIVER_AT_PAST_GRACE = timedelta(minutes=1)
 DELIVER_AT_AHEAD_MAX = timedelta(days=365)
@@ -210,13 +211,15 @@ def check_message(value: str | None, param: str = "message") -> str | None:
 
 
 def check_recipient_email(value: str, param: str = "recipient_email") -> str:
-    if not isinstance(value, str) or len(value) > 254:
+    """The address in the form every mail server takes: a domain in ASCII (IDNA), and a
+    local part in ASCII too, since not every server on the way speaks SMTPUTF8."""
+    if not isinstance(value, str) or len(value) > EMAIL_INPUT_LENGTH_MAX:
         raise validation_error("Enter the recipient's email address.", param)
     try:
-        checked = validate_email(value.strip(), check_deliverability=False)
+        checked = validate_email(value.strip(), check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as error:
-        raise validation_error(f"Enter a valid email address: {error}", param) from None
-    return str(checked.normalized)
+        raise validation_error(f"Enter a valid email address. {error}", param) from None
+    return str(checked.ascii_email or checked.normalized)
 
 
 def check_request(request: GiftRequest, now: datetime) -> CheckedGift:

@@ -139,3 +139,10 @@ def test_the_demo_form_s_day_is_nine_in_the_morning_there() -> None:
     assert refusal(deliver_at, {**later, "time_zone": "Europe/Paris"}, "US", NOW).param == (
         "time_zone"
     )
+
+
+def test_recipient_addresses_are_kept_in_ascii() -> None:
+    assert gifts.check_recipient_email(" Sam@Example.COM ") == "Sam@example.com"
+    assert gifts.check_recipient_email("sam@bücher.de") == "sam@xn--bcher-kva.de"
+    for refused in ("jösé@example.com", "Sam <sam@example.com>", "sam@example.com\r\nBcc: x@y.z"):
+        assert refusal(gifts.check_recipient_email, refused).param == "recipient_email"
