@@ -21,7 +21,13 @@ from sqlalchemy import func, select, update
 from giftcard import codes, gifts
 from giftcard.clock import FrozenClock
 from giftcard.customers import Role, create_staff
-from giftcard.db.tables import card_events, cards, ledger_accounts, outbox_messages
+from giftcard.db.tables import (
+    card_events,
+    cards,
+    idempotency_keys,
+    ledger_accounts,
+    outbox_messages,
+)
 from giftcard.db.tables import gifts as gifts_table
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.mail import outbox
@@ -32,6 +38,7 @@ from giftcard.services import Services
 from giftcard.verify import verify
 from tests.conftest import TEST_SECRET_KEY, Shopper, api_key, assert_problem, sign_up
 
+CODE = re.compile(r"[0-9A-Z]{4}(?:-[0-9A-Z]{4}){3}")
 GIFT = {
     "amount": 2500,
     "region": "US",
@@ -233,7 +240,8 @@ async def test_an_idempotent_retry_buys_one_gift(
 ) -> None:
     """Given an Idempotency-Key, when the same purchase is sent twice, then the second
     answer is the first one replayed and one card, gift and email exist; the same key
-    with another body is idempotency_key_reused."""
+    with another body is idempotency_key_reused. The gift's code is written nowhere in
+    the database, the stored answer included."""
     merchant = await api_key(services, "merchant")
     headers = {**merchant, "Idempotency-Key": "gift-order-1001"}
 
@@ -246,6 +254,22 @@ async def test_an_idempotent_retry_buys_one_gift(
     assert second.json() == first.json()
     assert_problem(other, 409, "idempotency_key_reused")
     assert await counts(services) == (1, 1, 1)
+    [message] = await messages_of(services, first.json()["id"])
+    code = CODE.search(parts(await render_email(services, message))[0])
+    assert code is not None
+    assert not await stored_anywhere(services, code.group(0))
+
+
+async def stored_anywhere(services: Services, code: str) -> list[str]:
+    """Where the code (with or without its dashes) is written in the database."""
+    forms = {code, code.replace("-", "")}
+    found = []
+    async with services.db.transaction(write=False) as connection:
+        for table in (gifts_table, outbox_messages, cards, card_events, idempotency_keys):
+            for row in (await connection.execute(select(table))).all():
+                text = " ".join(str(value) for value in row)
+                found += [f"{table.name}: {text}" for form in forms if form in text]
+    return found
 
 
 # --- bad input ----------------------------------------------------------------------
