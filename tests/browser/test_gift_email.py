@@ -200,3 +200,24 @@ def test_a_gift_bought_in_the_store_reaches_its_recipient_who_redeems_it(
 
     buyer.goto(ACCOUNT_PAGE + "#gifts", "gifts-you-sent")
     expect(buyer.page.get_by_test_id("gift-status")).to_have_text("Redeemed")
+
+
+def test_the_gift_form_on_a_phone_shows_each_error_beside_its_field(tabs: Tabs) -> None:
+    """On a phone, a gift form with an amount below the store's limit comes back with
+    the error beside the field in the store's money, what was typed kept (line breaks
+    too), and the summary of problems at the top."""
+    tab = tabs.open("gift-form-phone", phone=True)
+    tab.goto("/signup", "signup")
+    sign_up(tab, new_email("phone"), name="Alex", step="account")
+    tab.goto("/store/gift", "gift-form")
+    tab.field("Amount (USD)").fill("0.50")
+    tab.field("Message").fill("Happy birthday!\nLove, Alex")
+    with tab.navigation("gift-form-errors", status=422):
+        tab.button("Buy and send the gift card").click()
+    expect(tab.page.locator("#amount-error")).to_contain_text(
+        "A gift card of the United States store is worth from $1.00 to $2,000.00."
+    )
+    expect(tab.field("Amount (USD)")).to_have_value("0.50")
+    expect(tab.field("Amount (USD)")).to_have_attribute("aria-invalid", "true")
+    expect(tab.field("Message")).to_have_value("Happy birthday!\nLove, Alex")
+    expect(tab.page.get_by_role("alert")).to_contain_text("There is a problem")
