@@ -137,35 +137,6 @@ async def redeem(request: Request) -> Response:
     )
 
 
-@router.post("/account/refund-preference", response_class=HTMLResponse)
-async def refund_preference(request: Request) -> Response:
-    form = await checked_form(request)
-    shopper = await require_shopper(request)
-    chosen = text_field(form, "refund_preference", length_max=40)
-    try:
-        preference = RefundPreference(chosen)
-    except ValueError:
-        return await _account_page(
-            request,
-            shopper,
-            errors={"refund_preference": "Choose where refunds should go."},
-            status=422,
-        )
-    svc = services(request)
-    await customers.update_customer(svc.db, shopper.customer.id, refund_preference=preference)
-    return redirect(
-        request,
-        ACCOUNT_PAGE + "#refunds",
-        flash={
-            "level": "success",
-            "title": "Your refund preference is saved.",
-            "text": f"Refunds of the card part of a payment now go to "
-            f"{PREFERENCE_WORDS[preference]}. What a gift card paid always returns to your "
-            "gift card balance.",
-        },
-    )
-
-
 GIFT_STATUS_WORDS = {
     gifts.GiftStatus.SCHEDULED: "Scheduled",
     gifts.GiftStatus.SENT: "Sent",
@@ -200,5 +171,34 @@ async def resend_gift(request: Request, gift_id: str) -> Response:
             "level": "success",
             "title": f"The gift card email to {gift.recipient_email} is on its way again.",
             "text": "It carries the same code as before.",
+        },
+    )
+
+
+@router.post("/account/refund-preference", response_class=HTMLResponse)
+async def refund_preference(request: Request) -> Response:
+    form = await checked_form(request)
+    shopper = await require_shopper(request)
+    chosen = text_field(form, "refund_preference", length_max=40)
+    try:
+        preference = RefundPreference(chosen)
+    except ValueError:
+        return await _account_page(
+            request,
+            shopper,
+            errors={"refund_preference": "Choose where refunds should go."},
+            status=422,
+        )
+    svc = services(request)
+    await customers.update_customer(svc.db, shopper.customer.id, refund_preference=preference)
+    return redirect(
+        request,
+        ACCOUNT_PAGE + "#refunds",
+        flash={
+            "level": "success",
+            "title": "Your refund preference is saved.",
+            "text": f"Refunds of the card part of a payment now go to "
+            f"{PREFERENCE_WORDS[preference]}. What a gift card paid always returns to your "
+            "gift card balance.",
         },
     )
