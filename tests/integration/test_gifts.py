@@ -471,23 +471,33 @@ async def test_a_resend_carries_the_same_code_under_a_new_message_id(
 async def test_a_cancelled_or_frozen_card_is_not_resent_nor_announced(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    """Given a gift whose card support froze, then a resend is invalid_state, and its
-    queued email is not sent (NotToBeSent): a code that does not work is not announced."""
+    """Given a gift whose card support froze or cancelled, then its queued email is not
+    sent (NotToBeSent: a code that does not work is not announced) and a resend is
+    invalid_state, queuing nothing; once a hold is lifted the gift can be resent."""
     merchant = await api_key(services, "merchant")
     admin = await api_key(services, "admin")
-    gift = await buy(client, merchant)
-    [message] = await messages_of(services, gift["id"])
+    for state in ("frozen", "cancelled"):
+        gift = await buy(client, merchant)
+        [message] = await messages_of(services, gift["id"])
+        async with services.db.transaction() as connection:
+            await connection.execute(
+                update(cards).where(cards.c.serial == gift["card"]["serial"]).values(state=state)
+            )
+
+        with pytest.raises(NotToBeSent):
+            await render_email(services, message)
+        await mark_delivered(services, message)
+        refused = await client.post(f"/v1/gifts/{gift['id']}/resend", headers=admin)
+        assert_problem(refused, 409, "invalid_state", why=state)
+        assert len(await messages_of(services, gift["id"])) == 1
+
     async with services.db.transaction() as connection:
         await connection.execute(
-            update(cards).where(cards.c.serial == gift["card"]["serial"]).values(state="cancelled")
+            update(cards).where(cards.c.state == "frozen").values(state="active")
         )
-
-    with pytest.raises(NotToBeSent):
-        await render_email(services, message)
-    async with services.db.transaction() as connection:
-        await connection.execute(update(gifts_table).values(status="sent"))
-    refused = await client.post(f"/v1/gifts/{gift['id']}/resend", headers=admin)
-    assert_problem(refused, 409, "invalid_state")
+    # The first gift's card was the frozen one: its hold lifted, it is resent.
+    unfrozen = await client.post("/v1/gifts/gift_1/resend", headers=admin)
+    assert unfrozen.status_code == 200, unfrozen.text
 
 
 # --- the email ----------------------------------------------------------------------
