@@ -158,6 +158,23 @@ async def issue(
     return await uow.run(work)
 
 
+async def issue_with_code(
+    connection: AsyncConnection,
+    request: IssueRequest,
+    code: str,
+    *,
+    secret_key: bytes,
+    actor: str,
+    now: datetime,
+) -> IssuedCard:
+    """One card whose code the caller chose (an e-gift's, derived from its seed), issued
+    inside the caller's transaction exactly as :func:`issue` issues each of its cards."""
+    check_issue_request(request, now, count_max=1)
+    drafts = await _replace_taken_serials(connection, [(code, codes.generate_serial())])
+    (issued,) = await _insert_cards(connection, request, drafts, secret_key, actor, now, None)
+    return issued
+
+
 async def _replace_taken_serials(
     connection: AsyncConnection, drafts: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:

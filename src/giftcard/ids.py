@@ -10,6 +10,7 @@ TRANSACTION = "txn"
 STAFF = "stf"
 PAYMENT = "pay"
 REFUND = "re"
+GIFT = "gift"
 ID_DIGITS_MAX = 18
 
 

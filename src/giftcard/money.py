@@ -29,12 +29,15 @@ __all__ = [
     "AMOUNT_INPUT_LENGTH_MAX",
     "AMOUNT_MINOR_MAX",
     "CURRENCY_EXPONENTS",
+    "GIFT_AMOUNT_RANGES",
     "REGIONS",
     "Money",
     "Region",
+    "check_gift_amount",
     "currency_exponent",
     "format_major_plain",
     "format_minor",
+    "gift_amount_range",
     "parse_major",
     "region",
 ]
@@ -82,6 +85,19 @@ REGIONS: dict[str, Region] = {
 }
 
 
+# What one e-gift card may be worth, per currency, in minor units: from a token present
+# to what a store is willing to send by email (a larger sum is a bank transfer, or fraud).
+GIFT_AMOUNT_RANGES: dict[str, tuple[int, int]] = {
+    "USD": (100, 200_000),
+    "GBP": (100, 200_000),
+    "EUR": (100, 200_000),
+    "JPY": (100, 200_000),
+    "CAD": (100, 200_000),
+    "AUD": (100, 200_000),
+    "INR": (10_000, 20_000_000),
+}
+
+
 def _derive_currency_tables() -> tuple[dict[str, int], dict[str, str]]:
     """Each currency's exponent and default locale, refusing regions that disagree."""
     exponents: dict[str, int] = {}
@@ -96,6 +112,8 @@ def _derive_currency_tables() -> tuple[dict[str, int], dict[str, str]]:
 
 
 CURRENCY_EXPONENTS, _DEFAULT_LOCALES = _derive_currency_tables()
+if GIFT_AMOUNT_RANGES.keys() != CURRENCY_EXPONENTS.keys():
+    raise RuntimeError("every currency sold in needs an e-gift amount range")
 
 # ASCII digits only (a bare \d would accept Arabic-Indic and fullwidth digits), at least
 # one before the point, and at least one after it when there is a point.
@@ -121,6 +139,24 @@ def region(code: str) -> Region:
     raise validation_error(
         f"Unknown region '{shown}'. Choose one of {_REGION_LIST}.", param="region"
     )
+
+
+def gift_amount_range(store: Region) -> tuple[int, int]:
+    """The smallest and the largest e-gift card of `store`, in minor units."""
+    return GIFT_AMOUNT_RANGES[store.currency]
+
+
+def check_gift_amount(amount_minor: int, store: Region, *, param: str = "amount") -> None:
+    """Refuse an e-gift amount outside `store`'s range, in a sentence written the way that
+    store writes money (``$1.00``, ``1,00 €``, ``¥100``)."""
+    _require_int(amount_minor, param)
+    smallest, largest = gift_amount_range(store)
+    if not smallest <= amount_minor <= largest:
+        low = format_minor(smallest, store.currency, store.locale)
+        high = format_minor(largest, store.currency, store.locale)
+        raise validation_error(
+            f"A gift card of the {store.store_name} is worth from {low} to {high}.", param=param
+        )
 
 
 def currency_exponent(currency: str) -> int:

@@ -60,11 +60,14 @@ CORE_WRITES = {
     ("POST", "/v1/payments/{payment_id}/capture"),  # merchant or admin
     ("POST", "/v1/payments/{payment_id}/void"),  # merchant or admin
     ("POST", "/v1/payments/{payment_id}/refunds"),  # merchant or admin
+    ("POST", "/v1/gifts"),  # merchant or admin
+    ("POST", "/v1/gifts/{gift_id}/resend"),  # support, admin or the gift's buyer
     ("POST", "/signup"),  # the sign-up page
     ("POST", "/login"),  # the log-in page
     ("POST", "/logout"),  # the log-out button
     ("POST", "/account/gift-cards/redeem"),  # the shopper: a code, as POST /v1/me/redemptions
     ("POST", "/account/refund-preference"),  # the shopper: as PATCH /v1/me
+    ("POST", "/account/gifts/{gift_id}/resend"),  # the buyer: as POST /v1/gifts/{id}/resend
 }
 
 
@@ -116,6 +119,7 @@ async def test_without_the_setting_the_store_is_not_mounted_or_listed(services: 
             "/store/cart/remove",
             "/store/checkout",
             "/store/orders/{order_id}/refund",
+            "/store/gift",
         )
     }
 

@@ -14,6 +14,7 @@ from giftcard.api import docs, problems
 from giftcard.api.middleware import AccessLog, BodySizeLimit, NoStore
 from giftcard.api.routes_cards import router as cards_router
 from giftcard.api.routes_customers import router as customers_router
+from giftcard.api.routes_gifts import router as gifts_router
 from giftcard.api.routes_payments import router as payments_router
 from giftcard.api.routes_service import router as service_router
 from giftcard.config import Settings, load_settings
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(customers_router)
     app.include_router(cards_router)
     app.include_router(payments_router)
+    app.include_router(gifts_router)
     app.include_router(service_router)
     web.install(app, demo_store=settings.demo_store)
     app.add_middleware(BodySizeLimit, limit_bytes=settings.request_body_bytes_max)

@@ -225,3 +225,73 @@ class PaymentOut(BaseModel):
         description="The newest refunds, newest first; page through all of them with "
         "GET /v1/payments/{id}/refunds."
     )
+
+
+class GiftCreate(Input):
+    amount: AmountMinor
+    currency: Currency | None = None
+    region: RegionCode
+    recipient_email: Annotated[
+        StrictStr, Field(min_length=1, max_length=254, examples=["sam@example.com"])
+    ]
+    recipient_name: Annotated[StrictStr, Field(max_length=200, examples=["Sam"])] | None = None
+    sender_name: Annotated[StrictStr, Field(min_length=1, max_length=200, examples=["Alex"])]
+    message: (
+        Annotated[
+            StrictStr,
+            Field(max_length=1000, description="Up to 1,000 characters; line breaks are kept."),
+        ]
+        | None
+    ) = None
+    deliver_at: (
+        Annotated[
+            StrictStr,
+            Field(
+                max_length=64,
+                description="When to send the email: an ISO 8601 timestamp with a time zone, at "
+                "most a year ahead. Left out, the email is sent now.",
+                examples=["2026-12-24T09:00:00+01:00"],
+                json_schema_extra={"format": "date-time"},
+            ),
+        ]
+        | None
+    ) = None
+    purchaser_customer_id: (
+        Annotated[
+            StrictStr,
+            Field(
+                max_length=40,
+                description="The customer who bought the gift: they see it in GET /v1/me/gifts "
+                "and may resend it.",
+                examples=["cus_1"],
+            ),
+        ]
+        | None
+    ) = None
+
+
+class GiftOut(BaseModel):
+    id: str = Field(examples=["gift_1"])
+    card: CardRef
+    status: Literal["scheduled", "sent", "failed", "redeemed"]
+    amount: int
+    currency: str
+    region: str
+    recipient_email: str
+    recipient_name: str | None
+    sender_name: str
+    message: str | None
+    deliver_at: datetime
+    sent_at: datetime | None
+    attempts: int = Field(description="Delivery attempts of the latest email.")
+    last_error: str | None = Field(
+        description="Why the latest delivery attempt failed; shown to staff and API keys, "
+        "null for the purchasing customer."
+    )
+    purchaser_customer_id: str | None
+    created_at: datetime
+
+
+class GiftList(BaseModel):
+    data: list[GiftOut]
+    has_more: bool

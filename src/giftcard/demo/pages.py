@@ -12,8 +12,6 @@ pay through the same payment use cases as the API.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -21,7 +19,14 @@ from starlette.datastructures import FormData
 
 from giftcard import redemption
 from giftcard.customers import CustomerPrincipal, RefundPreference
-from giftcard.demo import store
+from giftcard.demo import gift_pages, store
+from giftcard.demo.layout import (
+    CART_COOKIE,
+    CART_COOKIE_TTL_S,
+    STORE_PAGE,
+    read_cart,
+    store_page,
+)
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
 from giftcard.http import services
 from giftcard.money import (
@@ -33,20 +38,14 @@ from giftcard.money import (
 from giftcard.payments import PaymentStatus, UseBalance
 from giftcard.web import security
 from giftcard.web.security import checked_form, current_shopper, require_shopper, text_field
-from giftcard.web.templating import make_templates, money_for, page, redirect
+from giftcard.web.templating import money_for, redirect
 
 router = APIRouter(include_in_schema=False)
-# The store's own templates; they extend the site's base page.
-templates = make_templates(Path(__file__).parent / "templates")
+router.include_router(gift_pages.router)
 
-STORE_PAGE = "/store"
 CART_PAGE = "/store/cart"
 CHECKOUT_PAGE = "/store/checkout"
 ORDERS_PAGE = "/store/orders"
-CART_COOKIE = "giftcard_cart"
-CART_COOKIE_TTL_S = 30 * 86400
-# Room for every product of the catalog with two-digit quantities, and no more.
-CART_COOKIE_LENGTH_MAX = 300
 PRODUCT_INPUT_LENGTH_MAX = 40
 ORDER_ID_INPUT_LENGTH_MAX = 64
 # Logged-out visitors see the prices of this store.
@@ -71,18 +70,6 @@ def _currency(shopper: CustomerPrincipal | None) -> str:
 # --- the cart cookie ----------------------------------------------------------------
 
 
-def _read_cart(request: Request) -> store.Cart:
-    raw = request.cookies.get(CART_COOKIE, "")
-    if len(raw) > CART_COOKIE_LENGTH_MAX:
-        return {}
-    cart: store.Cart = {}
-    for part in raw.split("|"):
-        product_id, _, quantity = part.partition(":")
-        if quantity.isascii() and quantity.isdigit() and len(quantity) <= 2:
-            cart[product_id] = int(quantity)
-    return store.clean_cart(cart)
-
-
 def _write_cart(request: Request, response: Response, cart: store.Cart) -> None:
     cleaned = store.clean_cart(cart)
     if not cleaned:
@@ -90,24 +77,6 @@ def _write_cart(request: Request, response: Response, cart: store.Cart) -> None:
         return
     value = "|".join(f"{product_id}:{quantity}" for product_id, quantity in cleaned.items())
     security.set_cookie(request, response, CART_COOKIE, value, max_age_s=CART_COOKIE_TTL_S)
-
-
-def _store_page(
-    request: Request,
-    template: str,
-    section: str,
-    context: dict[str, Any],
-    *,
-    status: int = 200,
-) -> Response:
-    """A page of the store, with its own links: products, the cart, the orders."""
-    full = {
-        "section": section,
-        "cart_count": store.item_count(_read_cart(request)),
-        "problem": None,
-        **context,
-    }
-    return page(request, template, full, status=status, renderer=templates)
 
 
 # --- products and the cart ----------------------------------------------------------
@@ -121,7 +90,7 @@ async def _products_page(
     balance = None
     if shopper is not None:
         balance = await redemption.balance(services(request).db, shopper.customer)
-    return _store_page(
+    return store_page(
         request,
         "store.html",
         "products",
@@ -155,7 +124,7 @@ async def add_to_cart(request: Request) -> Response:
     quantity_text = text_field(form, "quantity", length_max=store.QUANTITY_INPUT_LENGTH_MAX + 1)
     try:
         quantity = store.parse_quantity(quantity_text or "1")
-        cart = store.add_to_cart(_read_cart(request), product_id, quantity)
+        cart = store.add_to_cart(read_cart(request), product_id, quantity)
     except GiftcardError as error:
         return await _products_page(request, problem=error.detail, status=error.status)
     product = store.PRODUCTS[product_id]
@@ -177,8 +146,8 @@ async def _cart_page(
     request: Request, *, problem: str | None = None, status: int = 200
 ) -> Response:
     shopper = await current_shopper(request)
-    priced = store.price_cart(_read_cart(request), _currency(shopper))
-    return _store_page(
+    priced = store.price_cart(read_cart(request), _currency(shopper))
+    return store_page(
         request, "store_cart.html", "cart", {"cart": priced, "problem": problem}, status=status
     )
 
@@ -192,7 +161,7 @@ async def cart(request: Request) -> Response:
 async def remove_from_cart(request: Request) -> Response:
     form = await checked_form(request)
     product_id = text_field(form, "product", length_max=PRODUCT_INPUT_LENGTH_MAX)
-    current = _read_cart(request)
+    current = read_cart(request)
     try:
         cart = store.remove_from_cart(current, product_id)
     except GiftcardError as error:
@@ -223,7 +192,7 @@ async def _checkout_page(
 ) -> Response:
     balance = await redemption.balance(services(request).db, shopper.customer)
     max_use = min(balance.available, priced.total)
-    return _store_page(
+    return store_page(
         request,
         "store_checkout.html",
         "checkout",
@@ -244,7 +213,7 @@ async def _checkout_page(
 @router.get(CHECKOUT_PAGE, response_class=HTMLResponse)
 async def checkout_form(request: Request) -> Response:
     shopper = await require_shopper(request)
-    priced = store.price_cart(_read_cart(request), shopper.customer.currency)
+    priced = store.price_cart(read_cart(request), shopper.customer.currency)
     if priced.is_empty:
         return _empty_cart(request)
     return await _checkout_page(request, shopper, priced, store.new_order_id())
@@ -313,7 +282,7 @@ async def place_order(request: Request) -> Response:
     placed = await store.order_of(svc.db, shopper.customer.id, order_id)
     if placed is not None:
         return _to_order(request, placed.order_id, already_placed=True)
-    priced = store.price_cart(_read_cart(request), shopper.customer.currency)
+    priced = store.price_cart(read_cart(request), shopper.customer.currency)
     if priced.is_empty:
         return _empty_cart(request)
     values = {
@@ -401,7 +370,7 @@ def status_words(status: PaymentStatus, refunded: int) -> str:
 async def orders(request: Request) -> Response:
     shopper = await require_shopper(request)
     found = await store.orders_of(services(request).db, shopper.customer.id)
-    return _store_page(
+    return store_page(
         request,
         "store_orders.html",
         "orders",
@@ -428,7 +397,7 @@ async def order(request: Request, order_id: str) -> Response:
     if detail is None:
         raise _no_such_order()
     flash = security.take_flash(request)
-    return _store_page(
+    return store_page(
         request,
         "store_order.html",
         "orders",

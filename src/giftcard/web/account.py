@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from giftcard import customers, history, ids, redemption
+from giftcard import customers, gifts, history, ids, redemption
 from giftcard.customers import CustomerPrincipal, RefundPreference
 from giftcard.errors import GiftcardError
 from giftcard.http import client_address, services
@@ -18,6 +18,8 @@ from giftcard.web.templating import error_headers, money_for, page, redirect
 router = APIRouter(include_in_schema=False)
 
 HISTORY_PAGE_SIZE = 10
+# The newest gifts shown; /v1/me/gifts pages through all of them.
+GIFTS_SHOWN_MAX = 20
 # Far longer than any code however it is typed; longer input is cut, then refused.
 CODE_INPUT_LENGTH_MAX = 100
 
@@ -43,6 +45,9 @@ async def _account_page(
     found = await history.customer_history(
         svc.db, shopper.customer, limit=HISTORY_PAGE_SIZE, starting_after=cursor
     )
+    sent_gifts = await gifts.list_for_purchaser(
+        svc.db, shopper.customer.id, clock=svc.clock, limit=GIFTS_SHOWN_MAX
+    )
     values = dict(values or {})
     pending = security.pending_code(request)
     if pending is not None and "code" not in values:
@@ -67,6 +72,8 @@ async def _account_page(
         "values": values,
         "errors": errors or {},
         "code_from_link": pending is not None,
+        "sent_gifts": sent_gifts.items,
+        "gift_status_words": GIFT_STATUS_WORDS,
     }
     return page(request, "account.html", context, status=status, headers=headers)
 
@@ -126,6 +133,44 @@ async def redeem(request: Request) -> Response:
             "balance.",
             "text": "Your gift card balance is now "
             f"{locale_money(redeemed.balance.available, redeemed.currency)}.",
+        },
+    )
+
+
+GIFT_STATUS_WORDS = {
+    gifts.GiftStatus.SCHEDULED: "Scheduled",
+    gifts.GiftStatus.SENT: "Sent",
+    gifts.GiftStatus.FAILED: "Not delivered",
+    gifts.GiftStatus.REDEEMED: "Redeemed",
+}
+
+
+@router.post("/account/gifts/{gift_id}/resend", response_class=HTMLResponse)
+async def resend_gift(request: Request, gift_id: str) -> Response:
+    """The buyer sends a gift's email again: same code, new email, now."""
+    await checked_form(request)
+    shopper = await require_shopper(request)
+    svc = services(request)
+    try:
+        gift = await gifts.resend(
+            svc.unit_of_work(),
+            ids.parse_id(ids.GIFT, gift_id),
+            actor=shopper.actor,
+            viewer=shopper.customer.id,
+        )
+    except GiftcardError as error:
+        return redirect(
+            request,
+            ACCOUNT_PAGE + "#gifts",
+            flash={"level": "error", "title": error.detail, "text": "Nothing was sent."},
+        )
+    return redirect(
+        request,
+        ACCOUNT_PAGE + "#gifts",
+        flash={
+            "level": "success",
+            "title": f"The gift card email to {gift.recipient_email} is on its way again.",
+            "text": "It carries the same code as before.",
         },
     )
 

@@ -1,0 +1,296 @@
+"""The demo store's "Send a gift card" and "Gifts you've sent" on Your Gift Cards, over
+HTTP on SQLite and PostgreSQL: buying a gift paid with the test card (never the balance),
+now or at 09:00 on a chosen day in the recipient's zone, bad input shown beside its field
+with the input kept and nothing bought, a form sent twice buying one gift, the buyer's
+list with its statuses and Resend button, and other shoppers' gifts staying out of reach."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from sqlalchemy import Row, func, select, update
+
+from giftcard.api.app import create_app
+from giftcard.clock import FrozenClock
+from giftcard.config import Settings
+from giftcard.db.tables import cards, gifts, outbox_messages
+from giftcard.mail.messages import OutboxMessage, handler_for
+from giftcard.services import Services
+from tests.web import csrf_of, field_error, text_of, web_post, web_sign_up
+
+NO_BALANCE = "Your gift card balance cannot buy gift cards."
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return replace(settings, demo_store=True)
+
+
+def form_data(page: str, **fields: str) -> dict[str, str]:
+    found = re.search(r'name="form_id" value="(gfo_[0-9a-f]{32})"', page)
+    assert found, "no form id on the page"
+    return {
+        "csrf_token": csrf_of(page),
+        "form_id": found.group(1),
+        "amount": "25.00",
+        "recipient_email": "sam@example.com",
+        "recipient_name": "Sam",
+        "sender_name": "Alex",
+        "message": "Happy birthday!\r\nSee you soon.",
+        "when": "now",
+        "send_on": "",
+        "time_zone": "America/New_York",
+        **fields,
+    }
+
+
+async def open_form(client: httpx.AsyncClient) -> str:
+    page = await client.get("/store/gift")
+    assert page.status_code == 200, page.text
+    return page.text
+
+
+async def counts(services: Services) -> tuple[int, int, int]:
+    async with services.db.transaction(write=False) as connection:
+        found = []
+        for table in (cards, gifts, outbox_messages):
+            query = select(func.count()).select_from(table)
+            found.append(int((await connection.execute(query)).scalar_one()))
+    return found[0], found[1], found[2]
+
+
+async def only_gift(services: Services) -> Row[Any]:
+    async with services.db.transaction(write=False) as connection:
+        return (await connection.execute(select(gifts))).one()
+
+
+def flash(page: str) -> str:
+    found = re.search(r'<div class="notice[^"]*" role="status">(.*?)</div>', page, re.S)
+    return text_of(found.group(1)) if found else ""
+
+
+async def test_the_form_needs_a_shopper_and_says_the_balance_cannot_pay(
+    client: httpx.AsyncClient,
+) -> None:
+    """A visitor is sent to log in first; a shopper sees the form, the test card, the
+    sentence that the balance cannot buy gift cards, and the link in the store's nav."""
+    anonymous = await client.get("/store/gift")
+    assert anonymous.status_code == 303
+    assert anonymous.headers["location"].startswith("/login")
+    await web_sign_up(client)
+
+    page = await open_form(client)
+
+    assert NO_BALANCE in text_of(page)
+    assert "4242 4242 4242 4242" in page
+    assert '<a href="/store/gift" aria-current="page">Send a gift card</a>' in page
+
+
+async def test_sending_now_buys_the_gift_for_the_shopper_and_confirms_it(
+    client: httpx.AsyncClient, services: Services, clock: FrozenClock
+) -> None:
+    """Given a shopper, when they send a gift now, then the gift is theirs, due now, its
+    message's line breaks kept, and the confirmation page shows it (never the code)."""
+    await web_sign_up(client)
+    page = await open_form(client)
+
+    sent = await client.post("/store/gift", data=form_data(page))
+
+    assert sent.status_code == 303, sent.text
+    location = sent.headers["location"]
+    assert re.fullmatch(r"/store/gifts/gift_\d+", location)
+    confirmation = await client.get(location)
+    assert confirmation.status_code == 200
+    words = text_of(confirmation.text)
+    assert "Your gift card is on its way" in words
+    assert "$25.00" in words
+    assert "Sam, sam@example.com" in words
+    gift = await only_gift(services)
+    assert gift.purchaser_customer_id is not None
+    assert gift.deliver_at == clock.now()
+    assert gift.message == "Happy birthday!\nSee you soon."
+    assert gift.amount == 2500
+    assert await counts(services) == (1, 1, 1)
+
+
+async def test_a_chosen_day_means_nine_in_the_morning_in_the_recipient_s_zone(
+    client: httpx.AsyncClient, services: Services, clock: FrozenClock
+) -> None:
+    await web_sign_up(client)
+    page = await open_form(client)
+    day = (clock.now().astimezone(ZoneInfo("America/Los_Angeles")) + timedelta(days=3)).date()
+
+    sent = await client.post(
+        "/store/gift",
+        data=form_data(
+            page, when="later", send_on=day.isoformat(), time_zone="America/Los_Angeles"
+        ),
+    )
+
+    assert sent.status_code == 303, sent.text
+    gift = await only_gift(services)
+    expected = datetime(day.year, day.month, day.day, 9, tzinfo=ZoneInfo("America/Los_Angeles"))
+    assert gift.deliver_at == expected
+    confirmation = await client.get(sent.headers["location"])
+    assert "Your gift card is scheduled" in text_of(confirmation.text)
+
+
+BAD_FORMS = [
+    ({"amount": ""}, "amount", "Enter the gift card's amount."),
+    ({"amount": "abc"}, "amount", None),
+    ({"amount": "0.99"}, "amount", "A gift card of the United States store is worth from $1.00"),
+    ({"amount": "2000.01"}, "amount", None),
+    ({"amount": "25.001"}, "amount", None),
+    ({"recipient_email": "sam@"}, "recipient_email", None),
+    ({"recipient_email": ""}, "recipient_email", None),
+    ({"sender_name": ""}, "sender_name", "Enter a name."),
+    ({"sender_name": "Alex\nBcc: x@example.com"}, "sender_name", None),
+    ({"recipient_name": "Sam\rX"}, "recipient_name", None),
+    ({"message": "x" * 1001}, "message", None),
+    ({"when": "later", "send_on": ""}, "when", "Choose the day to send the gift on."),
+    ({"when": "later", "send_on": "2001-01-01"}, "when", "That day has passed."),
+    ({"when": "later", "send_on": "FAR"}, "when", "at most a year ahead"),
+    ({"when": "later", "send_on": "NEXT", "time_zone": "Mars/Olympus"}, "when", None),
+]
+
+
+@pytest.mark.parametrize(("fields", "field", "words"), BAD_FORMS)
+async def test_bad_input_is_shown_beside_its_field_with_the_input_kept(
+    client: httpx.AsyncClient,
+    services: Services,
+    clock: FrozenClock,
+    fields: dict[str, str],
+    field: str,
+    words: str | None,
+) -> None:
+    """Given one bad field, then the form comes back (4xx) with the error beside it, the
+    other fields as typed, and nothing was bought."""
+    await web_sign_up(client)
+    page = await open_form(client)
+    today = clock.now().astimezone(ZoneInfo("America/New_York")).date()
+    placeholders = {
+        "FAR": (today + timedelta(days=400)).isoformat(),
+        "NEXT": (today + timedelta(days=1)).isoformat(),
+    }
+    fields = {name: placeholders.get(value, value) for name, value in fields.items()}
+
+    response = await client.post("/store/gift", data=form_data(page, **fields))
+
+    assert 400 <= response.status_code < 500, response.text
+    if field == "when":
+        found = re.search(r'<p class="error" id="when-error">(.*?)</p>', response.text, re.S)
+        assert found, response.text
+        error = text_of(found.group(1))
+    elif field == "message":
+        assert 'id="message-error"' in response.text
+        assert 'aria-invalid="true"' in response.text
+        error = "message"
+    else:
+        error = field_error(response.text, field) or ""
+        assert error, response.text
+    if words is not None:
+        assert words in error
+    if field != "recipient_email":
+        assert 'value="sam@example.com"' in response.text
+    if field != "message":
+        assert "Happy birthday!" in response.text
+    assert await counts(services) == (0, 0, 0)
+
+
+async def test_a_form_sent_twice_buys_one_gift_and_a_stale_one_is_refused(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The same form (reload, double click) leads to the first gift; the same form
+    changed after it bought a gift is refused with a sentence, and a forged form id or a
+    missing CSRF token buys nothing."""
+    await web_sign_up(client)
+    page = await open_form(client)
+    data = form_data(page)
+
+    first = await client.post("/store/gift", data=data)
+    second = await client.post("/store/gift", data=data)
+    replayed = await client.get(second.headers["location"])
+    changed = await client.post("/store/gift", data={**data, "amount": "30.00"})
+    forged = await client.post("/store/gift", data={**data, "form_id": "gfo_nothex"})
+    no_csrf = await client.post("/store/gift", data={**data, "csrf_token": ""})
+
+    assert first.status_code == second.status_code == 303
+    assert first.headers["location"] == second.headers["location"]
+    assert "This gift was bought already." in flash(replayed.text)
+    assert changed.status_code == 409
+    assert "This form bought a gift already" in text_of(changed.text)
+    assert forged.status_code == 422
+    assert no_csrf.status_code == 403
+    assert await counts(services) == (1, 1, 1)
+
+
+async def mark_sent(services: Services) -> None:
+    async with services.db.transaction() as connection:
+        rows = (await connection.execute(select(outbox_messages))).all()
+        for row in rows:
+            message = OutboxMessage.from_row(row)
+            await handler_for(message.kind).sent(connection, message, services.clock.now())
+
+
+async def test_gifts_you_ve_sent_lists_them_and_resends_a_sent_one(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Given a gift whose email went out, then Your Gift Cards lists it as Sent with a
+    Resend button; resending queues a second email and the gift reads Scheduled, without
+    a button, until it goes out again. Another shopper cannot resend it, nor see its
+    confirmation page."""
+    await web_sign_up(client)
+    sent = await client.post("/store/gift", data=form_data(await open_form(client)))
+    gift_path = sent.headers["location"]
+    gift_id = gift_path.rsplit("/", 1)[1]
+    account = await client.get("/account/gift-cards")
+    assert "Gifts you've sent" in account.text
+    assert re.search(r'data-testid="gift-status">Scheduled<', account.text)
+    assert f"/account/gifts/{gift_id}/resend" not in account.text
+    await mark_sent(services)
+
+    account = await client.get("/account/gift-cards")
+    assert re.search(r'data-testid="gift-status">Sent<', account.text)
+    assert f"/account/gifts/{gift_id}/resend" in account.text
+    resent = await web_post(client, f"/account/gifts/{gift_id}/resend")
+    assert resent.status_code == 303, resent.text
+    after = await client.get(resent.headers["location"])
+    assert "on its way again" in flash(after.text)
+    assert re.search(r'data-testid="gift-status">Scheduled<', after.text)
+    assert await counts(services) == (1, 1, 2)
+
+    transport = httpx.ASGITransport(app=create_app(services=services))
+    async with httpx.AsyncClient(transport=transport, base_url=str(client.base_url)) as other:
+        await web_sign_up(other)
+        await mark_sent(services)
+        refused = await web_post(other, f"/account/gifts/{gift_id}/resend")
+        assert refused.status_code == 303
+        shown = await other.get(refused.headers["location"])
+        assert flash(shown.text) == f"No gift {gift_id}. Nothing was sent."
+        assert (await other.get(gift_path)).status_code == 404
+    assert await counts(services) == (1, 1, 2)
+
+
+async def test_a_redeemed_gift_reads_redeemed_without_a_resend_button(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    await web_sign_up(client)
+    sent = await client.post("/store/gift", data=form_data(await open_form(client)))
+    gift_id = sent.headers["location"].rsplit("/", 1)[1]
+    await mark_sent(services)
+    async with services.db.transaction() as connection:
+        customer_id = (await connection.execute(select(gifts.c.purchaser_customer_id))).scalar()
+        await connection.execute(
+            update(cards).values(state="redeemed", redeemed_customer_id=customer_id)
+        )
+
+    account = await client.get("/account/gift-cards")
+
+    assert re.search(r'data-testid="gift-status">Redeemed<', account.text)
+    assert f"/account/gifts/{gift_id}/resend" not in account.text
