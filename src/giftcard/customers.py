@@ -720,6 +720,37 @@ async def create_staff(
         raise
 
 
+async def set_staff_password(db: Database, *, email: str, password: str, clock: Clock) -> int:
+    """A staff member's new password, set by an operator; every session of theirs ends.
+    How many sessions ended."""
+    email = normalize_email(email)
+    check_password(password)
+    password_hash = await hash_password(password)
+    now = clock.now()
+
+    async def work(connection: AsyncConnection) -> int:
+        staff_id = (
+            await connection.execute(
+                update(staff)
+                .where(staff.c.email == email)
+                .values(password_hash=password_hash)
+                .returning(staff.c.id)
+            )
+        ).scalar_one_or_none()
+        if staff_id is None:
+            raise GiftcardError(
+                ErrorCode.NOT_FOUND, f"No staff member has the email {email}.", param="email"
+            )
+        ended = await connection.execute(
+            update(sessions)
+            .where(sessions.c.staff_id == staff_id, sessions.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        return int(ended.rowcount)
+
+    return await db.run(work)
+
+
 def _staff_email_taken(email: str, owner: Identity | None) -> GiftcardError:
     """Said to the operator creating staff, who may know who has the address."""
     if owner is not None and owner.customer_id is not None:
