@@ -262,3 +262,24 @@ async def test_a_refused_email_change_changes_nothing(
 
     assert_problem(refused, status, code, param=param)
     assert await snapshot(services) == before
+
+
+async def test_two_customers_taking_one_new_address_at_once_end_with_one_owner(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Two customers changing to the same new address at the same moment: one gets it,
+    the other email_taken; `identities` has one owner for it."""
+    from tests.conftest import burst
+
+    first, second = await sign_up(client), await sign_up(client)
+    email = new_email()
+
+    answers = await burst(change_email(client, first, email), change_email(client, second, email))
+
+    assert sorted(answer.status_code for answer in answers) == [200, 409], [
+        answer.text for answer in answers
+    ]
+    owners = await rows(services, identities, identities.c.email == email)
+    assert len(owners) == 1
+    [customer] = await rows(services, customers, customers.c.email == email)
+    assert customer.id == owners[0].customer_id
