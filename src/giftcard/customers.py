@@ -570,7 +570,7 @@ async def _verified_password_hash(
         if len(password) > PASSWORD_LENGTH_MAX or not await verify_password(stored, password):
             raise GiftcardError(
                 ErrorCode.INVALID_CREDENTIALS,
-                "Your current password is not this one.",
+                "That is not your current password.",
                 param="current_password",
             )
     assert stored is not None

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.browsing import ACCOUNT_PAGE, PASSWORD, Live, Tab, Tabs, new_email
+from tests.browser.browsing import ACCOUNT_PAGE, PASSWORD, Live, Tab, Tabs, new_email, sign_up
 from tests.e2e.server import HTTP_TIMEOUT_S, base_env, create_api_key, running_server
 
 pytestmark = pytest.mark.e2e
@@ -149,3 +149,50 @@ def test_forgot_password_email_link_new_password_log_in(
 
     notice = email_to(mail_dir, email, "The password of your gift card account was changed")
     show_email(tabs, notice, "password-changed-email", phone=False)
+
+
+def test_account_settings_change_the_email_then_the_password(
+    tabs: Tabs, live: Live, mail_dir: Path
+) -> None:
+    """From Your Gift Cards to account settings (at phone width): a wrong current
+    password is named beside its field; the email changes and the old address gets a
+    notice showing the new one masked; the password changes and this tab stays logged
+    in; the new email and password log in elsewhere."""
+    email, moved = new_email("settings"), new_email("moved")
+    tab = tabs.open("account-settings", phone=True)
+    page = tab.page
+    tab.goto("/signup", "signup")
+    sign_up(tab, email, step="your-gift-cards")
+    with tab.navigation("settings"):
+        tab.link("Account settings").click()
+    expect(tab.heading()).to_have_text("Account settings")
+
+    tab.field("New email").fill(moved)
+    tab.field("Your current password").fill("not my password")
+    with tab.navigation("wrong-current-password", status=401):
+        tab.button("Change email").click()
+    expect(page.locator("#email_password-error")).to_contain_text(
+        "That is not your current password."
+    )
+    expect(tab.field("New email")).to_have_value(moved)
+    tab.field("Your current password").fill(PASSWORD)
+    with tab.navigation("email-changed"):
+        tab.button("Change email").click()
+    expect(tab.flash()).to_contain_text(f"Your email is now {moved}.")
+
+    tab.field("Current password").fill(PASSWORD)
+    tab.field("New password").fill(NEW_PASSWORD)
+    tab.field("The new password again").fill(NEW_PASSWORD)
+    with tab.navigation("password-changed"):
+        tab.button("Change password").click()
+    expect(tab.flash()).to_contain_text("You are still logged in here")
+    tab.goto(ACCOUNT_PAGE, "still-logged-in")
+    expect(tab.heading()).to_have_text("Your Gift Cards")
+
+    notice = email_to(mail_dir, email, "The email of your gift card account was changed")
+    shown = show_email(tabs, notice, "email-changed-email", phone=True)
+    expect(shown.page.get_by_text(f"{moved[0]}•••@example.com")).to_be_visible()
+    assert moved not in shown.page.content()
+    with httpx.Client(base_url=live.base_url, timeout=HTTP_TIMEOUT_S) as http:
+        session = http.post("/v1/sessions", json={"email": moved, "password": NEW_PASSWORD})
+        assert session.status_code == 201, session.text
