@@ -376,3 +376,33 @@ async def test_asking_too_often_for_one_address_is_limited_alike_with_or_without
         refused = await ask(client, email)
         assert_problem(refused, 429, "too_many_attempts")
         assert int(refused.headers["retry-after"]) > 0
+
+
+async def test_the_reset_email_is_queued_as_enqueue_queues_any_message(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The request writes its outbox row with an `INSERT … SELECT` of its own (so that
+    it can write nothing without an account): the row is the one `enqueue` would write,
+    column for column, but for its id and Message-ID. A column added to the outbox and
+    filled by `enqueue` fails here until the reset's insert fills it too."""
+    from giftcard.mail.outbox import enqueue
+
+    shopper = await sign_up(client)
+    await ask(client, shopper.email)
+    [queued] = await rows(services, outbox_messages)
+
+    async with services.db.transaction() as connection:
+        twin_id = await enqueue(
+            connection,
+            kind=MessageKind.PASSWORD_RESET,
+            recipient=queued.recipient,
+            ref_id=queued.ref_id,
+            now=queued.created_at,
+        )
+    [twin] = await rows(services, outbox_messages, outbox_messages.c.id == twin_id)
+
+    different = {"id", "message_id"}
+    assert {k: v for k, v in queued._mapping.items() if k not in different} == {
+        k: v for k, v in twin._mapping.items() if k not in different
+    }
+    assert queued.message_id != twin.message_id
