@@ -37,6 +37,7 @@ from sqlalchemy import Integer, LargeBinary, String, Text, insert, literal, sele
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import codes
+from giftcard.clock import Clock
 from giftcard.config import Settings
 from giftcard.customers import (
     Customer,
@@ -46,6 +47,7 @@ from giftcard.customers import (
     normalize_email,
     replace_password,
 )
+from giftcard.db.engine import Database
 from giftcard.db.tables import UTCDateTime, customers, outbox_messages, password_resets
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.limits import AbuseLimits
@@ -197,12 +199,12 @@ async def _enqueue_reset_email(
 # --- using a link ---------------------------------------------------------------------
 
 
-async def check_reset_link(uow: UnitOfWork, *, token: str, secret_key: bytes) -> None:
+async def check_reset_link(db: Database, *, token: str, secret_key: bytes, clock: Clock) -> None:
     """Raise :func:`unusable_link` unless `token` could change a password now: what the
-    page checks before showing its form."""
+    page checks before showing its form. Reads only."""
     digest = _lookup_hash(secret_key, token)
-    now = uow.clock.now()
-    async with uow.db.transaction(write=False) as connection:
+    now = clock.now()
+    async with db.transaction(write=False) as connection:
         found = (
             await connection.execute(
                 select(password_resets.c.id).where(

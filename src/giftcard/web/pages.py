@@ -260,7 +260,10 @@ async def password_reset_form(request: Request, token: str | None = None) -> Res
     svc = services(request)
     try:
         await account_mail.check_reset_link(
-            svc.unit_of_work(), token=_reset_token(request), secret_key=svc.settings.secret_key
+            svc.db,
+            token=_reset_token(request),
+            secret_key=svc.settings.secret_key,
+            clock=svc.clock,
         )
     except GiftcardError:
         return _unusable_link_page(request)
