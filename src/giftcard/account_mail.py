@@ -225,7 +225,10 @@ async def reset_password(
     of the customer ends and the "password changed" notice goes to their address."""
     check_password(password)
     digest = _lookup_hash(secret_key, token)
-    # Hashing is slow on purpose: done before the transaction, which stays short.
+    # Hashing is slow on purpose, so a token that cannot be used is refused before it
+    # (nobody makes the server hash for made-up tokens), and it happens before the
+    # transaction, which stays short. The guarded update below still decides.
+    await check_reset_link(uow.db, token=token, secret_key=secret_key, clock=uow.clock)
     password_hash = await hash_password(password)
 
     async def work(connection: AsyncConnection) -> Customer:

@@ -406,3 +406,27 @@ async def test_the_reset_email_is_queued_as_enqueue_queues_any_message(
         k: v for k, v in twin._mapping.items() if k not in different
     }
     assert queued.message_id != twin.message_id
+
+
+async def test_a_made_up_token_costs_no_password_hashing(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The confirm endpoint takes no credentials, so a token that cannot be used is
+    refused before the new password is hashed: nobody makes the server spend Argon2
+    time on made-up tokens."""
+    from giftcard import passwords
+
+    hashed: list[str] = []
+    real_hasher = passwords._hasher
+
+    class Counting:
+        def hash(self, password: str) -> str:
+            hashed.append(password)
+            return str(real_hasher.hash(password))
+
+    monkeypatch.setattr(passwords, "_hasher", Counting())
+
+    refused = await confirm(client, "A" * 43, NEW_PASSWORD)
+
+    assert_problem(refused, 409, "invalid_state", param="token")
+    assert hashed == []
