@@ -186,6 +186,7 @@ async def test_a_new_email_moves_the_identity_and_tells_the_old_address(
     the old address gets a notice showing the new one masked, never in full."""
     shopper = await sign_up(client)
     email = new_email()
+    await client.post("/v1/password-resets", json={"email": shopper.email})
 
     changed = await change_email(client, shopper, f"  {email.upper()} ")
 
@@ -196,6 +197,9 @@ async def test_a_new_email_moves_the_identity_and_tells_the_old_address(
     assert (await log_in(client, shopper.email, PASSWORD)).status_code == 401
     owned = await rows(services, identities, identities.c.customer_id == int(shopper.id[4:]))
     assert [row.email for row in owned] == [email]
+    # A reset link sent to the old address no longer works.
+    assert all(row.used_at is not None for row in await rows(services, password_resets))
+    assert len(await rows(services, password_resets)) == 1
     [notice] = await messages(services, MessageKind.EMAIL_CHANGED)
     assert notice.recipient == shopper.email
     text, html = await rendered_text(services, notice)
