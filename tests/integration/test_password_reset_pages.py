@@ -97,6 +97,25 @@ async def test_a_malformed_address_is_named_beside_the_field_and_kept(
     assert await rows(services, password_resets) == []
 
 
+async def test_asking_too_often_is_said_beside_the_email_field(
+    browser: httpx.AsyncClient, services: Services
+) -> None:
+    """The sixth request in an hour for one address: 429 with Retry-After, the reason
+    beside the email field, the address kept; no sixth email is queued."""
+    email = f"often-{uuid.uuid4().hex[:8]}@example.com"
+    for _ in range(5):
+        assert (await forgot(browser, email)).status_code == 303
+
+    refused = await forgot(browser, email)
+
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) > 0
+    shown = field_error(refused.text, "email")
+    assert shown is not None
+    assert shown.startswith("Too many password reset links")
+    assert f'value="{email}"' in refused.text
+
+
 async def test_the_link_moves_its_token_into_a_cookie_and_the_form_changes_the_password(
     browser: httpx.AsyncClient, services: Services
 ) -> None:
