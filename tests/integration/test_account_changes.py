@@ -287,3 +287,26 @@ async def test_two_customers_taking_one_new_address_at_once_end_with_one_owner(
     assert len(owners) == 1
     [customer] = await rows(services, customers, customers.c.email == email)
     assert customer.id == owners[0].customer_id
+
+
+async def test_a_customer_left_without_an_identity_gets_one_with_a_new_email(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A customer whose address went to a staff member when identities came in
+    (migration 0004) has no identity and cannot log in; a new email (changed from a
+    session they still hold) is theirs, and logs in."""
+    from sqlalchemy import delete
+
+    shopper = await sign_up(client)
+    async with services.db.transaction() as connection:
+        await connection.execute(
+            delete(identities).where(identities.c.customer_id == int(shopper.id[4:]))
+        )
+    email = new_email()
+
+    changed = await change_email(client, shopper, email)
+
+    assert changed.status_code == 200, changed.text
+    owned = await rows(services, identities, identities.c.customer_id == int(shopper.id[4:]))
+    assert [row.email for row in owned] == [email]
+    assert (await log_in(client, email, PASSWORD)).status_code == 201
