@@ -358,6 +358,35 @@ def staff_create(
     typer.echo(f"Created staff member {staff_id} ({email}, {role.value}).")
 
 
+@staff_app.command("password")
+@command_errors
+def staff_password(
+    email: Annotated[str, typer.Option(help="The staff member's email.")],
+) -> None:
+    """Set a staff member's password from the first line of standard input; every
+    session they have ends. Staff get no "Forgot your password?" emails: this is how
+    an operator resets a staff password.
+
+    Example: echo "$PASSWORD" | giftcard staff password --email ana@store.example
+    """
+    settings = _settings()
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise _fail("give the password as the first line of standard input.")
+
+    async def work() -> int:
+        db = Database(settings.database_url)
+        try:
+            return await customers.set_staff_password(
+                db, email=email, password=password, clock=SystemClock()
+            )
+        finally:
+            await db.dispose()
+
+    ended = asyncio.run(work())
+    typer.echo(f"Set the password of {email.strip().lower()}; {ended} session(s) ended.")
+
+
 @app.command()
 @command_errors
 def verify() -> None:

@@ -97,6 +97,8 @@ class Settings:
     limit_signups_address: str = "20/hour"
     limit_login_failures_account: str = "10/15minutes"
     limit_login_failures_address: str = "100/15minutes"
+    limit_password_resets_address: str = "20/hour"  # noqa: S105 - a limit
+    limit_password_resets_email: str = "5/hour"  # noqa: S105 - a limit
     # Namespaces the abuse limits' keys, so that deployments sharing one Redis keep apart.
     limit_key_prefix: str = "giftcard"
     request_body_bytes_max: int = 64 * 1024
@@ -162,6 +164,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         limit_login_failures_address=_limit(
             env, "GIFTCARD_LIMIT_LOGIN_FAILURES_ADDRESS", "100/15minutes"
         ),
+        limit_password_resets_address=_limit(
+            env, "GIFTCARD_LIMIT_PASSWORD_RESETS_ADDRESS", "20/hour"
+        ),
+        limit_password_resets_email=_limit(env, "GIFTCARD_LIMIT_PASSWORD_RESETS_EMAIL", "5/hour"),
         limit_key_prefix=_key_prefix(env.get("GIFTCARD_LIMIT_KEY_PREFIX", "giftcard")),
         request_body_bytes_max=_int(
             env, "GIFTCARD_REQUEST_BODY_MAX_BYTES", 64 * 1024, minimum=1024

@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from giftcard import ledger
 from giftcard.clock import Clock
 from giftcard.db.engine import Database, is_unique_violation
-from giftcard.db.tables import api_keys, customers, identities, sessions, staff
+from giftcard.db.tables import api_keys, customers, identities, password_resets, sessions, staff
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
 from giftcard.limits import AbuseLimits
+from giftcard.mail.outbox import MessageKind, enqueue
 from giftcard.money import region as find_region
 from giftcard.passwords import (
     PASSWORD_LENGTH_MAX,
@@ -32,6 +33,7 @@ from giftcard.passwords import (
     hash_password,
     verify_password,
 )
+from giftcard.unit_of_work import UnitOfWork
 
 SESSION_PREFIX = "gcs_"
 API_KEY_PREFIX = "gck_"
@@ -123,11 +125,11 @@ def normalize_email(email: str) -> str:
     return email
 
 
-def check_password(password: str) -> None:
+def check_password(password: str, *, param: str = "password") -> None:
     if not PASSWORD_LENGTH_MIN <= len(password) <= PASSWORD_LENGTH_MAX:
         raise validation_error(
             f"The password must be {PASSWORD_LENGTH_MIN} to {PASSWORD_LENGTH_MAX} characters.",
-            "password",
+            param,
         )
 
 
@@ -450,6 +452,205 @@ async def update_customer(
     return await db.run(work)
 
 
+# --- changing the email or password ---------------------------------------------------
+#
+# Both need the current password, checked under the failed log-in limits (a stolen
+# session cannot guess it), and both end the links of "Forgot your password?" not yet
+# used. The change itself is a guarded update: it applies only if the password checked
+# is still the account's, so two changes racing cannot both rely on the old one.
+
+
+async def change_password(
+    uow: UnitOfWork,
+    limits: AbuseLimits,
+    who: CustomerPrincipal,
+    *,
+    current_password: str,
+    new_password: str,
+    address: str,
+) -> Customer:
+    """The customer's new password. Every other session ends (this one, which just
+    proved the password, goes on) and the "password changed" notice goes to the
+    account's address."""
+    check_password(new_password, param="new_password")
+    verified_hash = await _verified_password_hash(
+        uow.db, limits, who.customer, current_password, address=address
+    )
+    password_hash = await hash_password(new_password)
+
+    async def work(connection: AsyncConnection) -> Customer:
+        return await replace_password(
+            connection,
+            who.customer.id,
+            password_hash,
+            now=uow.clock.now(),
+            keep_session_id=who.session_id,
+            how="account",
+            verified_hash=verified_hash,
+        )
+
+    return await uow.run(work)
+
+
+async def change_email(
+    uow: UnitOfWork,
+    limits: AbuseLimits,
+    who: CustomerPrincipal,
+    *,
+    new_email: str,
+    current_password: str,
+    address: str,
+) -> Customer:
+    """The customer's new email, with the identity that makes it theirs (SPEC §1) moved
+    in the same transaction. The old address is told, with the new one masked."""
+    email = normalize_email(new_email)
+    if email == who.customer.email:
+        raise validation_error("That is your account's email already.", "email")
+    verified_hash = await _verified_password_hash(
+        uow.db, limits, who.customer, current_password, address=address
+    )
+    old_email = who.customer.email
+
+    async def work(connection: AsyncConnection) -> Customer:
+        now = uow.clock.now()
+        if await identity_of(connection, email) is not None:
+            raise _email_taken()
+        row = (
+            await connection.execute(
+                update(customers)
+                .where(
+                    customers.c.id == who.customer.id,
+                    customers.c.email == old_email,
+                    customers.c.password_hash == verified_hash,
+                )
+                .values(email=email)
+                .returning(*customers.c)
+            )
+        ).one_or_none()
+        if row is None:
+            raise _changed_meanwhile()
+        # The primary key on `identities.email` refuses an address claimed by someone
+        # else at this very moment (a unique violation: `email_taken`).
+        moved = await connection.execute(
+            update(identities)
+            .where(identities.c.customer_id == who.customer.id)
+            .values(email=email)
+        )
+        if moved.rowcount == 0:
+            # A customer whose old address went to a staff member when identities were
+            # introduced (migration 0004) had none: the new address is theirs all the same.
+            await _claim_identity(connection, email, customer_id=who.customer.id)
+        await end_reset_links(connection, who.customer.id, now=now)
+        await enqueue(
+            connection,
+            kind=MessageKind.EMAIL_CHANGED,
+            recipient=old_email,
+            ref_id=who.customer.id,
+            now=now,
+            payload={"new_email_hint": mask_email(email)},
+        )
+        return customer_from_row(row)
+
+    try:
+        return await uow.run(work)
+    except IntegrityError as error:
+        if is_unique_violation(error):
+            raise _email_taken() from None
+        raise
+
+
+async def _verified_password_hash(
+    db: Database, limits: AbuseLimits, customer: Customer, password: str, *, address: str
+) -> str:
+    """The account's password hash, once `password` is known to match it; refused with
+    `invalid_credentials` (param `current_password`), which counts as a failed log-in."""
+    async with limits.login_attempt(customer.email, address):
+        async with db.transaction(write=False) as connection:
+            stored = (
+                await connection.execute(
+                    select(customers.c.password_hash).where(customers.c.id == customer.id)
+                )
+            ).scalar_one_or_none()
+        if len(password) > PASSWORD_LENGTH_MAX or not await verify_password(stored, password):
+            raise GiftcardError(
+                ErrorCode.INVALID_CREDENTIALS,
+                "That is not your current password.",
+                param="current_password",
+            )
+    assert stored is not None
+    return str(stored)
+
+
+async def replace_password(
+    connection: AsyncConnection,
+    customer_id: int,
+    password_hash: str,
+    *,
+    now: datetime,
+    keep_session_id: int | None,
+    how: str,
+    verified_hash: str | None = None,
+) -> Customer:
+    """Store a new password hash in the caller's transaction, end every session but
+    `keep_session_id` and every unused reset link, and send the "password changed"
+    notice (`how`: "reset" or "account"). With `verified_hash`, only if that is still
+    the stored hash."""
+    change = update(customers).where(customers.c.id == customer_id)
+    if verified_hash is not None:
+        change = change.where(customers.c.password_hash == verified_hash)
+    row = (
+        await connection.execute(change.values(password_hash=password_hash).returning(*customers.c))
+    ).one_or_none()
+    if row is None:
+        raise _changed_meanwhile()
+    await end_sessions(connection, customer_id, now=now, keep_session_id=keep_session_id)
+    await end_reset_links(connection, customer_id, now=now)
+    await enqueue(
+        connection,
+        kind=MessageKind.PASSWORD_CHANGED,
+        recipient=row.email,
+        ref_id=customer_id,
+        now=now,
+        payload={"how": how},
+    )
+    return customer_from_row(row)
+
+
+async def end_sessions(
+    connection: AsyncConnection, customer_id: int, *, now: datetime, keep_session_id: int | None
+) -> int:
+    """Revoke the customer's sessions, all of them or all but one; how many ended."""
+    revoke = update(sessions).where(
+        sessions.c.customer_id == customer_id, sessions.c.revoked_at.is_(None)
+    )
+    if keep_session_id is not None:
+        revoke = revoke.where(sessions.c.id != keep_session_id)
+    return int((await connection.execute(revoke.values(revoked_at=now))).rowcount)
+
+
+async def end_reset_links(connection: AsyncConnection, customer_id: int, *, now: datetime) -> None:
+    """Every password reset link of this customer not used yet stops working."""
+    await connection.execute(
+        update(password_resets)
+        .where(password_resets.c.customer_id == customer_id, password_resets.c.used_at.is_(None))
+        .values(used_at=now)
+    )
+
+
+def mask_email(email: str) -> str:
+    """`ada.lovelace@example.com` → `a•••@example.com`: enough for the owner to know the
+    address, too little for whoever reads the old mailbox to follow the account."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}•••@{domain}"
+
+
+def _changed_meanwhile() -> GiftcardError:
+    return GiftcardError(
+        ErrorCode.INVALID_STATE,
+        "Your account's email or password was changed meanwhile. Reload and try again.",
+    )
+
+
 async def create_api_key(
     db: Database, *, role: Role, name: str | None, clock: Clock, key: str | None = None
 ) -> tuple[int, str]:
@@ -521,6 +722,37 @@ async def create_staff(
         if is_unique_violation(error):
             raise _staff_email_taken(email, None) from None
         raise
+
+
+async def set_staff_password(db: Database, *, email: str, password: str, clock: Clock) -> int:
+    """A staff member's new password, set by an operator; every session of theirs ends.
+    How many sessions ended."""
+    email = normalize_email(email)
+    check_password(password)
+    password_hash = await hash_password(password)
+    now = clock.now()
+
+    async def work(connection: AsyncConnection) -> int:
+        staff_id = (
+            await connection.execute(
+                update(staff)
+                .where(staff.c.email == email)
+                .values(password_hash=password_hash)
+                .returning(staff.c.id)
+            )
+        ).scalar_one_or_none()
+        if staff_id is None:
+            raise GiftcardError(
+                ErrorCode.NOT_FOUND, f"No staff member has the email {email}.", param="email"
+            )
+        ended = await connection.execute(
+            update(sessions)
+            .where(sessions.c.staff_id == staff_id, sessions.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        return int(ended.rowcount)
+
+    return await db.run(work)
 
 
 def _staff_email_taken(email: str, owner: Identity | None) -> GiftcardError:

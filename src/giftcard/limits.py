@@ -1,5 +1,6 @@
 """Abuse limits (SPEC §8): refused redemptions per account and per address, sign-ups per
-address, failed log-ins per email from one address and per address.
+address, failed log-ins per email from one address and per address, password reset
+links asked for per address and per email.
 
 Count first, give back on success. Every attempt reserves one unit on each of its rules
 before it runs, in one atomic step that every worker and server sees; when any rule is
@@ -120,6 +121,10 @@ class AbuseLimits:
         self.signup_address = Rule.parse("signup-address", settings.limit_signups_address)
         self.login_account = Rule.parse("login-account", settings.limit_login_failures_account)
         self.login_address = Rule.parse("login-address", settings.limit_login_failures_address)
+        self.reset_address = Rule.parse(
+            "password-reset-address", settings.limit_password_resets_address
+        )
+        self.reset_email = Rule.parse("password-reset-email", settings.limit_password_resets_email)
 
     @classmethod
     def build(cls, settings: Settings, db: Database, clock: Clock) -> AbuseLimits:
@@ -158,6 +163,16 @@ class AbuseLimits:
         """Count a sign-up from `address`, refusing it if the address is over its limit.
         Every sign-up counts, so nothing is given back."""
         await self._reserve((Slot(self.signup_address, address),), detail=_SIGNUP_LOCKED_DETAIL)
+
+    async def password_reset_attempt(self, email: str, address: str) -> None:
+        """Count a request for a password reset link, refusing it when `address` asked
+        for too many, or too many were asked for `email` (whoever asked: a stranger
+        cannot fill its owner's mailbox). Every request counts, for an email with an
+        account or without one alike, so the refusal tells nothing about the account."""
+        await self._reserve(
+            (Slot(self.reset_address, address), Slot(self.reset_email, email)),
+            detail=_RESET_LINKS_LOCKED_DETAIL,
+        )
 
     async def check_ready(self) -> None:
         await self.store.check_ready()
@@ -220,6 +235,10 @@ _REDEEM_LOCKED_DETAIL = (
 )
 _LOGIN_LOCKED_DETAIL = "Too many failed log-ins for this account. Please wait before trying again."
 _SIGNUP_LOCKED_DETAIL = "Too many accounts were created from this address. Please try later."
+_RESET_LINKS_LOCKED_DETAIL = (
+    "Too many password reset links were asked for from here or for this email. Please "
+    "wait before asking again, and look for the links already sent."
+)
 _REDIS_DOWN_DETAIL = (
     "The store that counts attempts (Redis) does not answer, so this cannot be checked "
     "now; nothing was done. Please retry shortly."

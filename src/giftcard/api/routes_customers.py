@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from giftcard import customers, history, ids, redemption
+from giftcard import account_mail, customers, history, ids, redemption
 from giftcard.api import render, schemas
 from giftcard.api.deps import IdempotencyKey, customer, principal, run_idempotent
 from giftcard.api.problems import problems
@@ -125,6 +125,123 @@ async def update_me(
         name=body.name,
     )
     return render.customer(updated)
+
+
+@router.post(
+    "/me/password",
+    status_code=204,
+    responses=problems(401, 403, 409, 429),
+    tags=["me"],
+    summary="Change the password",
+    description="Needs the current password: a wrong one is 401 `invalid_credentials` "
+    "with `param: current_password`, and counts as a failed log-in (429 "
+    "`too_many_attempts` after too many). Every other session of the customer ends; the "
+    "one making this request goes on. The account's address is told of the change by "
+    "email, and every password reset link not used yet stops working.",
+)
+async def change_password(
+    body: schemas.PasswordChange,
+    request: Request,
+    who: CustomerPrincipal = Depends(customer),
+    svc: Services = Depends(services),
+) -> Response:
+    await customers.change_password(
+        svc.unit_of_work(),
+        svc.limits,
+        who,
+        current_password=body.current_password,
+        new_password=body.new_password,
+        address=client_address(request),
+    )
+    return Response(status_code=204)
+
+
+@router.post(
+    "/me/email",
+    response_model=schemas.CustomerOut,
+    responses=problems(401, 403, 409, 429),
+    tags=["me"],
+    summary="Change the email",
+    description="Needs the current password (as `POST /v1/me/password`). An address "
+    "that belongs to another customer or to a staff member is 409 `email_taken` with "
+    "`param: email`. The new address is the account's at once, for logging in too; the "
+    "old address gets an email saying so, with the new address masked (`a•••@example."
+    "com`). Sessions go on; password reset links not used yet stop working.",
+)
+async def change_email(
+    body: schemas.EmailChange,
+    request: Request,
+    who: CustomerPrincipal = Depends(customer),
+    svc: Services = Depends(services),
+) -> schemas.CustomerOut:
+    changed = await customers.change_email(
+        svc.unit_of_work(),
+        svc.limits,
+        who,
+        new_email=body.email,
+        current_password=body.current_password,
+        address=client_address(request),
+    )
+    return render.customer(changed)
+
+
+@router.post(
+    "/password-resets",
+    status_code=202,
+    response_model=schemas.PasswordResetAccepted,
+    responses=problems(429),
+    tags=["sessions"],
+    summary="Email a link to choose a new password",
+    description="Always 202 with the same body, whether or not a customer has this "
+    "email (a malformed address is 422), and with the same work done, so the answer "
+    "tells nothing about who has an account. A customer gets an email with a link to "
+    "`/password-reset?token=…` that works once, for one hour; asking again replaces "
+    "the link before. Staff addresses get no email: staff passwords are reset by an "
+    "operator. Limited per client address and per email (429 `too_many_attempts`).",
+)
+async def request_password_reset(
+    body: schemas.PasswordResetCreate, request: Request, svc: Services = Depends(services)
+) -> Any:
+    await account_mail.request_password_reset_limited(
+        svc.unit_of_work(),
+        svc.limits,
+        email=body.email,
+        address=client_address(request),
+        secret_key=svc.settings.secret_key,
+    )
+    return JSONResponse(
+        schemas.PasswordResetAccepted(status="accepted", detail=RESET_LINK_ACCEPTED).model_dump(),
+        status_code=202,
+    )
+
+
+@router.post(
+    "/password-resets/confirm",
+    status_code=204,
+    responses=problems(409),
+    tags=["sessions"],
+    summary="Choose a new password with a reset link's token",
+    description="The password becomes `password`; the link is used up (of two requests "
+    "with one token, one succeeds); every session of the customer ends; the account's "
+    "address is told by email. A token that is unknown, used, replaced by a newer link "
+    "or past its hour is 409 `invalid_state` with `param: token`.",
+)
+async def confirm_password_reset(
+    body: schemas.PasswordResetConfirm, svc: Services = Depends(services)
+) -> Response:
+    await account_mail.reset_password(
+        svc.unit_of_work(),
+        token=body.token,
+        password=body.password,
+        secret_key=svc.settings.secret_key,
+    )
+    return Response(status_code=204)
+
+
+RESET_LINK_ACCEPTED = (
+    "If a customer account uses this email, a link to choose a new password is on its "
+    "way to it. The link works once, for one hour."
+)
 
 
 @router.post(

@@ -69,6 +69,32 @@ class MePatch(Input):
     name: Name | None = None
 
 
+class PasswordChange(Input):
+    current_password: Password
+    new_password: Password = Field(description="8 to 256 characters")
+
+
+class EmailChange(Input):
+    email: Email = Field(description="The new email; it must belong to nobody else")
+    current_password: Password
+
+
+class PasswordResetCreate(Input):
+    email: Email
+
+
+class PasswordResetAccepted(BaseModel):
+    status: Literal["accepted"]
+    detail: str
+
+
+class PasswordResetConfirm(Input):
+    token: Annotated[StrictStr, Field(min_length=1, max_length=128)] = Field(
+        description="The `token` of the link in the email"
+    )
+    password: Password = Field(description="The new password: 8 to 256 characters")
+
+
 class BalanceOut(BaseModel):
     currency: str
     available: int

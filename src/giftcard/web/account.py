@@ -1,4 +1,5 @@
-"""Your Gift Cards: the balance, the redeem form, the history, the refund preference."""
+"""Your Gift Cards: the balance, the redeem form, the history, the refund preference;
+and the account settings: changing the email or password."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from giftcard import customers, gifts, history, ids, redemption
 from giftcard.customers import CustomerPrincipal, RefundPreference
 from giftcard.errors import GiftcardError
 from giftcard.http import client_address, services
+from giftcard.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN
 from giftcard.web import security
 from giftcard.web.security import ACCOUNT_PAGE, checked_form, require_shopper, text_field
 from giftcard.web.templating import error_headers, money_for, page, redirect
@@ -200,5 +202,112 @@ async def refund_preference(request: Request) -> Response:
             "text": f"Refunds of the card part of a payment now go to "
             f"{PREFERENCE_WORDS[preference]}. What a gift card paid always returns to your "
             "gift card balance.",
+        },
+    )
+
+
+# --- account settings: the email and the password -----------------------------------------
+
+SETTINGS_PAGE = "/account/settings"
+
+
+def _settings_page(
+    request: Request,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return page(
+        request,
+        "account_settings.html",
+        {"password_min": PASSWORD_LENGTH_MIN, "values": values or {}, "errors": errors or {}},
+        status=status,
+        headers=headers,
+    )
+
+
+@router.get(SETTINGS_PAGE, response_class=HTMLResponse)
+async def settings(request: Request) -> Response:
+    await require_shopper(request)
+    return _settings_page(request)
+
+
+@router.post("/account/email", response_class=HTMLResponse)
+async def change_email(request: Request) -> Response:
+    form = await checked_form(request)
+    shopper = await require_shopper(request)
+    email = text_field(form, "email", length_max=customers.EMAIL_LENGTH_MAX + 50)
+    password = text_field(form, "email_password", length_max=PASSWORD_LENGTH_MAX + 1)
+    svc = services(request)
+    try:
+        changed = await customers.change_email(
+            svc.unit_of_work(),
+            svc.limits,
+            shopper,
+            new_email=email,
+            current_password=password,
+            address=client_address(request),
+        )
+    except GiftcardError as error:
+        # The form's own password field answers for the API's `current_password`, and
+        # for a lock-out, which is about guessing it.
+        field = "email" if error.param == "email" else "email_password"
+        return _settings_page(
+            request,
+            values={"email": email},
+            errors={field: error.detail},
+            status=error.status,
+            headers=error_headers(error),
+        )
+    return redirect(
+        request,
+        SETTINGS_PAGE,
+        flash={
+            "level": "success",
+            "title": f"Your email is now {changed.email}.",
+            "text": "Log in with it from now on. We've told your old address about the change.",
+        },
+    )
+
+
+@router.post("/account/password", response_class=HTMLResponse)
+async def change_password(request: Request) -> Response:
+    form = await checked_form(request)
+    shopper = await require_shopper(request)
+    current = text_field(form, "current_password", length_max=PASSWORD_LENGTH_MAX + 1)
+    new = text_field(form, "new_password", length_max=PASSWORD_LENGTH_MAX + 1)
+    if new != text_field(form, "confirm_password", length_max=PASSWORD_LENGTH_MAX + 1):
+        return _settings_page(
+            request,
+            errors={"confirm_password": "The two new passwords differ. Type the same one twice."},
+            status=422,
+        )
+    svc = services(request)
+    try:
+        await customers.change_password(
+            svc.unit_of_work(),
+            svc.limits,
+            shopper,
+            current_password=current,
+            new_password=new,
+            address=client_address(request),
+        )
+    except GiftcardError as error:
+        return _settings_page(
+            request,
+            errors={error.param or "current_password": error.detail},
+            status=error.status,
+            headers=error_headers(error),
+        )
+    return redirect(
+        request,
+        SETTINGS_PAGE,
+        flash={
+            "level": "success",
+            "title": "Your password is changed.",
+            "text": "You are still logged in here; every other device was logged out. We've "
+            "told your email address about the change.",
         },
     )

@@ -1,4 +1,5 @@
-"""The public pages: home, sign up, log in, log out, and the redeem link of gift emails.
+"""The public pages: home, sign up, log in, log out, the redeem link of gift emails, and
+"Forgot your password?" with the reset link's page.
 
 Forms follow POST/redirect/GET: a valid form ends in a 303 redirect; an invalid one is
 shown again with what was typed (never the password) and each error beside its field.
@@ -11,7 +12,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from giftcard import customers
+from giftcard import account_mail, customers
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.http import client_address, services
 from giftcard.money import REGIONS
@@ -193,4 +194,137 @@ async def redeem_link(request: Request, code: str | None = None) -> Response:
     if code and code.strip():
         security.keep_pending_code(request, response, code.strip())
     response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+# --- "Forgot your password?" ----------------------------------------------------------
+
+# The reset link's token waits here between the link and the form (as a redeem link's
+# code does in `giftcard_redeem`): never in a URL the server sees after the first one.
+RESET_COOKIE = "giftcard_reset"
+RESET_COOKIE_TTL_S = int(account_mail.RESET_TTL.total_seconds())
+
+
+@router.get(account_mail.FORGOT_PASSWORD_PATH, response_class=HTMLResponse)
+async def forgot_password_form(request: Request) -> Response:
+    await current_shopper(request)
+    return page(request, "forgot_password.html")
+
+
+@router.post(account_mail.FORGOT_PASSWORD_PATH, response_class=HTMLResponse)
+async def forgot_password(request: Request) -> Response:
+    form = await checked_form(request)
+    email = text_field(form, "email", length_max=customers.EMAIL_LENGTH_MAX + 50)
+    svc = services(request)
+    try:
+        await account_mail.request_password_reset_limited(
+            svc.unit_of_work(),
+            svc.limits,
+            email=email,
+            address=client_address(request),
+            secret_key=svc.settings.secret_key,
+        )
+    except GiftcardError as error:
+        return page(
+            request,
+            "forgot_password.html",
+            {"values": {"email": email}, "errors": {"email": error.detail}},
+            status=error.status,
+            headers=error_headers(error),
+        )
+    return redirect(request, account_mail.FORGOT_PASSWORD_PATH + "/sent")
+
+
+@router.get(account_mail.FORGOT_PASSWORD_PATH + "/sent", response_class=HTMLResponse)
+async def forgot_password_sent(request: Request) -> Response:
+    await current_shopper(request)
+    return page(request, "forgot_password_sent.html")
+
+
+@router.get(account_mail.PASSWORD_RESET_PATH, response_class=HTMLResponse)
+async def password_reset_form(request: Request, token: str | None = None) -> Response:
+    """The link in a reset email. The token moves into a short-lived cookie and the
+    browser goes on to this page without it; then the form, if the link can be used."""
+    if token is not None:
+        response = redirect(request, account_mail.PASSWORD_RESET_PATH)
+        security.set_cookie(
+            request,
+            response,
+            RESET_COOKIE,
+            token[: account_mail.TOKEN_LENGTH + 1],
+            max_age_s=RESET_COOKIE_TTL_S,
+        )
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+    await current_shopper(request)
+    svc = services(request)
+    try:
+        await account_mail.check_reset_link(
+            svc.db,
+            token=_reset_token(request),
+            secret_key=svc.settings.secret_key,
+            clock=svc.clock,
+        )
+    except GiftcardError:
+        return _unusable_link_page(request)
+    return _reset_page(request)
+
+
+@router.post(account_mail.PASSWORD_RESET_PATH, response_class=HTMLResponse)
+async def password_reset(request: Request) -> Response:
+    form = await checked_form(request)
+    password = text_field(form, "password", length_max=PASSWORD_LENGTH_MAX + 1)
+    confirmation = text_field(form, "confirm_password", length_max=PASSWORD_LENGTH_MAX + 1)
+    if password != confirmation:
+        return _reset_page(
+            request,
+            errors={"confirm_password": "The two passwords differ. Type the same one twice."},
+            status=422,
+        )
+    svc = services(request)
+    try:
+        await account_mail.reset_password(
+            svc.unit_of_work(),
+            token=_reset_token(request),
+            password=password,
+            secret_key=svc.settings.secret_key,
+        )
+    except GiftcardError as error:
+        if error.param == "password":
+            return _reset_page(request, errors={"password": error.detail}, status=error.status)
+        return _unusable_link_page(request)
+    request.state.shopper = None
+    response = redirect(
+        request,
+        "/login",
+        flash={
+            "level": "success",
+            "title": "Your password is changed.",
+            "text": "Log in with your new password. Every device that was logged in to your "
+            "account has been logged out.",
+        },
+    )
+    security.clear_cookie(request, response, RESET_COOKIE)
+    security.clear_cookie(request, response, security.SESSION_COOKIE)
+    return response
+
+
+def _reset_token(request: Request) -> str:
+    return request.cookies.get(RESET_COOKIE, "")[: account_mail.TOKEN_LENGTH + 1]
+
+
+def _reset_page(
+    request: Request, *, errors: dict[str, str] | None = None, status: int = 200
+) -> Response:
+    return page(
+        request,
+        "password_reset.html",
+        {"password_min": PASSWORD_LENGTH_MIN, "errors": errors or {}},
+        status=status,
+    )
+
+
+def _unusable_link_page(request: Request) -> Response:
+    response = page(request, "password_reset_unusable.html", status=410)
+    security.clear_cookie(request, response, RESET_COOKIE)
     return response
