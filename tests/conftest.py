@@ -112,10 +112,14 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
 
 
 @pytest.fixture
-def settings(database_url: str, backend: str) -> Settings:
+def settings(database_url: str, backend: str, tmp_path: Path) -> Settings:
     isolation = "SERIALIZABLE" if backend == "postgresql-serializable" else None
     return Settings(
-        database_url=database_url, secret_key=TEST_SECRET_KEY, database_isolation=isolation
+        database_url=database_url,
+        secret_key=TEST_SECRET_KEY,
+        database_isolation=isolation,
+        # An app whose lifespan runs a sender writes any email here, not into the tree.
+        mail_dir=tmp_path / "mail",
     )
 
 

@@ -52,7 +52,7 @@ from giftcard.db.tables import UTCDateTime, customers, outbox_messages, password
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.limits import AbuseLimits
 from giftcard.mail.messages import Content, NotToBeSent, OutboxMessage, render_pair
-from giftcard.mail.outbox import MessageKind, MessageStatus, new_message_id
+from giftcard.mail.outbox import MessageKind, MessageStatus, mark_queued, new_message_id
 from giftcard.passwords import hash_password
 from giftcard.unit_of_work import UnitOfWork
 
@@ -168,6 +168,7 @@ async def _enqueue_reset_email(
 ) -> None:
     """What `giftcard.mail.outbox.enqueue` writes, as an `INSERT … SELECT` from the reset,
     so that it writes nothing when there is no reset and costs the same statement."""
+    mark_queued(connection)
     await connection.execute(
         insert(outbox_messages).from_select(
             [

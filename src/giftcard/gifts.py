@@ -56,7 +56,7 @@ from giftcard.mail.messages import (
 )
 from giftcard.money import REGIONS, Region, check_gift_amount, format_minor
 from giftcard.money import region as find_region
-from giftcard.unit_of_work import OnCommit, UnitOfWork
+from giftcard.unit_of_work import UnitOfWork
 
 NAME_LENGTH_MAX = 200
 MESSAGE_LENGTH_MAX = 1000
@@ -373,10 +373,9 @@ async def create(
     *,
     secret_key: bytes,
     actor: str,
-    on_queued: OnCommit | None = None,
 ) -> Gift:
     """Issue a funded digital card for the recipient and queue its email, in one
-    transaction. `on_queued` runs once it committed (to wake the sender)."""
+    transaction."""
     now = uow.clock.now()
     checked = check_request(request, now)
     # Drawn once: a retried transaction issues the same code.
@@ -423,8 +422,6 @@ async def create(
             deliver_at=checked.deliver_at,
         )
         await cards.record_event(connection, issued.card.id, "gift_queued", actor=actor, now=now)
-        if on_queued is not None:
-            uow.on_commit(on_queued)
         return await _load(connection, gift_id, now, viewer=None)
 
     return await uow.run(work)
@@ -456,7 +453,6 @@ async def resend(
     *,
     actor: str,
     viewer: int | None = None,
-    on_queued: OnCommit | None = None,
 ) -> Gift:
     """Send the gift's email again now, with the same code and a new Message-ID. When
     `viewer` (a customer id) is given, only a gift they bought can be resent."""
@@ -491,8 +487,6 @@ async def resend(
             now=now,
         )
         await cards.record_event(connection, gift.card_id, "gift_resent", actor=actor, now=now)
-        if on_queued is not None:
-            uow.on_commit(on_queued)
         return await _load(connection, gift_id, now, viewer=None)
 
     return await uow.run(work)

@@ -42,7 +42,7 @@ class Services:
 
     def unit_of_work(self, keyed: KeyedRequest | None = None) -> UnitOfWork:
         """A unit of work for one use case, bound to an idempotency key when given."""
-        return UnitOfWork(self.db, self.clock, keyed=keyed)
+        return UnitOfWork(self.db, self.clock, keyed=keyed, mail_wakeup=self.mail_wakeup)
 
     def mail_wakeup(self) -> None:
         """Wake this process's email sender: a use case that queued a message passes this

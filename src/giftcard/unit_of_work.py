@@ -6,7 +6,8 @@ place (:meth:`giftcard.db.engine.Database.run`: serialization failures, deadlock
 SQLite's "database is locked"). Bound to an idempotency key, the unit of work claims the
 key as the transaction's first statement and stores the door's answer before it commits
 (see :mod:`giftcard.idempotency`); callbacks given to :meth:`UnitOfWork.on_commit` run
-only once the transaction has committed, never for an attempt that was rolled back.
+only once the transaction has committed, never for an attempt that was rolled back. A
+transaction that queued an email wakes this process's sender once it committed.
 
 Which refusals are remembered under a key is decided here, for every door alike: a
 refusal that says something lasting about the request (an unknown code, a balance too
@@ -30,6 +31,7 @@ from giftcard.clock import Clock
 from giftcard.db.engine import Database
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.idempotency import KeyedRequest, Replayed
+from giftcard.mail import outbox
 
 T = TypeVar("T")
 
@@ -54,10 +56,18 @@ def is_remembered(error: GiftcardError) -> bool:
 class UnitOfWork:
     """One use case's transaction. Build one per request (``Services.unit_of_work``)."""
 
-    def __init__(self, db: Database, clock: Clock, *, keyed: KeyedRequest | None = None):
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        keyed: KeyedRequest | None = None,
+        mail_wakeup: Callable[[], None] | None = None,
+    ):
         self.db = db
         self.clock = clock
         self.keyed = keyed
+        self._mail_wakeup = mail_wakeup
         self._on_commit: list[OnCommit] = []
         self._used = False
 
@@ -77,11 +87,15 @@ class UnitOfWork:
 
         async def attempt(connection: AsyncConnection) -> T:
             self._on_commit.clear()
+            outbox.take_queued(connection)
             if keyed is None:
-                return await work(connection)
-            claim_id = await idempotency.claim(connection, keyed, now=self.clock.now())
-            result = await work(connection)
-            await idempotency.complete(connection, claim_id, keyed.answer(result))
+                result = await work(connection)
+            else:
+                claim_id = await idempotency.claim(connection, keyed, now=self.clock.now())
+                result = await work(connection)
+                await idempotency.complete(connection, claim_id, keyed.answer(result))
+            if outbox.take_queued(connection) and self._mail_wakeup is not None:
+                self._on_commit.append(self._mail_wakeup)
             return result
 
         try:

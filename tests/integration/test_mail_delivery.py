@@ -316,8 +316,8 @@ async def test_a_stopping_sender_hands_back_what_it_has_not_started(
 async def test_a_message_queued_in_this_process_wakes_its_sender_at_once(
     mail: Services, smtp: RunningSmtpServer
 ) -> None:
-    """Given a running sender that would look again only in a minute, a use case that
-    queues a message and wakes it on commit (``Services.mail_wakeup``) has the email
+    """Given a running sender that would look again only in a minute, a unit of work that
+    queues a message wakes it once it committed (no use case has to ask): the email is
     delivered within seconds; asked to stop, the sender ends at once."""
     stop = asyncio.Event()
     running = asyncio.create_task(sender.run(mail, stop=stop, poll_interval_s=60))
@@ -325,7 +325,6 @@ async def test_a_message_queued_in_this_process_wakes_its_sender_at_once(
     uow = mail.unit_of_work()
 
     async def work(connection: AsyncConnection) -> int:
-        uow.on_commit(mail.mail_wakeup)
         return await outbox.enqueue(
             connection, kind=MessageKind.TEST, recipient=RECIPIENT, ref_id=None, now=uow.clock.now()
         )

@@ -5,9 +5,9 @@ message exists exactly when what it announces does: no gift email without its ca
 card without its email. The sender (:mod:`giftcard.mail.sender`) claims due messages,
 renders them, hands them to the transport, and marks them sent or schedules a retry.
 
-Senders look for due messages every second; to have this process's sender go at once,
-the use case also registers ``uow.on_commit(services.mail_wakeup)`` inside its work
-(the unit of work forgets callbacks registered outside it, or by an attempt it retried).
+Senders look for due messages every second. To have this process's sender go at once,
+:func:`enqueue` marks the connection (:func:`mark_queued`) and the unit of work that
+committed it wakes the sender (``Services.mail_wakeup``): no use case has to remember to.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db.tables import outbox_messages
 
+# Set on a connection that queued a message in the transaction running on it.
+_QUEUED = "giftcard.mail_queued"
 # The domain part of every Message-ID this service makes.
 MESSAGE_ID_DOMAIN = "giftcard.invalid"
 # The longest wait between two attempts, however many failed before.
@@ -50,6 +52,16 @@ class MessageStatus(enum.StrEnum):
 
 def new_message_id() -> str:
     return f"<{secrets.token_hex(16)}@{MESSAGE_ID_DOMAIN}>"
+
+
+def mark_queued(connection: AsyncConnection) -> None:
+    """Note that the transaction on `connection` queued a message (see the module)."""
+    connection.info[_QUEUED] = True
+
+
+def take_queued(connection: AsyncConnection) -> bool:
+    """Whether a message was queued on `connection` since the last call; clears the note."""
+    return bool(connection.info.pop(_QUEUED, False))
 
 
 async def enqueue(
@@ -81,6 +93,7 @@ async def enqueue(
         )
         .returning(outbox_messages.c.id)
     )
+    mark_queued(connection)
     return int(result.scalar_one())
 
 
