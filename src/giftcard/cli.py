@@ -125,6 +125,9 @@ def serve(
 
     from giftcard import logs
 
+    # Links in emails point where this server listens unless told otherwise; each worker
+    # process reads its settings from the environment it inherits.
+    os.environ.setdefault("GIFTCARD_PUBLIC_URL", listening_url(host, port))
     settings = _settings()
     proxy = proxy_options(os.environ)
     logs.configure(settings.log_level, settings.log_format)
@@ -139,7 +142,7 @@ def serve(
         typer.echo(
             f"Open http://{host}:{port}/ in a browser: sign up (or log in as the shopper "
             "above), redeem a code on Your Gift Cards, then pay with the balance in the demo "
-            "store."
+            "store or send someone a gift card by email."
         )
     worker_count = workers or os.cpu_count() or 1
     if worker_count > 1:
@@ -158,6 +161,19 @@ def serve(
         access_log=False,
         **proxy,
     )
+
+
+def listening_url(host: str, port: int) -> str:
+    """The address of a server listening on `host` and `port`, as a browser on this
+    machine reaches it: a wildcard address is reached at the loopback one."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"http://{host}:{port}"
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{shown}:{port}"
 
 
 def proxy_options(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -62,12 +62,20 @@ CORE_WRITES = {
     ("POST", "/v1/payments/{payment_id}/refunds"),  # merchant or admin
     ("POST", "/v1/gifts"),  # merchant or admin
     ("POST", "/v1/gifts/{gift_id}/resend"),  # support, admin or the gift's buyer
+    ("POST", "/v1/me/password"),  # the customer, with the current password
+    ("POST", "/v1/me/email"),  # the customer, with the current password
+    ("POST", "/v1/password-resets"),  # anyone: always 202, an email if there is an account
+    ("POST", "/v1/password-resets/confirm"),  # the link's token: a new password
     ("POST", "/signup"),  # the sign-up page
     ("POST", "/login"),  # the log-in page
     ("POST", "/logout"),  # the log-out button
     ("POST", "/account/gift-cards/redeem"),  # the shopper: a code, as POST /v1/me/redemptions
     ("POST", "/account/refund-preference"),  # the shopper: as PATCH /v1/me
     ("POST", "/account/gifts/{gift_id}/resend"),  # the buyer: as POST /v1/gifts/{id}/resend
+    ("POST", "/account/password"),  # the shopper: as POST /v1/me/password
+    ("POST", "/account/email"),  # the shopper: as POST /v1/me/email
+    ("POST", "/forgot-password"),  # anyone: as POST /v1/password-resets
+    ("POST", "/password-reset"),  # the link's token: as POST /v1/password-resets/confirm
 }
 
 
