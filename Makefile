@@ -35,8 +35,11 @@ e2e: $(STAMP)
 browser: $(STAMP)
 	$(BIN)/pytest tests/browser
 
+# Test processes `make test` runs at once (pytest-xdist), each taking whole test files.
+TEST_WORKERS ?= 2
+
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Issue 100,000 cards and redeem codes (use case and HTTP) on SQLite and PostgreSQL, in
 # scratch databases removed afterwards; PostgreSQL is skipped when 127.0.0.1:5432 is down.

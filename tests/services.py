@@ -837,9 +837,32 @@ def summary_lines(resolutions: list[Resolution]) -> list[tuple[str, dict[str, bo
     return lines
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+# Under pytest-xdist the services are resolved in the worker processes; each hands its
+# summary lines to the controller, which prints them once.
+_WORKER_OUTPUT_KEY = "giftcard_services"
+_lines_from_workers: list[tuple[str, dict[str, bool]]] = []
+
+
+def _own_lines() -> list[tuple[str, dict[str, bool]]]:
     resolutions = [r.resolution for r in (POSTGRES, REDIS) if r.resolution is not None]
-    lines = summary_lines(resolutions)
+    return summary_lines(resolutions)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output[_WORKER_OUTPUT_KEY] = [[text, markup] for text, markup in _own_lines()]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    for text, markup in getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY, []):
+        if (text, markup) not in _lines_from_workers:
+            _lines_from_workers.append((text, markup))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = _own_lines() + _lines_from_workers
     if not lines:
         return
     terminalreporter.section("giftcard test services")

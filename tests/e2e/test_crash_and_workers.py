@@ -35,8 +35,10 @@ pytestmark = pytest.mark.e2e
 REQUEST_TIMEOUT_S = 60
 BURST_TIMEOUT_S = 120
 # Every retry after the restart must be answered within this long of the server being
-# ready again: a key left locked by a dead request would hold it for much longer.
-ANSWERED_AFTER_RESTART_S = 5.0
+# ready again (the bound the bank test of the fault-proof work sets): a key left locked
+# by a dead request would hold it for much longer, while a busy machine (the suite runs
+# two test processes at once) can take a few seconds to answer eighty retries.
+ANSWERED_AFTER_RESTART_S = 10.0
 LOAD_REDEMPTIONS = 40
 LOAD_PAYMENTS = 40
 CARD_AMOUNT = 700
@@ -95,7 +97,7 @@ async def test_a_server_killed_under_keyed_load_loses_nothing_and_repeats_nothin
 ) -> None:
     """Given redemptions and payments in flight, each with its own Idempotency-Key, when
     every server process is killed with SIGKILL and the server restarted, then every
-    request retried with its key is answered within 5 s of the restart (201, the first
+    request retried with its key is answered within 10 s of the restart (201, the first
     answer replayed where there was one), each code is credited once, each order paid
     once, the balances add up, and `giftcard verify` exits 0."""
     env = _env(server_database_url)
