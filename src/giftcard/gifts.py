@@ -27,6 +27,7 @@ Decisions a reader may look for:
 from __future__ import annotations
 
 import enum
+import math
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,7 +35,7 @@ from typing import Any
 
 from babel.dates import format_date
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Row, and_, insert, select, update
+from sqlalchemy import ColumnElement, Row, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import cards, codes, ids
@@ -44,7 +45,7 @@ from giftcard.config import Settings
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards as cards_table
 from giftcard.db.tables import customers, gifts, outbox_messages
-from giftcard.errors import ErrorCode, GiftcardError, validation_error
+from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts, validation_error
 from giftcard.mail import outbox
 from giftcard.mail.compose import single_line
 from giftcard.mail.messages import (
@@ -65,6 +66,10 @@ EMAIL_INPUT_LENGTH_MAX = 254
 # How far in the past a delivery time may be (the caller's clock runs behind ours).
 DELIVER_AT_PAST_GRACE = timedelta(minutes=1)
 DELIVER_AT_AHEAD_MAX = timedelta(days=365)
+# A buyer may resend a gift's email once this long after it last went out: a resend is
+# for an email lost or deleted, and the recipient's mailbox is not the buyer's to fill.
+# Support and admins, who answer the recipient's own request, are not held to it.
+BUYER_RESEND_INTERVAL = timedelta(minutes=15)
 PAGE_SIZE_DEFAULT = 20
 PAGE_SIZE_MAX = 100
 
@@ -439,6 +444,17 @@ async def _require_customer(connection: AsyncConnection, customer_id: int) -> No
         )
 
 
+def _resent_too_soon(may_from: datetime, now: datetime) -> TooManyAttempts:
+    wait_s = max(1, math.ceil((may_from - now).total_seconds()))
+    minutes = max(1, -(-wait_s // 60))
+    return TooManyAttempts(
+        "The gift's email went out a moment ago; you can send it again in "
+        f"{minutes} minute{'s' if minutes != 1 else ''}. Ask the recipient to look in their "
+        "spam folder meanwhile.",
+        retry_after_s=wait_s,
+    )
+
+
 _NOT_RESENDABLE = {
     CardState.REDEEMED: "The gift card was redeemed already, so there is nothing to resend.",
     CardState.CANCELLED: "The gift card was cancelled; its code no longer works.",
@@ -463,14 +479,23 @@ async def resend(
         refusal = _NOT_RESENDABLE.get(gift.card_state)
         if refusal is not None:
             raise GiftcardError(ErrorCode.INVALID_STATE, refusal)
+        buyer_may_from = (
+            None if viewer is None or gift.sent_at is None else gift.sent_at + BUYER_RESEND_INTERVAL
+        )
+        if buyer_may_from is not None and buyer_may_from > now:
+            raise _resent_too_soon(buyer_may_from, now)
+        guards: list[ColumnElement[bool]] = [
+            gifts.c.status.in_([GiftStatus.SENT.value, GiftStatus.FAILED.value])
+        ]
+        if viewer is not None:
+            guards.append(
+                or_(gifts.c.sent_at.is_(None), gifts.c.sent_at <= now - BUYER_RESEND_INTERVAL)
+            )
         # The guard settles two resends at once: one turns the gift back to scheduled,
         # the other finds it scheduled and is refused.
         reset = await connection.execute(
             update(gifts)
-            .where(
-                gifts.c.id == gift_id,
-                gifts.c.status.in_([GiftStatus.SENT.value, GiftStatus.FAILED.value]),
-            )
+            .where(gifts.c.id == gift_id, *guards)
             .values(status=GiftStatus.SCHEDULED.value, deliver_at=now, last_error=None)
         )
         if reset.rowcount != 1:

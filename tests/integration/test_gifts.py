@@ -655,6 +655,8 @@ async def test_two_resends_at_once_queue_one_email(
     gift = await buy(client, merchant, purchaser_customer_id=buyer.id)
     [message] = await messages_of(services, gift["id"])
     await mark_delivered(services, message)
+    assert isinstance(services.clock, FrozenClock)
+    services.clock.advance(gifts.BUYER_RESEND_INTERVAL)  # the buyer may resend by now
     path = f"/v1/gifts/{gift['id']}/resend"
 
     answers = await asyncio.gather(
@@ -666,3 +668,38 @@ async def test_two_resends_at_once_queue_one_email(
         if answer.status_code == 409:
             assert_problem(answer, 409, "invalid_state")
     assert len(await messages_of(services, gift["id"])) == 2
+
+
+async def test_a_buyer_resends_at_most_once_a_quarter_hour_and_support_any_time(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Given a gift whose email just went out, its buyer's resend is refused with
+    too_many_attempts and a Retry-After until a quarter of an hour has passed (the
+    recipient's mailbox is not the buyer's to fill), while support, answering the
+    recipient, resends at once; nothing is queued by a refused resend."""
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    buyer = await sign_up(client)
+    gift = await buy(client, merchant, purchaser_customer_id=buyer.id)
+    [message] = await messages_of(services, gift["id"])
+    await mark_delivered(services, message)
+    path = f"/v1/gifts/{gift['id']}/resend"
+    assert isinstance(services.clock, FrozenClock)
+
+    services.clock.advance(timedelta(minutes=14, seconds=30))
+    refused = await client.post(path, headers=buyer.auth)
+    assert_problem(refused, 429, "too_many_attempts")
+    assert refused.headers["Retry-After"] == "30"
+    assert "in 1 minute" in refused.json()["detail"]
+    assert len(await messages_of(services, gift["id"])) == 1
+
+    by_support = await client.post(path, headers=support)
+    assert by_support.status_code == 200, by_support.text
+    [_, second] = await messages_of(services, gift["id"])
+    await mark_delivered(services, second)
+    assert_problem(await client.post(path, headers=buyer.auth), 429, "too_many_attempts")
+
+    services.clock.advance(gifts.BUYER_RESEND_INTERVAL)
+    by_buyer = await client.post(path, headers=buyer.auth)
+    assert by_buyer.status_code == 200, by_buyer.text
+    assert len(await messages_of(services, gift["id"])) == 3

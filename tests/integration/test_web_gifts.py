@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import Row, func, select, update
 
+from giftcard import gifts as gifts_module
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.config import Settings
@@ -258,6 +259,13 @@ async def test_gifts_you_ve_sent_lists_them_and_resends_a_sent_one(
     account = await client.get("/account/gift-cards")
     assert re.search(r'data-testid="gift-status">Sent<', account.text)
     assert f"/account/gifts/{gift_id}/resend" in account.text
+    too_soon = await web_post(client, f"/account/gifts/{gift_id}/resend")
+    assert "send it again in 15 minutes" in flash(
+        (await client.get(too_soon.headers["location"])).text
+    )
+    assert await counts(services) == (1, 1, 1)
+    assert isinstance(services.clock, FrozenClock)
+    services.clock.advance(gifts_module.BUYER_RESEND_INTERVAL)
     resent = await web_post(client, f"/account/gifts/{gift_id}/resend")
     assert resent.status_code == 303, resent.text
     after = await client.get(resent.headers["location"])
