@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -20,8 +20,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import DBAPIError
 
-from giftcard import cards, customers
+from giftcard import access, cards, customers
 from giftcard import verify as verify_ledger
 from giftcard.clock import SystemClock
 from giftcard.codes import format_code
@@ -86,8 +87,34 @@ def command_errors(function: Callable[..., T]) -> Callable[..., T]:
             raise _fail(error.detail) from None
         except ConfigError as error:
             raise _fail(str(error)) from None
+        except DBAPIError as error:
+            raise _fail(_database_trouble(error)) from None
+        except ConnectionError as error:
+            raise _fail(f"could not reach the database: {error}") from None
 
     return wrapper
+
+
+def _database_trouble(error: DBAPIError) -> str:
+    """A database the command could not use, said in a line: a missing table most often
+    means a database never migrated."""
+    cause = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+    return (
+        f"the database could not be used ({cause}). If it was never set up, run "
+        "`giftcard migrate` first."
+    )
+
+
+async def _with_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
+    db = Database(settings.database_url)
+    try:
+        return await use(db)
+    finally:
+        await db.dispose()
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else f"{moment:%Y-%m-%d %H:%M} UTC"
 
 
 @app.command()
@@ -345,6 +372,43 @@ def keys_create(
     typer.echo(key)
 
 
+@keys_app.command("list")
+@command_errors
+def keys_list() -> None:
+    """List API keys: id, role, the key's first characters, name, and when revoked.
+
+    Example: giftcard keys list
+    """
+    settings = _settings()
+    keys = asyncio.run(_with_database(settings, access.list_api_keys))
+    if not keys:
+        typer.echo("No API keys. Create one with: giftcard keys create --role merchant")
+        return
+    for key in keys:
+        state = f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"
+        typer.echo(
+            f"{key.id:>5}  {key.role.value:<8}  {key.prefix}…  {state:<24}  "
+            f"created {_when(key.created_at)}  {key.name or ''}".rstrip()
+        )
+
+
+@keys_app.command("revoke")
+@command_errors
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(help="The key's id, as `giftcard keys list` shows.")],
+) -> None:
+    """Revoke an API key: its next request is refused.
+
+    Example: giftcard keys revoke 3
+    """
+    settings = _settings()
+    clock = SystemClock()
+    key = asyncio.run(
+        _with_database(settings, lambda db: access.revoke_api_key(db, key_id, clock=clock))
+    )
+    typer.echo(f"Revoked API key {key.id} ({key.role.value}, {key.prefix}…).")
+
+
 @staff_app.command("create")
 @command_errors
 def staff_create(
@@ -372,6 +436,45 @@ def staff_create(
 
     staff_id = asyncio.run(work())
     typer.echo(f"Created staff member {staff_id} ({email}, {role.value}).")
+
+
+@staff_app.command("list")
+@command_errors
+def staff_list() -> None:
+    """List staff members: id, role, email, and whether disabled.
+
+    Example: giftcard staff list
+    """
+    settings = _settings()
+    members = asyncio.run(_with_database(settings, access.list_staff))
+    if not members:
+        typer.echo(
+            "No staff members. Create one with: giftcard staff create --email E --role support"
+        )
+        return
+    for member in members:
+        state = f"disabled {_when(member.disabled_at)}" if member.disabled_at else "active"
+        typer.echo(
+            f"{member.id:>5}  {member.role.value:<8}  {member.email}  {state}  "
+            f"{member.name or ''}".rstrip()
+        )
+
+
+@staff_app.command("disable")
+@command_errors
+def staff_disable(
+    email: Annotated[str, typer.Option(help="The staff member's email.")],
+) -> None:
+    """Disable a staff member: they can no longer log in, and every session they have ends.
+
+    Example: giftcard staff disable --email ana@store.example
+    """
+    settings = _settings()
+    clock = SystemClock()
+    member, ended = asyncio.run(
+        _with_database(settings, lambda db: access.disable_staff(db, email, clock=clock))
+    )
+    typer.echo(f"Disabled {member.email} ({member.role.value}); {ended} session(s) ended.")
 
 
 @staff_app.command("password")
