@@ -358,14 +358,12 @@ def keys_create(
     """
     settings = _settings()
 
-    async def work() -> tuple[int, str]:
-        db = Database(settings.database_url)
-        try:
-            return await customers.create_api_key(db, role=role, name=name, clock=SystemClock())
-        finally:
-            await db.dispose()
-
-    key_id, key = asyncio.run(work())
+    key_id, key = asyncio.run(
+        _with_database(
+            settings,
+            lambda db: customers.create_api_key(db, role=role, name=name, clock=SystemClock()),
+        )
+    )
     typer.echo(
         f"Created API key {key_id} with role {role.value}. Keep it secret; it is shown once:"
     )
@@ -425,16 +423,14 @@ def staff_create(
     if not password:
         raise _fail("give the password as the first line of standard input.")
 
-    async def work() -> int:
-        db = Database(settings.database_url)
-        try:
-            return await customers.create_staff(
+    staff_id = asyncio.run(
+        _with_database(
+            settings,
+            lambda db: customers.create_staff(
                 db, email=email, password=password, role=role, name=name, clock=SystemClock()
-            )
-        finally:
-            await db.dispose()
-
-    staff_id = asyncio.run(work())
+            ),
+        )
+    )
     typer.echo(f"Created staff member {staff_id} ({email}, {role.value}).")
 
 
@@ -493,16 +489,14 @@ def staff_password(
     if not password:
         raise _fail("give the password as the first line of standard input.")
 
-    async def work() -> int:
-        db = Database(settings.database_url)
-        try:
-            return await customers.set_staff_password(
+    ended = asyncio.run(
+        _with_database(
+            settings,
+            lambda db: customers.set_staff_password(
                 db, email=email, password=password, clock=SystemClock()
-            )
-        finally:
-            await db.dispose()
-
-    ended = asyncio.run(work())
+            ),
+        )
+    )
     typer.echo(f"Set the password of {email.strip().lower()}; {ended} session(s) ended.")
 
 
@@ -515,14 +509,7 @@ def verify() -> None:
     """
     settings = _settings()
 
-    async def work() -> verify_ledger.Report:
-        db = Database(settings.database_url)
-        try:
-            return await verify_ledger.verify(db)
-        finally:
-            await db.dispose()
-
-    report = asyncio.run(work())
+    report = asyncio.run(_with_database(settings, verify_ledger.verify))
     for line in report.summary():
         typer.echo(line)
     if report.problems:

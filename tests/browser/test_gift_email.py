@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import importlib.util
 import re
 import time
 from collections.abc import Iterator
@@ -149,10 +148,6 @@ def wait_for_eml(folder: Path, recipient: str) -> EmailMessage:
     raise AssertionError(f"no email to {recipient} in {folder} after {EML_WAIT_S}s")
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("giftcard.mail.sender") is None,
-    reason="the server has no mail sender to write .eml files",
-)
 def test_a_gift_bought_in_the_store_reaches_its_recipient_who_redeems_it(
     tabs: Tabs, live: Live, mail_dir: Path
 ) -> None:
