@@ -178,6 +178,35 @@ async def api_key(services: Services, role: str = "admin") -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+@dataclass
+class StaffMember:
+    id: str
+    email: str
+    token: str
+    role: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def staff_member(
+    client: httpx.AsyncClient, services: Services, role: str = "support"
+) -> StaffMember:
+    """Create a staff member with `role` and log them in through the API."""
+    from giftcard.customers import Role, create_staff
+
+    email = f"{role}{next(_counter)}-{uuid.uuid4().hex[:6]}@staff.example.com"
+    password = "staff password 123"
+    await create_staff(
+        services.db, email=email, password=password, role=Role(role), clock=services.clock
+    )
+    session = await client.post("/v1/sessions", json={"email": email, "password": password})
+    assert session.status_code == 201, session.text
+    body = session.json()
+    return StaffMember(body["staff"]["id"], email, body["token"], role)
+
+
 async def issue(
     client: httpx.AsyncClient,
     headers: dict[str, str],

@@ -122,6 +122,9 @@ class Settings:
     mail_claim_ttl_s: int = 300
     # The longest one email's delivery may take: connecting, TLS, log-in and sending.
     smtp_timeout_s: int = 30
+    # A support adjustment larger than this (in minor units, either sign) waits for a
+    # second staff member's approval.
+    adjustment_approval_minor: int = 10000
 
     @property
     def is_sqlite(self) -> bool:
@@ -186,6 +189,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_url=smtp_url,
         smtp_timeout_s=smtp_timeout_s,
         mail_claim_ttl_s=mail_claim_ttl_s,
+        adjustment_approval_minor=_int(env, "GIFTCARD_ADJUSTMENT_APPROVAL_MINOR", 10000),
     )
 
 

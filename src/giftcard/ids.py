@@ -11,6 +11,8 @@ STAFF = "stf"
 PAYMENT = "pay"
 REFUND = "re"
 GIFT = "gift"
+ADJUSTMENT = "adj"
+AUDIT_ENTRY = "aud"
 ID_DIGITS_MAX = 18
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
+from giftcard import audit
 from giftcard.db.engine import Database
 
 CULPRITS_PER_CHECK_MAX = 50
@@ -149,7 +150,7 @@ class Report:
         lines = [
             "Checked {transactions} journal transactions, {postings} postings, "
             "{accounts} accounts, {cards} cards, {customers} customers, "
-            "{payments} payments.".format(**self.counts)
+            "{payments} payments, {audit_entries} audit log entries.".format(**self.counts)
         ]
         for currency, sums in sorted(self.totals.items()):
             lines.append(
@@ -182,6 +183,10 @@ async def verify(db: Database) -> Report:
         ):
             count = (await connection.execute(text(f"SELECT COUNT(*) FROM {table}"))).scalar_one()  # noqa: S608 - fixed names
             report.counts[table.removeprefix("journal_").replace("ledger_", "")] = int(count)
+        chain = await audit.verify_chain(connection)
+        report.counts["audit_entries"] = chain.entries
+        if chain.problem is not None:
+            report.problems.append("audit log chain: " + chain.problem)
         balances = await connection.execute(
             text(
                 "SELECT currency, kind, SUM(balance) AS total FROM ledger_accounts "

@@ -12,11 +12,15 @@ from fastapi import FastAPI
 from giftcard import __version__, passwords, web
 from giftcard.api import docs, problems
 from giftcard.api.middleware import AccessLog, BodySizeLimit, NoStore
+from giftcard.api.routes_audit import router as audit_router
 from giftcard.api.routes_cards import router as cards_router
 from giftcard.api.routes_customers import router as customers_router
 from giftcard.api.routes_gifts import router as gifts_router
 from giftcard.api.routes_payments import router as payments_router
+from giftcard.api.routes_reports import router as reports_router
 from giftcard.api.routes_service import router as service_router
+from giftcard.api.routes_support import router as support_router
+from giftcard.api.routes_support_customers import router as support_customers_router
 from giftcard.config import Settings, load_settings
 from giftcard.mail import sender
 from giftcard.services import Services
@@ -73,6 +77,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(cards_router)
     app.include_router(payments_router)
     app.include_router(gifts_router)
+    app.include_router(support_router)
+    app.include_router(support_customers_router)
+    app.include_router(audit_router)
+    app.include_router(reports_router)
     app.include_router(service_router)
     web.install(app, demo_store=settings.demo_store)
     app.add_middleware(BodySizeLimit, limit_bytes=settings.request_body_bytes_max)

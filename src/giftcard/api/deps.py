@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from giftcard import idempotency
+from giftcard import audit, idempotency
 from giftcard.api.problems import problem_json
 from giftcard.customers import (
     ApiKeyPrincipal,
@@ -65,14 +65,38 @@ async def customer(who: Principal = Depends(principal)) -> CustomerPrincipal:
     return who
 
 
+# The roles a staff member can have; merchant is only ever an API key's.
+STAFF_ROLES = (Role.SUPPORT, Role.ADMIN)
+
+
+def needs_role(allowed: tuple[Role, ...]) -> str:
+    """The refusal's sentence, naming exactly what `roles(*allowed)` admits."""
+    keys = " or ".join(role.value for role in allowed)
+    staff = [role.value for role in allowed if role in STAFF_ROLES]
+    sentence = f"This needs an API key with role {keys}"
+    if staff:
+        sentence += f", or the session of a staff member with role {' or '.join(staff)}"
+    return sentence + "."
+
+
 def roles(*allowed: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency admitting API keys (and staff sessions) with one of `allowed` roles."""
+    """A dependency admitting API keys and staff sessions with one of `allowed` roles."""
 
     async def check(who: Principal = Depends(principal)) -> Principal:
         if isinstance(who, ApiKeyPrincipal | StaffPrincipal) and who.role in allowed:
             return who
-        names = ", ".join(role.value for role in allowed)
-        raise GiftcardError(ErrorCode.FORBIDDEN, f"This needs an API key with role {names}.")
+        raise GiftcardError(ErrorCode.FORBIDDEN, needs_role(allowed))
+
+    return check
+
+
+def acting(*allowed: Role) -> Callable[..., Awaitable[audit.Actor]]:
+    """Like :func:`roles`, giving the caller as the audit log names them."""
+    admit = roles(*allowed)
+
+    async def check(request: Request, who: Principal = Depends(admit)) -> audit.Actor:
+        assert isinstance(who, ApiKeyPrincipal | StaffPrincipal)
+        return audit.Actor(who.actor, who.role.value, getattr(request.state, "request_id", None))
 
     return check
 

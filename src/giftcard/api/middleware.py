@@ -1,10 +1,12 @@
 """ASGI middleware: a request body size limit, no caching of API answers, and one log
-line plus metrics a request."""
+line plus metrics a request, under a request id that the answer names in `Request-Id`
+and the audit log records."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -100,8 +102,16 @@ class NoStore:
         await self.app(scope, receive, marking_send)
 
 
+REQUEST_ID_HEADER = "Request-Id"
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
 class AccessLog:
-    """Method, path (never the query string), status and duration of each request."""
+    """Method, path (never the query string), status and duration of each request, with
+    the request's id (made here, never taken from the client: the audit log trusts it)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -112,11 +122,14 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 500
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def capture(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         try:
@@ -137,5 +150,6 @@ class AccessLog:
                     "duration_ms": round(duration_s * 1000, 2),
                     "client": client[0] if client else None,
                     "actor": (scope.get("state") or {}).get("actor"),
+                    "request_id": request_id,
                 },
             )

@@ -215,6 +215,9 @@ card_events = Table(
     Column("transaction_id", Id, nullable=True),
     Column("customer_id", Id, nullable=True),
     _created_at(),
+    # For `replaced`: the new card issued in this card's stead (and, on the new card's
+    # `issued` event, the card it replaces).
+    Column("related_card_id", Id, nullable=True),
 )
 Index("ix_card_events_card_id", card_events.c.card_id)
 
@@ -480,3 +483,82 @@ password_resets = Table(
     _created_at(),
 )
 Index("ix_password_resets_customer_id", password_resets.c.customer_id)
+
+# A support adjustment of a customer's balance: a signed amount with a reason and a note.
+# Small ones are applied at once; one whose size exceeds the approval threshold waits
+# `pending_approval` until a different staff member approves (it is then applied) or
+# rejects it. `transaction_id` is the journal transaction that applied it.
+adjustments = Table(
+    "adjustments",
+    metadata,
+    _id(),
+    Column("customer_id", Id, ForeignKey("customers.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("decided_by", String(64), nullable=True),
+    Column("decided_at", UTCDateTime(), nullable=True),
+    Column("decision_note", Text, nullable=True),
+    Column("transaction_id", Id, ForeignKey("journal_transactions.id"), nullable=True),
+    _created_at(),
+    CheckConstraint("amount <> 0", name="amount_not_zero"),
+    CheckConstraint(
+        "reason IN ('goodwill', 'correction', 'fraud_reversal', 'lost_card_replacement', 'other')",
+        name="reason_known",
+    ),
+    CheckConstraint("status IN ('applied', 'pending_approval', 'rejected')", name="status_known"),
+    CheckConstraint(
+        "(status = 'applied') = (transaction_id IS NOT NULL)", name="applied_has_transaction"
+    ),
+)
+Index("ix_adjustments_customer_id_id", adjustments.c.customer_id, adjustments.c.id)
+Index(
+    "ix_adjustments_pending",
+    adjustments.c.id,
+    sqlite_where=text("status = 'pending_approval'"),
+    postgresql_where=text("status = 'pending_approval'"),
+)
+
+# The audit log: every staff and API-key action that changes or reveals something.
+# Append-only and hash-chained (giftcard.audit): each entry's `hash` is SHA-256 over a
+# canonical encoding of its fields and `prev_hash`, the hash of the entry before it.
+# `audit_chain` is the head of the chain, one row: appending takes its row lock, so
+# entries are chained one after another whatever the concurrency, and the head's
+# `last_hash` lets a check see entries removed from the end.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    _id(),
+    # staff:3, api_key:2
+    Column("actor", String(64), nullable=False),
+    # support, admin, merchant
+    Column("actor_role", String(16), nullable=False),
+    # e.g. card.lookup, card.freeze, adjustment.create, adjustment.approve
+    Column("action", String(64), nullable=False),
+    # the public id of what it acted on (card_12, cus_3, adj_4), or a search's words
+    Column("target", String(200), nullable=True),
+    Column("reason", String(64), nullable=True),
+    Column("note", Text, nullable=True),
+    # ok, or the error code it was refused with (card look-ups that found nothing too)
+    Column("outcome", String(64), nullable=False),
+    # more about it, canonical JSON (never a code, a password or a token)
+    Column("detail", Text, nullable=True),
+    Column("request_id", String(64), nullable=True),
+    _created_at(),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+)
+Index("ix_audit_log_actor_id", audit_log.c.actor, audit_log.c.id)
+Index("ix_audit_log_target_id", audit_log.c.target, audit_log.c.id)
+
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_id", Id, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+    CheckConstraint("id = 1", name="one_row"),
+)

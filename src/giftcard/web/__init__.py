@@ -22,6 +22,7 @@ from giftcard.errors import GiftcardError
 from giftcard.web import security
 from giftcard.web.account import router as account_router
 from giftcard.web.pages import router as pages_router
+from giftcard.web.support import router as support_router
 from giftcard.web.templating import error_headers, page, redirect
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def install(app: FastAPI, *, demo_store: bool = False) -> None:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(pages_router)
     app.include_router(account_router)
+    app.include_router(support_router)
     app.state.demo_store = demo_store
     if demo_store:
         # The demo store pays with a pretend card, so its pages exist only in a demo
