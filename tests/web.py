@@ -85,3 +85,35 @@ async def web_sign_up(client: httpx.AsyncClient, region: str = "US") -> str:
 async def web_redeem(client: httpx.AsyncClient, code: str) -> httpx.Response:
     """Redeem a code on Your Gift Cards; a 303 means it was added to the balance."""
     return await web_post(client, "/account/gift-cards/redeem", {"code": code})
+
+
+STAFF_PASSWORD = "staff password 123"
+
+
+async def console_log_in(client: httpx.AsyncClient, services: object, role: str = "support") -> str:
+    """Create a staff member with `role` and log this client in to the support console;
+    returns their email."""
+    from giftcard.customers import Role, create_staff
+    from giftcard.services import Services
+
+    assert isinstance(services, Services)
+    email = f"agent{next(_numbers)}-{uuid.uuid4().hex[:6]}@staff.example.com"
+    await create_staff(
+        services.db, email=email, password=STAFF_PASSWORD, role=Role(role), clock=services.clock
+    )
+    form = await client.get("/support/login")
+    response = await client.post(
+        "/support/login",
+        data={"csrf_token": csrf_of(form.text), "email": email, "password": STAFF_PASSWORD},
+    )
+    assert response.status_code == 303, response.text
+    return email
+
+
+async def console_post(
+    client: httpx.AsyncClient, action: str, data: dict[str, str] | None = None
+) -> httpx.Response:
+    """Submit a console form with this client's console CSRF token; no redirects followed."""
+    return await client.post(
+        action, data={**(data or {}), "csrf_token": await csrf(client, "/support")}
+    )

@@ -23,6 +23,7 @@ from giftcard.web import security
 from giftcard.web.account import router as account_router
 from giftcard.web.pages import router as pages_router
 from giftcard.web.support import router as support_router
+from giftcard.web.support import session as support_session
 from giftcard.web.templating import error_headers, page, redirect
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,20 @@ def error_page(
     action_label: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
+    if security.is_console(request):
+        return support_session.console_page(
+            request,
+            "support/error.html",
+            "error",
+            {
+                "heading": heading,
+                "message": message,
+                "action_href": action_href,
+                "action_label": action_label,
+            },
+            status=status,
+            headers=headers,
+        )
     return page(
         request,
         "error.html",
@@ -128,6 +143,10 @@ def install(app: FastAPI, *, demo_store: bool = False) -> None:
     @app.exception_handler(security.LoginRequired)
     async def _login(request: Request, error: security.LoginRequired) -> Response:
         return redirect(request, security.login_url(error.next_path))
+
+    @app.exception_handler(support_session.StaffLoginRequired)
+    async def _staff_login(request: Request, error: support_session.StaffLoginRequired) -> Response:
+        return redirect(request, support_session.login_url(error.next_path))
 
     @app.exception_handler(GiftcardError)
     async def _giftcard(request: Request, error: GiftcardError) -> Response:

@@ -144,13 +144,14 @@ async def login(request: Request) -> Response:
             clock=svc.clock,
         )
         if session.customer is None:
-            # These pages are a shopper's; staff use the API. The session just made for
-            # the staff member is closed again at once.
+            # These pages are a shopper's; staff use the support console. The session
+            # just made for the staff member is closed again at once.
             assert session.staff is not None
             await customers.log_out(svc.db, session.staff.session_id, clock=svc.clock)
             raise GiftcardError(
                 ErrorCode.FORBIDDEN,
-                "This is a staff account. Log in here with a shopper's account.",
+                "This is a staff account: staff log in to the support console at "
+                "/support/login. Log in here with a shopper's account.",
                 param="email",
             )
     except GiftcardError as error:

@@ -5,6 +5,9 @@ Cookies, each HttpOnly, SameSite=Lax, and Secure when the page is served over HT
 
 - `giftcard_session` holds the shopper's session token (`gcs_…`, the same sessions the
   API hands out; the server keeps only its hash).
+- `giftcard_staff` holds a staff member's session token, sent only to the support
+  console (`/support`); it is never a shopper's session, nor the reverse. On console
+  pages the CSRF token is bound to this session instead of the shopper's.
 - `giftcard_csrf` holds a random value; every form carries, in its `csrf_token` field,
   a token signed with the secret key over that value and the session the page was
   rendered in, and a POST whose token does not match its cookies is refused (a signed
@@ -41,6 +44,9 @@ from giftcard.customers import CustomerPrincipal
 from giftcard.http import services
 
 SESSION_COOKIE = "giftcard_session"
+STAFF_COOKIE = "giftcard_staff"
+# The support console's pages, the only ones the staff cookie is sent to.
+CONSOLE_PATH = "/support"
 CSRF_COOKIE = "giftcard_csrf"
 FLASH_COOKIE = "giftcard_flash"
 REDEEM_COOKIE = "giftcard_redeem"
@@ -78,21 +84,27 @@ def is_https(request: Request) -> bool:
 
 
 def set_cookie(
-    request: Request, response: Response, name: str, value: str, *, max_age_s: int | None
+    request: Request,
+    response: Response,
+    name: str,
+    value: str,
+    *,
+    max_age_s: int | None,
+    path: str = "/",
 ) -> None:
     response.set_cookie(
         name,
         value,
         max_age=max_age_s,
-        path="/",
+        path=path,
         httponly=True,
         samesite="lax",
         secure=is_https(request),
     )
 
 
-def clear_cookie(request: Request, response: Response, name: str) -> None:
-    response.delete_cookie(name, path="/", httponly=True, samesite="lax", secure=is_https(request))
+def clear_cookie(request: Request, response: Response, name: str, *, path: str = "/") -> None:
+    response.delete_cookie(name, path=path, httponly=True, samesite="lax", secure=is_https(request))
 
 
 def _mac(key: bytes, purpose: str, value: str) -> str:
@@ -116,10 +128,15 @@ def csrf_token(request: Request) -> str:
     return binding + "." + _csrf_signature(request, seed, binding)
 
 
+def is_console(request: Request) -> bool:
+    path = request.url.path
+    return path == CONSOLE_PATH or path.startswith(CONSOLE_PATH + "/")
+
+
 def _session_binding(request: Request) -> str:
-    """A short keyed digest of the session cookie: names the session without revealing
-    its token. Empty when the browser sends no session."""
-    session = request.cookies.get(SESSION_COOKIE, "")
+    """A short keyed digest of the session cookie (the staff member's on console pages):
+    names the session without revealing its token. Empty without a session."""
+    session = request.cookies.get(STAFF_COOKIE if is_console(request) else SESSION_COOKIE, "")
     if not session:
         return ""
     return _mac(services(request).settings.secret_key, "csrf-session", session)[
