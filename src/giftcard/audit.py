@@ -11,21 +11,43 @@ the one row of `audit_chain` (its last number and hash), whose row lock puts con
 appends one after another. Editing an entry changes its hash; removing one leaves a
 gap; rewriting the rest of the chain after an edit still disagrees with the head.
 :func:`verify_chain` walks the log and names the first broken link.
+
+Reading: :func:`page` lists entries newest first, filtered (:class:`Filters`, built from
+what a caller typed by :func:`parse_filters`), and :func:`start_export` with
+:func:`export_csv` write them oldest first as CSV, every field and both hashes, so that
+the chain can be checked again from the file alone.
+
+Reading pages is not itself recorded, exporting is. A page shows, to staff who may read
+the log anyway, only what the log holds already (who did what, to which id; never a
+code or a customer's details), and recording each page read would push an entry above
+the very entries being read with every look, burying the actions the log is for. An
+export is different: it takes a copy of the whole trail out of the service, so who
+took which part of it, and how many entries, is itself worth an entry.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
+from giftcard import ids
+from giftcard.db.engine import Database
 from giftcard.db.tables import audit_chain, audit_log
+from giftcard.errors import validation_error
+from giftcard.unit_of_work import UnitOfWork
+
+T = TypeVar("T")
 
 GENESIS_HASH = "0" * 64
 NOTE_LENGTH_MAX = 2000
@@ -216,3 +238,357 @@ async def verify_chain(connection: AsyncConnection) -> ChainCheck:
             "entries were removed from the end, or the head was changed",
         )
     return ChainCheck(count, None)
+
+
+# -- reading -----------------------------------------------------------------------------
+
+PAGE_SIZE_DEFAULT = 20
+PAGE_SIZE_MAX = 100
+# Rows read per query while exporting: the export streams, never holding the whole log.
+EXPORT_CHUNK = 1000
+FILTER_LENGTH_MAX = 200
+_ACTOR_ID = re.compile(r"(?:stf_|staff:)([0-9]{1,18})|api_key:([0-9]{1,18})", re.ASCII)
+# `card.freeze`, or a prefix ending in a dot: `card.` (every card action).
+_ACTION = re.compile(r"[a-z_]+(?:\.[a-z_]+)*\.?", re.ASCII)
+_OUTCOME = re.compile(r"[a-z_]{1,64}", re.ASCII)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    created_at: datetime
+    actor: str
+    actor_role: str
+    action: str
+    target: str | None
+    reason: str | None
+    note: str | None
+    outcome: str
+    # The canonical JSON the hash covers, as stored; :attr:`detail_object` reads it.
+    detail: str | None
+    request_id: str | None
+    prev_hash: str
+    hash: str
+
+    @property
+    def public_id(self) -> str:
+        return ids.format_id(ids.AUDIT_ENTRY, self.id)
+
+    @property
+    def detail_object(self) -> dict[str, Any]:
+        if not self.detail:
+            return {}
+        value = json.loads(self.detail)
+        return value if isinstance(value, dict) else {"value": value}
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which entries to read; None matches everything. `action` ending in a dot is a
+    prefix (`card.`); `since` is inclusive, `until` exclusive."""
+
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def as_detail(self) -> dict[str, str]:
+        """The filters as the export's audit entry records them."""
+        values = {
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "outcome": self.outcome,
+            "since": None if self.since is None else _timestamp(self.since),
+            "until": None if self.until is None else _timestamp(self.until),
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+
+def _blank(text: str | None, param: str) -> str | None:
+    if text is None:
+        return None
+    text = text.strip()
+    if len(text) > FILTER_LENGTH_MAX:
+        raise validation_error(f"{param} is at most {FILTER_LENGTH_MAX} characters long.", param)
+    return text or None
+
+
+def parse_actor(text: str) -> str:
+    """`stf_3` or `staff:3` → `staff:3`; `api_key:2` (the key's number, as `giftcard keys
+    list` shows it) stays itself."""
+    found = _ACTOR_ID.fullmatch(text)
+    if found is None:
+        raise validation_error(
+            "actor must be a staff member's id like stf_3 (or staff:3), or an API key like "
+            "api_key:2 with the number `giftcard keys list` shows.",
+            "actor",
+        )
+    staff_number, key_number = found.groups()
+    return f"staff:{int(staff_number)}" if staff_number else f"api_key:{int(key_number)}"
+
+
+def parse_moment(text: str, param: str, *, end_of_day: bool = False) -> datetime:
+    """An ISO 8601 moment in any zone (UTC when it names none), or a date: the start of
+    that day in UTC, or with `end_of_day` the start of the next (so that `until` a date
+    takes that whole day in)."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime.combine(day, time(0, 0), tzinfo=UTC)
+            return moment + timedelta(days=1) if end_of_day else moment
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise validation_error(
+            f"{param} must be a date like 2026-12-01 or a moment like 2026-12-01T14:30:00Z "
+            "(ISO 8601, any zone; UTC when none is given).",
+            param,
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_filters(
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    outcome: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Filters:
+    """Filters from what a caller typed: blanks are no filter; a bad one is a 422
+    naming its parameter."""
+    actor, action, target = (
+        _blank(actor, "actor"),
+        _blank(action, "action"),
+        _blank(target, "target"),
+    )
+    outcome, since, until = (
+        _blank(outcome, "outcome"),
+        _blank(since, "since"),
+        _blank(until, "until"),
+    )
+    if action is not None and (len(action) > 64 or not _ACTION.fullmatch(action)):
+        raise validation_error(
+            "action must be an action like card.freeze, or the start of one ending in a "
+            "dot, like card. for every card action.",
+            "action",
+        )
+    if outcome is not None and not _OUTCOME.fullmatch(outcome):
+        raise validation_error(
+            "outcome must be ok or an error code like code_not_found.", "outcome"
+        )
+    filters = Filters(
+        actor=None if actor is None else parse_actor(actor),
+        action=action,
+        target=target,
+        outcome=outcome,
+        since=None if since is None else parse_moment(since, "since"),
+        until=None if until is None else parse_moment(until, "until", end_of_day=True),
+    )
+    if filters.since and filters.until and filters.since >= filters.until:
+        raise validation_error("until must come after since.", "until")
+    return filters
+
+
+def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
+    column = audit_log.c
+    conditions: list[ColumnElement[bool]] = []
+    if filters.actor is not None:
+        conditions.append(column.actor == filters.actor)
+    if filters.action is not None:
+        if filters.action.endswith("."):
+            # The pattern holds only letters, "_" and ".": "_" is escaped, "." is literal.
+            pattern = filters.action.replace("_", "\\_") + "%"
+            conditions.append(column.action.like(pattern, escape="\\"))
+        else:
+            conditions.append(column.action == filters.action)
+    if filters.target is not None:
+        conditions.append(column.target == filters.target)
+    if filters.outcome is not None:
+        conditions.append(column.outcome == filters.outcome)
+    if filters.since is not None:
+        conditions.append(column.created_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(column.created_at < filters.until)
+    return conditions
+
+
+def _entry(row: Row[Any]) -> AuditEntry:
+    return AuditEntry(
+        id=int(row.id),
+        created_at=row.created_at,
+        actor=row.actor,
+        actor_role=row.actor_role,
+        action=row.action,
+        target=row.target,
+        reason=row.reason,
+        note=row.note,
+        outcome=row.outcome,
+        detail=row.detail,
+        request_id=row.request_id,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+async def page(
+    db: Database,
+    *,
+    filters: Filters,
+    limit: int = PAGE_SIZE_DEFAULT,
+    starting_after: int | None = None,
+) -> Page[AuditEntry]:
+    """One page of entries matching `filters`, newest first, after the entry numbered
+    `starting_after` (the last of the page before)."""
+    if not 1 <= limit <= PAGE_SIZE_MAX:
+        raise validation_error(f"limit must be from 1 to {PAGE_SIZE_MAX}.", "limit")
+    conditions = _conditions(filters)
+    if starting_after is not None:
+        conditions.append(audit_log.c.id < starting_after)
+    query = select(audit_log).where(*conditions).order_by(audit_log.c.id.desc()).limit(limit + 1)
+    async with db.transaction(write=False) as connection:
+        rows = (await connection.execute(query)).all()
+    return Page([_entry(row) for row in rows[:limit]], has_more=len(rows) > limit)
+
+
+# -- export ------------------------------------------------------------------------------
+
+EXPORT_COLUMNS = (
+    "id",
+    "created_at",
+    "actor",
+    "actor_role",
+    "action",
+    "target",
+    "reason",
+    "note",
+    "outcome",
+    "detail",
+    "request_id",
+    "prev_hash",
+    "hash",
+)
+# A spreadsheet reads a cell starting with one of these as a formula; such a cell is
+# written with a leading apostrophe, and so is one starting with an apostrophe, so that
+# :func:`unescape_cell` gives every value back exactly (the hashes are over the values).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+@dataclass(frozen=True)
+class Export:
+    """An export begun: the entries matching `filters` up to entry `last_id` (the log's
+    end when it began), `rows` of them, and the audit entry that records it."""
+
+    filters: Filters
+    last_id: int
+    rows: int
+    entry_id: int
+    started_at: datetime
+
+    @property
+    def filename(self) -> str:
+        return f"giftcard-audit-log-{self.started_at:%Y%m%dT%H%M%SZ}.csv"
+
+
+async def start_export(uow: UnitOfWork, actor: Actor, filters: Filters) -> Export:
+    """Fix what an export holds and record it (`audit_log.export`), in one transaction;
+    :func:`export_csv` then writes those entries. The export's own entry comes after the
+    log's end it names, so it is not in the file; the next export has it."""
+    now = uow.clock.now()
+
+    async def work(connection: AsyncConnection) -> Export:
+        last_id = int(
+            (
+                await connection.execute(select(audit_chain.c.last_id).where(audit_chain.c.id == 1))
+            ).scalar_one()
+        )
+        rows = int(
+            (
+                await connection.execute(
+                    select(func.count())
+                    .select_from(audit_log)
+                    .where(*_conditions(filters), audit_log.c.id <= last_id)
+                )
+            ).scalar_one()
+        )
+        entry_id = await record(
+            connection,
+            actor,
+            Action(
+                "audit_log.export",
+                detail={"filters": filters.as_detail(), "rows": rows, "last_id": last_id},
+            ),
+            now=now,
+        )
+        return Export(filters, last_id, rows, entry_id, now)
+
+    return await uow.run(work)
+
+
+def escape_cell(value: str) -> str:
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+def unescape_cell(value: str) -> str:
+    """A cell of the export as the entry holds it (the reverse of :func:`escape_cell`)."""
+    return value[1:] if value.startswith("'") else value
+
+
+def export_row(entry: AuditEntry) -> list[str]:
+    """The entry as the export's cells: the stored values, `created_at` as the hash reads
+    it, the id as `aud_N`."""
+    values = [
+        entry.public_id,
+        _timestamp(entry.created_at),
+        entry.actor,
+        entry.actor_role,
+        entry.action,
+        entry.target,
+        entry.reason,
+        entry.note,
+        entry.outcome,
+        entry.detail,
+        entry.request_id,
+        entry.prev_hash,
+        entry.hash,
+    ]
+    return [escape_cell(value or "") for value in values]
+
+
+def _csv_text(rows: Sequence[Sequence[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
+    return buffer.getvalue()
+
+
+async def export_csv(db: Database, export: Export) -> AsyncIterator[str]:
+    """The export's CSV text, a header line then each entry oldest first, a chunk of
+    entries at a time (each read in a short transaction of its own: entries are never
+    changed, so the chunks add up to what the export counted)."""
+    yield _csv_text([EXPORT_COLUMNS])
+    after = 0
+    conditions = [*_conditions(export.filters), audit_log.c.id <= export.last_id]
+    while True:
+        async with db.transaction(write=False) as connection:
+            rows = (
+                await connection.execute(
+                    select(audit_log)
+                    .where(*conditions, audit_log.c.id > after)
+                    .order_by(audit_log.c.id)
+                    .limit(EXPORT_CHUNK)
+                )
+            ).all()
+        if rows:
+            yield _csv_text([export_row(_entry(row)) for row in rows])
+        if len(rows) < EXPORT_CHUNK:
+            return
+        after = int(rows[-1].id)

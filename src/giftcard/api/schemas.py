@@ -4,7 +4,7 @@ currency; a float is refused, never rounded."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -321,3 +321,81 @@ class GiftOut(BaseModel):
 class GiftList(BaseModel):
     data: list[GiftOut]
     has_more: bool
+
+
+# -- Records: the audit log and the liability report ---------------------------------------
+
+
+class AuditEntryOut(BaseModel):
+    id: str = Field(examples=["aud_1"])
+    created_at: datetime
+    actor: str = Field(examples=["staff:3", "api_key:2"])
+    actor_role: str = Field(examples=["support"])
+    action: str = Field(examples=["card.freeze"])
+    target: str | None = Field(examples=["card_12"])
+    reason: str | None
+    note: str | None
+    outcome: str = Field(description="ok, or the error code the action was refused with.")
+    detail: dict[str, Any]
+    request_id: str | None
+    hash: str = Field(description="SHA-256 over the entry's fields and prev_hash.")
+    prev_hash: str = Field(description="The hash of the entry before this one.")
+
+
+class AuditEntryList(BaseModel):
+    data: list[AuditEntryOut]
+    has_more: bool
+
+
+class RegionLiabilityOut(BaseModel):
+    region: str | None = Field(
+        description="null for value given that no customer's region could be found for."
+    )
+    currency: str
+    outstanding: int = Field(description="Active, expired and frozen card values plus balances.")
+    active_cards: int
+    active_value: int
+    expired_cards: int
+    expired_value: int = Field(description="Expired cards' value: still on the ledger.")
+    frozen_cards: int
+    frozen_value: int
+    inactive_cards: int = Field(description="Physical cards not sold yet: no value.")
+    customers: int
+    customers_available: int
+    customers_held: int
+    store_credit_given: int
+    net_adjustments: int
+
+
+class ReconciliationOut(BaseModel):
+    currency: str
+    cards_and_customers: int
+    ledger_tracked_accounts: int
+    ledger_system_accounts: int = Field(description="Minus the sum of system accounts' postings.")
+    difference_tracked: int
+    difference_system: int
+    reconciled: bool
+
+
+class DayActivityOut(BaseModel):
+    date: str = Field(examples=["2026-12-02"])
+    issued: int
+    redeemed: int
+    spent: int
+    refunded: int
+    adjusted: int
+
+
+class CurrencyActivityOut(BaseModel):
+    currency: str
+    days: list[DayActivityOut]
+
+
+class LiabilityReportOut(BaseModel):
+    generated_at: datetime
+    first_day: str
+    last_day: str
+    reconciled: bool
+    regions: list[RegionLiabilityOut]
+    reconciliation: list[ReconciliationOut]
+    activity: list[CurrencyActivityOut]
