@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import DBAPIError
 
-from giftcard import access, cards, customers
+from giftcard import access, audit, cards, customers
 from giftcard import verify as verify_ledger
 from giftcard.clock import SystemClock
 from giftcard.codes import format_code
@@ -50,10 +50,12 @@ cards_app = typer.Typer(help="Issue gift cards.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 staff_app = typer.Typer(help="Manage support staff.", no_args_is_help=True)
 mail_app = typer.Typer(help="Check the email settings.", no_args_is_help=True)
+audit_app = typer.Typer(help="Take the audit log away as CSV.", no_args_is_help=True)
 app.add_typer(cards_app, name="cards")
 app.add_typer(keys_app, name="keys")
 app.add_typer(staff_app, name="staff")
 app.add_typer(mail_app, name="mail")
+app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True)
 CARDS_PER_CLI_BATCH_MAX = 1_000_000
@@ -621,6 +623,59 @@ async def _queue_test_email(
             await asyncio.sleep(MAIL_TEST_POLL_INTERVAL_S)
     finally:
         await db.dispose()
+
+
+# How the audit log names an operator at the command line: whoever runs the command
+# holds the database's address, so they may read everything.
+CLI_ACTOR = audit.Actor("cli", "operator")
+
+
+@audit_app.command("export")
+@command_errors
+def audit_export(
+    out: Annotated[Path, typer.Option(help="CSV file to write; must not exist yet.")],
+    since: Annotated[
+        str | None, typer.Option(help="From this date (UTC) or ISO 8601 moment on.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Up to the end of this date (UTC), or before this moment.")
+    ] = None,
+) -> None:
+    """Write the audit log's entries, oldest first with both hashes, to a CSV file; the
+    export is itself recorded in the log.
+
+    Example: giftcard audit export --since 2026-12-01 --out audit.csv
+    """
+    filters = audit.parse_filters(since=since, until=until)
+    if out.exists():
+        raise _fail(f"{out} exists already; refusing to overwrite it.")
+    if not out.parent.exists():
+        raise _fail(f"the folder {out.parent} does not exist.")
+    settings = _settings()
+    export = asyncio.run(_with_database(settings, lambda db: _export_audit(db, filters, out)))
+    typer.echo(
+        f"Wrote {export.rows} audit entries to {out}; the export is recorded as "
+        f"audit entry {export.entry_id}."
+    )
+
+
+async def _export_audit(db: Database, filters: audit.Filters, out: Path) -> audit.Export:
+    # Claimed before the export is recorded: a file in the way stops it before then.
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise _fail(f"{out} exists already; refusing to overwrite it.") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            export = await audit.start_export(UnitOfWork(db, SystemClock()), CLI_ACTOR, filters)
+            async for chunk in audit.export_csv(db, export):
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        os.unlink(out)
+        raise
+    return export
 
 
 def main() -> None:

@@ -5,10 +5,13 @@ field and both hashes, safe to open in a spreadsheet, and itself recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from giftcard import audit
 from giftcard.clock import FrozenClock
 from giftcard.services import Services
-from tests.conftest import api_key, assert_problem, sign_up, staff_member
+from tests.conftest import TEST_SECRET_KEY, api_key, assert_problem, sign_up, staff_member
+from tests.integration.test_verify import CLI_TIMEOUT_S, GIFTCARD
 
 AGENT = audit.Actor("staff:7", "support", "req_agent")
 ADMIN_KEY = audit.Actor("api_key:2", "admin", "req_key")
@@ -320,3 +324,52 @@ async def test_a_long_export_streams_in_chunks_and_counts_what_it_wrote(
         "/v1/support/audit-log/export", params={"target": "card_99"}, headers=auth
     )
     assert empty.text.splitlines() == [",".join(audit.EXPORT_COLUMNS)]
+
+
+async def run_cli(database_url: str, *arguments: str) -> tuple[int, str]:
+    env = {
+        **os.environ,
+        "GIFTCARD_DATABASE_URL": database_url,
+        "GIFTCARD_SECRET_KEY": TEST_SECRET_KEY.decode(),
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(GIFTCARD),
+        *arguments,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_an_operator_exports_the_log_from_the_command_line(
+    client: httpx.AsyncClient, services: Services, clock: FrozenClock, tmp_path: Path
+) -> None:
+    await seed(services, clock)
+    out = tmp_path / "audit.csv"
+    url = services.settings.database_url
+    since = (clock.now() - timedelta(days=1)).date().isoformat()
+    code, output = await run_cli(url, "audit", "export", "--since", since, "--out", str(out))
+    assert code == 0, output
+    assert "Wrote 4 audit entries" in output
+    with out.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["id"] for row in rows] == ["aud_3", "aud_4", "aud_5", "aud_6"]
+    auth = await api_key(services, "admin")
+    [entry] = (await read(client, auth, action="audit_log.export"))["data"]
+    assert (entry["actor"], entry["actor_role"]) == ("cli", "operator")
+    assert entry["detail"]["rows"] == 4
+    # A file in the way, or a bad filter, stops it before anything is recorded.
+    code, output = await run_cli(url, "audit", "export", "--out", str(out))
+    assert code == 1
+    assert "exists already" in output
+    code, output = await run_cli(
+        url, "audit", "export", "--until", "tomorrow", "--out", str(tmp_path / "other.csv")
+    )
+    assert code == 1
+    assert "until must be a date" in output
+    assert not (tmp_path / "other.csv").exists()
+    assert len((await read(client, auth, action="audit_log.export"))["data"]) == 1
