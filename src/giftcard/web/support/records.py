@@ -147,8 +147,11 @@ def _days(text: str | None) -> tuple[int, str | None]:
     if text is None or not text.strip():
         return reports.DAYS_DEFAULT, None
     words = text.strip()
-    if words.isascii() and words.isdigit() and 1 <= int(words[:4]) <= reports.DAYS_MAX:
-        return int(words), None
+    # Three digits at most: 366 is the largest, and int() of a long text is not free.
+    if len(words) <= 3 and words.isascii() and words.isdigit():
+        days = int(words)
+        if 1 <= days <= reports.DAYS_MAX:
+            return days, None
     return reports.DAYS_DEFAULT, (
         f"Days must be a whole number from 1 to {reports.DAYS_MAX}; showing "
         f"{reports.DAYS_DEFAULT} instead."
