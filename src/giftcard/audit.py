@@ -249,7 +249,7 @@ EXPORT_CHUNK = 1000
 FILTER_LENGTH_MAX = 200
 _ACTOR_ID = re.compile(r"(?:stf_|staff:)([0-9]{1,18})|api_key:([0-9]{1,18})", re.ASCII)
 # `card.freeze`, or a prefix ending in a dot: `card.` (every card action).
-_ACTION = re.compile(r"[a-z_]+(?:\.[a-z_]+)*\.?", re.ASCII)
+_ACTION = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*\.?", re.ASCII)
 _OUTCOME = re.compile(r"[a-z_]{1,64}", re.ASCII)
 
 
@@ -424,7 +424,7 @@ def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
         conditions.append(column.actor == filters.actor)
     if filters.action is not None:
         if filters.action.endswith("."):
-            # The pattern holds only letters, "_" and ".": "_" is escaped, "." is literal.
+            # The pattern holds only letters, digits, "_" and ".": "_" is escaped, "." is literal.
             pattern = filters.action.replace("_", "\\_") + "%"
             conditions.append(column.action.like(pattern, escape="\\"))
         else:
