@@ -87,7 +87,11 @@ async def admin_key(services: Services) -> dict[str, str]:
 
 
 async def test_a_redeemed_code_shows_who_got_it_the_credit_and_their_balance_now(
-    client: httpx.AsyncClient, services: Services, agent: StaffMember, admin_key: dict[str, str]
+    client: httpx.AsyncClient,
+    services: Services,
+    agent: StaffMember,
+    admin_key: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Given a card redeemed by a shopper who redeemed another since, when support looks
     its code up typed in lower case with spaces, then the answer names the shopper, the
@@ -104,9 +108,10 @@ async def test_a_redeemed_code_shows_who_got_it_the_credit_and_their_balance_now
     )
     assert again.status_code == 201, again.text
 
-    response = await client.post(
-        LOOKUPS, json={"code": spaced_lower(first["code"])}, headers=agent.auth
-    )
+    with caplog.at_level(logging.DEBUG):
+        response = await client.post(
+            LOOKUPS, json={"code": spaced_lower(first["code"])}, headers=agent.auth
+        )
 
     assert response.status_code == 200, response.text
     [found] = response.json()["data"]
@@ -135,6 +140,7 @@ async def test_a_redeemed_code_shows_who_got_it_the_credit_and_their_balance_now
     assert entry.outcome == "ok"
     assert entry.detail == '{"by":"code"}'
     assert entry.request_id == response.headers["Request-Id"]
+    await assert_code_nowhere(services, first["code"], caplog)
 
 
 async def test_a_serial_finds_an_unredeemed_card(
@@ -677,6 +683,9 @@ async def test_two_replaces_from_two_processes_issue_one_card(
         change(client, agent.auth, card["id"], "replace", "three"),
     )
     assert sorted(r.status_code for r in responses) == [201, 409, 409]
+    # Refused by the card's state, not by the ledger's balance guard behind it.
+    refused = [r for r in responses if r.status_code == 409]
+    assert all(r.json()["code"] == "invalid_state" for r in refused), [r.text for r in refused]
     async with services.db.transaction(write=False) as connection:
         assert (await connection.execute(text("SELECT COUNT(*) FROM cards"))).scalar_one() == 2
     assert (await verify(services.db)).problems == []
@@ -706,6 +715,8 @@ async def test_a_replace_racing_a_redemption_one_wins(
             redeemed.text,
             replaced.text,
         )
+        loser = replaced if redeemed.status_code == 201 else redeemed
+        assert loser.json()["code"] in ("invalid_state", "code_not_active"), loser.text
     assert (await verify(services.db)).problems == []
 
 

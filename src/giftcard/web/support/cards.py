@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -103,7 +104,7 @@ async def _card_page(
         "found": found,
         "card": found.card,
         "answer": redeemed_answer(found),
-        "actions": available_actions(found.card),
+        "actions": available_actions(found.card, svc.clock.now()),
         "card_path": card_path,
         "format_id": ids.format_id,
         "values": values or {},
@@ -147,7 +148,7 @@ def redeemed_answer(found: CardLookup) -> str:
     return sentence
 
 
-def available_actions(card: Card) -> list[str]:
+def available_actions(card: Card, now: datetime) -> list[str]:
     """The changes the card's state allows, in the order the page offers them."""
     state = card.state
     actions = []
@@ -155,7 +156,9 @@ def available_actions(card: Card) -> list[str]:
         actions.append("freeze")
     if state is CardState.FROZEN:
         actions.append("unfreeze")
-    if state is CardState.ACTIVE or (state is CardState.FROZEN and card.activated_at):
+    # A frozen card reads as frozen whatever its expiry; past it, it is not replaced.
+    unexpired = card.expires_at is None or card.expires_at > now
+    if state is CardState.ACTIVE or (state is CardState.FROZEN and card.activated_at and unexpired):
         actions.append("replace")
     if state in (CardState.INACTIVE, CardState.ACTIVE, CardState.EXPIRED, CardState.FROZEN):
         actions.append("cancel")
