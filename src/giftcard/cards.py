@@ -301,7 +301,7 @@ async def get(db: Database, card_id: int, *, clock: Clock) -> Card:
     async with db.transaction(write=False) as connection:
         row = (await connection.execute(select(cards).where(cards.c.id == card_id))).one_or_none()
     if row is None:
-        raise GiftcardError(ErrorCode.NOT_FOUND, f"No card card_{card_id}.")
+        raise no_card(card_id)
     return card_from_row(row, clock.now())
 
 

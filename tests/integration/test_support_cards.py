@@ -20,6 +20,7 @@ from giftcard.db.tables import audit_log
 from giftcard.services import Services
 from giftcard.verify import verify
 from tests.conftest import (
+    ALL_ISOLATIONS,
     StaffMember,
     api_key,
     assert_problem,
@@ -629,6 +630,7 @@ async def test_a_replace_retried_with_its_key_issues_once_and_never_replays_the_
 # --- races -----------------------------------------------------------------------------
 
 
+@ALL_ISOLATIONS
 async def test_two_freezes_at_once_one_acts(
     client: httpx.AsyncClient, services: Services, agent: StaffMember, admin_key: dict[str, str]
 ) -> None:
@@ -650,6 +652,7 @@ async def second_process(services: Services) -> Any:
     await other.close()
 
 
+@ALL_ISOLATIONS
 async def test_two_freezes_from_two_processes_one_acts(
     client: httpx.AsyncClient,
     second_process: httpx.AsyncClient,
@@ -669,6 +672,7 @@ async def test_two_freezes_from_two_processes_one_acts(
     assert [e["type"] for e in events["data"][0]["events"]] == ["issued", "frozen"]
 
 
+@ALL_ISOLATIONS
 async def test_two_replaces_from_two_processes_issue_one_card(
     client: httpx.AsyncClient,
     second_process: httpx.AsyncClient,
@@ -691,6 +695,7 @@ async def test_two_replaces_from_two_processes_issue_one_card(
     assert (await verify(services.db)).problems == []
 
 
+@ALL_ISOLATIONS
 async def test_a_replace_racing_a_redemption_one_wins(
     client: httpx.AsyncClient,
     second_process: httpx.AsyncClient,
