@@ -342,7 +342,8 @@ class CardLookupCreate(Input):
 class CardEventOut(BaseModel):
     type: str = Field(
         examples=["redeemed"],
-        description="issued, activated, redeemed, frozen, unfrozen, cancelled, replaced",
+        description="What happened: issued, activated, redeemed, frozen, unfrozen, "
+        "cancelled, replaced, or a gift's email events such as gift_queued",
     )
     actor: str = Field(examples=["customer:12"])
     reason: str | None
