@@ -1,4 +1,4 @@
-"""Cards: issuing (one or 100,000), activating physical cards, freezing, cancelling.
+"""Cards: issuing (one or 100,000), activating physical cards, freezing, cancelling, replacing.
 
 A card's value lives in its own ledger account. A digital card is issued `active` and
 funded at once (the store's issuance account pays the card's account); a physical card is
@@ -18,13 +18,13 @@ from typing import Any, NoReturn
 from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard import codes, ledger
+from giftcard import codes, ids, ledger
 from giftcard.clock import Clock
 from giftcard.db.bulk import allocate_ids, bulk_load, copy_rows, find_existing
 from giftcard.db.engine import Database
 from giftcard.db.tables import card_events, cards, ledger_accounts
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
-from giftcard.money import AMOUNT_MINOR_MAX, Region
+from giftcard.money import AMOUNT_MINOR_MAX, REGIONS, Region
 from giftcard.unit_of_work import UnitOfWork
 
 CARDS_PER_REQUEST_MAX = 1000
@@ -166,12 +166,16 @@ async def issue_with_code(
     secret_key: bytes,
     actor: str,
     now: datetime,
+    replaces_card_id: int | None = None,
 ) -> IssuedCard:
-    """One card whose code the caller chose (an e-gift's, derived from its seed), issued
-    inside the caller's transaction exactly as :func:`issue` issues each of its cards."""
+    """One card whose code the caller chose (an e-gift's, derived from its seed; a
+    replacement's, fresh), issued inside the caller's transaction exactly as :func:`issue`
+    issues each of its cards. A replacement's `issued` event names the card it replaces."""
     check_issue_request(request, now, count_max=1)
     drafts = await _replace_taken_serials(connection, [(code, codes.generate_serial())])
-    (issued,) = await _insert_cards(connection, request, drafts, secret_key, actor, now, None)
+    (issued,) = await _insert_cards(
+        connection, request, drafts, secret_key, actor, now, None, replaces_card_id
+    )
     return issued
 
 
@@ -203,6 +207,7 @@ async def _insert_cards(
     actor: str,
     now: datetime,
     on_progress: ProgressCallback | None,
+    replaces_card_id: int | None = None,
 ) -> list[IssuedCard]:
     count = len(drafts)
     digital = request.kind is CardKind.DIGITAL
@@ -246,12 +251,10 @@ async def _insert_cards(
                 "created_at": now,
             },
         )
-        await copy_rows(
-            connection,
-            card_events,
-            {"card_id": card_ids[start:stop]},
-            {"type": "issued", "actor": actor, "created_at": now},
-        )
+        event: dict[str, Any] = {"type": "issued", "actor": actor, "created_at": now}
+        if replaces_card_id is not None:
+            event["related_card_id"] = replaces_card_id
+        await copy_rows(connection, card_events, {"card_id": card_ids[start:stop]}, event)
         issued.extend(chunk)
         if on_progress is not None:
             on_progress(stop - start)
@@ -290,11 +293,15 @@ def _issued_cards(
     ]
 
 
+def no_card(card_id: int) -> GiftcardError:
+    return GiftcardError(ErrorCode.NOT_FOUND, f"No card {ids.format_id(ids.CARD, card_id)}.")
+
+
 async def get(db: Database, card_id: int, *, clock: Clock) -> Card:
     async with db.transaction(write=False) as connection:
         row = (await connection.execute(select(cards).where(cards.c.id == card_id))).one_or_none()
     if row is None:
-        raise GiftcardError(ErrorCode.NOT_FOUND, f"No card card_{card_id}.")
+        raise no_card(card_id)
     return card_from_row(row, clock.now())
 
 
@@ -367,6 +374,7 @@ async def record_event(
     reason: str | None = None,
     transaction_id: int | None = None,
     customer_id: int | None = None,
+    related_card_id: int | None = None,
 ) -> None:
     await connection.execute(
         insert(card_events).values(
@@ -376,72 +384,217 @@ async def record_event(
             reason=reason,
             transaction_id=transaction_id,
             customer_id=customer_id,
+            related_card_id=related_card_id,
             created_at=now,
         )
     )
 
 
-async def freeze(db: Database, card_id: int, *, reason: str, actor: str, clock: Clock) -> Card:
-    """A reversible support hold; the card keeps its value and cannot be redeemed."""
-    return await _set_state(
-        db,
+# --- support's changes of state ---------------------------------------------------
+#
+# Each is one guarded UPDATE inside the caller's transaction: of two changes racing on one
+# card (two freezes, a replace and a redemption), exactly one finds the card in a state it
+# may leave; the other finds no row and is told what the card is now.
+
+FREEZABLE = (CardState.INACTIVE, CardState.ACTIVE)
+CANCELLABLE = (CardState.INACTIVE, CardState.ACTIVE, CardState.FROZEN)
+
+
+async def freeze(
+    connection: AsyncConnection, card_id: int, *, reason: str, actor: str, now: datetime
+) -> Card:
+    """A reversible hold: the card keeps its value and cannot be redeemed until unfrozen."""
+    row = (
+        await connection.execute(
+            update(cards)
+            .where(cards.c.id == card_id, cards.c.state.in_([s.value for s in FREEZABLE]))
+            # The right-hand side reads the row as it was: the state it had before.
+            .values(state=CardState.FROZEN.value, state_before_freeze=cards.c.state)
+            .returning(*cards.c)
+        )
+    ).one_or_none()
+    if row is None:
+        await _refuse(connection, card_id, "freeze", now)
+    await record_event(connection, card_id, "frozen", actor=actor, now=now, reason=reason)
+    return card_from_row(row, now)
+
+
+async def unfreeze(
+    connection: AsyncConnection, card_id: int, *, reason: str, actor: str, now: datetime
+) -> Card:
+    """A frozen card returns to the state it had before it was frozen."""
+    row = (
+        await connection.execute(
+            update(cards)
+            .where(cards.c.id == card_id, cards.c.state == CardState.FROZEN.value)
+            .values(state=cards.c.state_before_freeze, state_before_freeze=None)
+            .returning(*cards.c)
+        )
+    ).one_or_none()
+    if row is None:
+        await _refuse(connection, card_id, "unfreeze", now)
+    await record_event(connection, card_id, "unfrozen", actor=actor, now=now, reason=reason)
+    return card_from_row(row, now)
+
+
+async def cancel(
+    connection: AsyncConnection, card_id: int, *, reason: str, actor: str, now: datetime
+) -> Card:
+    """Cancel for good: the card can never be redeemed, and a funded card's value goes
+    back from its account to the store's issuance account."""
+    row = (
+        await connection.execute(
+            update(cards)
+            .where(cards.c.id == card_id, cards.c.state.in_([s.value for s in CANCELLABLE]))
+            .values(state=CardState.CANCELLED.value, state_before_freeze=None)
+            .returning(*cards.c)
+        )
+    ).one_or_none()
+    if row is None:
+        await _refuse(connection, card_id, "cancel", now)
+    transaction_id = await _return_value(connection, row, actor=actor, now=now)
+    await record_event(
+        connection,
         card_id,
-        to=CardState.FROZEN,
-        allowed=(CardState.INACTIVE, CardState.ACTIVE),
-        event="frozen",
-        reason=reason,
+        "cancelled",
         actor=actor,
-        clock=clock,
-    )
-
-
-async def unfreeze(db: Database, card_id: int, *, reason: str, actor: str, clock: Clock) -> Card:
-    return await _set_state(
-        db,
-        card_id,
-        to=None,
-        allowed=(CardState.FROZEN,),
-        event="unfrozen",
+        now=now,
         reason=reason,
-        actor=actor,
-        clock=clock,
+        transaction_id=transaction_id,
     )
+    return card_from_row(row, now)
 
 
-async def _set_state(
-    db: Database,
+@dataclass(frozen=True)
+class Replacement:
+    """A lost or damaged card, now cancelled, and the card issued in its stead."""
+
+    old: Card
+    new: IssuedCard
+
+
+async def replace(
+    connection: AsyncConnection,
     card_id: int,
     *,
-    to: CardState | None,
-    allowed: tuple[CardState, ...],
-    event: str,
     reason: str,
     actor: str,
-    clock: Clock,
-) -> Card:
-    if not reason.strip():
-        raise validation_error("Give a reason.", "reason")
-    now = clock.now()
-
-    async def work(connection: AsyncConnection) -> Card:
-        row = (
-            await connection.execute(select(cards).where(cards.c.id == card_id).with_for_update())
-        ).one_or_none()
-        if row is None:
-            raise GiftcardError(ErrorCode.NOT_FOUND, f"No card card_{card_id}.")
-        if row.state not in allowed:
-            raise GiftcardError(ErrorCode.INVALID_STATE, f"The card is {row.state}.")
-        values: dict[str, Any]
-        if to is CardState.FROZEN:
-            values = {"state": to.value, "state_before_freeze": row.state}
-        else:
-            values = {"state": row.state_before_freeze, "state_before_freeze": None}
-        updated = (
-            await connection.execute(
-                update(cards).where(cards.c.id == card_id).values(**values).returning(*cards.c)
+    now: datetime,
+    secret_key: bytes,
+) -> Replacement:
+    """Cancel a card that still holds its value and issue a new digital, active card of
+    the same value, region and expiry with a fresh code, in the caller's transaction."""
+    row = (
+        await connection.execute(
+            update(cards)
+            .where(
+                cards.c.id == card_id,
+                cards.c.state.in_([CardState.ACTIVE.value, CardState.FROZEN.value]),
+                cards.c.activated_at.is_not(None),
+                cards.c.expires_at.is_(None) | (cards.c.expires_at > now),
             )
-        ).one()
-        await record_event(connection, card_id, event, actor=actor, now=now, reason=reason)
-        return card_from_row(updated, now)
+            .values(state=CardState.CANCELLED.value, state_before_freeze=None)
+            .returning(*cards.c)
+        )
+    ).one_or_none()
+    if row is None:
+        await _refuse(connection, card_id, "replace", now)
+    transaction_id = await _return_value(connection, row, actor=actor, now=now)
+    new = await issue_with_code(
+        connection,
+        IssueRequest(
+            amount=row.amount,
+            region=REGIONS[row.region],
+            kind=CardKind.DIGITAL,
+            expires_at=row.expires_at,
+        ),
+        codes.generate_code(),
+        secret_key=secret_key,
+        actor=actor,
+        now=now,
+        replaces_card_id=card_id,
+    )
+    await record_event(
+        connection,
+        card_id,
+        "replaced",
+        actor=actor,
+        now=now,
+        reason=reason,
+        transaction_id=transaction_id,
+        related_card_id=new.card.id,
+    )
+    return Replacement(card_from_row(row, now), new)
 
-    return await db.run(work)
+
+async def _return_value(
+    connection: AsyncConnection, row: Row[Any], *, actor: str, now: datetime
+) -> int | None:
+    """A funded card's value back to the issuance account; the journal transaction's id,
+    or None for a card that was never funded (a physical card never sold)."""
+    if row.activated_at is None:
+        return None
+    posted = await ledger.post(
+        connection,
+        ledger.Entry(
+            type=ledger.TransactionType.CANCELLATION,
+            currency=row.currency,
+            description=f"Cancelled card {row.serial}",
+            actor=actor,
+            card_id=row.id,
+            postings=[
+                ledger.Posting(row.account_id, -row.amount),
+                await ledger.system_posting(
+                    connection, ledger.AccountKind.ISSUANCE, row.currency, row.amount
+                ),
+            ],
+        ),
+        now=now,
+    )
+    return posted.transaction_id
+
+
+async def _refuse(
+    connection: AsyncConnection, card_id: int, change: str, now: datetime
+) -> NoReturn:
+    """Why the guarded update found no card to change, in a sentence for support."""
+    row = (await connection.execute(select(cards).where(cards.c.id == card_id))).one_or_none()
+    if row is None:
+        raise no_card(card_id)
+    raise GiftcardError(ErrorCode.INVALID_STATE, refusal_sentence(row, change, now))
+
+
+def refusal_sentence(row: Row[Any], change: str, now: datetime) -> str:
+    """What the card is, and what to do instead of `change` (freeze, unfreeze, cancel,
+    replace), when the card cannot have it."""
+    state = effective_state(row.state, row.expires_at, now)
+    if state is CardState.REDEEMED:
+        when = row.redeemed_at.strftime("%Y-%m-%d %H:%M UTC")
+        customer = ids.format_id(ids.CUSTOMER, row.redeemed_customer_id)
+        return (
+            f"The card was redeemed on {when} into the account of {customer}: its value "
+            f"is in that customer's balance, so there is nothing to {change}. Look at "
+            "that customer's history, and adjust their balance if something is wrong."
+        )
+    if state is CardState.CANCELLED:
+        return (
+            f"The card is cancelled and holds no value, so there is nothing to {change}. "
+            "Look at its events to see who cancelled it and why."
+        )
+    if change == "freeze":
+        return "The card is already frozen. Unfreeze it to let it be redeemed again."
+    if change == "unfreeze":
+        return f"The card is not frozen: it is {state.value}. There is nothing to unfreeze."
+    # Only a replacement refuses the remaining states.
+    if state is CardState.EXPIRED or (
+        row.expires_at is not None and row.expires_at <= now and row.activated_at is not None
+    ):
+        return (
+            f"The card expired on {row.expires_at.strftime('%Y-%m-%d')}: its value cannot "
+            "move to a new card. Cancel it, and adjust the customer's balance if the store "
+            "agrees to make good on it."
+        )
+    return (
+        f"The card is {state.value} and was never sold, so it holds no value to move to a "
+        "new card. If it is lost, cancel it; if it is being sold, activate it at the till."
+    )

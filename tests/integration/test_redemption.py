@@ -188,16 +188,28 @@ async def test_frozen_card_is_refused_until_unfrozen(
     admin = await api_key(services)
     [card] = await issue(client, admin, amount=700)
     shopper = await sign_up(client)
-    await cards.freeze(
-        services.db, card_number(card), reason="reported stolen", actor="test", clock=services.clock
+    await services.db.run(
+        lambda connection: cards.freeze(
+            connection,
+            card_number(card),
+            reason="reported stolen",
+            actor="test",
+            now=services.clock.now(),
+        )
     )
 
     refused = await redeem(client, shopper, card["code"])
 
     body = assert_problem(refused, 409, "code_frozen", param="code")
     assert "support" in body["detail"]
-    await cards.unfreeze(
-        services.db, card_number(card), reason="owner found", actor="test", clock=services.clock
+    await services.db.run(
+        lambda connection: cards.unfreeze(
+            connection,
+            card_number(card),
+            reason="owner found",
+            actor="test",
+            now=services.clock.now(),
+        )
     )
     assert (await redeem(client, shopper, card["code"])).status_code == 201
     assert (await balance_of(client, shopper))["available"] == 700

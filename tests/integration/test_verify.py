@@ -109,12 +109,16 @@ async def mixed_workload(client: httpx.AsyncClient, services: Services) -> Workl
         assert response.json()["code"] == expected, response.text
 
     frozen_id = ids.parse_id(ids.CARD, digital[2]["id"])
-    await cards.freeze(
-        services.db, frozen_id, reason="reported stolen", actor="test", clock=services.clock
+    await services.db.run(
+        lambda connection: cards.freeze(
+            connection, frozen_id, reason="reported stolen", actor="test", now=services.clock.now()
+        )
     )
     assert (await redeem(client, second.auth, digital[2]["code"])).json()["code"] == "code_frozen"
-    await cards.unfreeze(
-        services.db, frozen_id, reason="found again", actor="test", clock=services.clock
+    await services.db.run(
+        lambda connection: cards.unfreeze(
+            connection, frozen_id, reason="found again", actor="test", now=services.clock.now()
+        )
     )
     assert (await redeem(client, second.auth, digital[2]["code"])).status_code == 201
 

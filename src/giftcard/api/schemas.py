@@ -399,3 +399,93 @@ class LiabilityReportOut(BaseModel):
     regions: list[RegionLiabilityOut]
     reconciliation: list[ReconciliationOut]
     activity: list[CurrencyActivityOut]
+
+
+# --- support: cards ----------------------------------------------------------------
+
+
+class CardLookupCreate(Input):
+    """Exactly one way of asking: `code`, `serial`, or `last4` with `customer_id`."""
+
+    code: Annotated[StrictStr, Field(max_length=256, examples=["7KQ4-M2ZP-X9CD-R3TW"])] | None = (
+        Field(default=None, description="The code as the customer reads it (forgiving input)")
+    )
+    serial: Annotated[StrictStr, Field(max_length=64, examples=["412345678903"])] | None = None
+    last4: Annotated[StrictStr, Field(max_length=16, examples=["R3TW"])] | None = Field(
+        default=None, description="The code's last four, among the cards `customer_id` redeemed"
+    )
+    customer_id: Annotated[StrictStr, Field(max_length=40, examples=["cus_1"])] | None = None
+
+
+class CardEventOut(BaseModel):
+    type: str = Field(
+        examples=["redeemed"],
+        description="What happened: issued, activated, redeemed, frozen, unfrozen, "
+        "cancelled, replaced, or a gift's email events such as gift_queued",
+    )
+    actor: str = Field(examples=["customer:12"])
+    reason: str | None
+    created_at: datetime
+    transaction_id: str | None = Field(examples=["txn_88"])
+    customer_id: str | None
+    related_card_id: str | None = Field(
+        description="On `replaced`: the new card; on a replacement's `issued`: the card it "
+        "replaces."
+    )
+
+
+class RedeemedIntoOut(BaseModel):
+    id: str = Field(examples=["cus_12"])
+    email: str
+    name: str | None
+    balance: BalanceOut = Field(description="The customer's balance now")
+
+
+class CreditOut(BaseModel):
+    transaction_id: str = Field(examples=["txn_88"])
+    created_at: datetime
+    amount: int
+    currency: str
+    balance_after: int = Field(
+        description="The customer's available balance right after this transaction"
+    )
+
+
+class LookupGiftOut(BaseModel):
+    id: str = Field(examples=["gift_3"])
+    recipient_email: str
+    recipient_name: str | None
+    status: Literal["scheduled", "sent", "failed", "redeemed"]
+
+
+class CardLookupOut(BaseModel):
+    card: CardOut
+    events: list[CardEventOut] = Field(description="Every event on the card, oldest first")
+    redeemed_into: RedeemedIntoOut | None = Field(
+        description="The customer the card was redeemed into, with their balance now"
+    )
+    credit: CreditOut | None = Field(
+        description="The journal transaction that credited the card's value to that customer"
+    )
+    gift: LookupGiftOut | None = Field(description="The e-gift the card was bought as, if any")
+    replaces: str | None = Field(description="The card this one was issued in place of")
+    replaced_by: str | None = Field(description="The card issued in place of this one")
+
+
+class CardLookupList(BaseModel):
+    data: list[CardLookupOut]
+
+
+class CardChange(Input):
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=1000)] = Field(
+        description="Why, in a few words: 1 to 500 characters once trimmed",
+        examples=["Customer reports the card stolen"],
+    )
+    note: Annotated[StrictStr, Field(max_length=4000)] | None = Field(
+        default=None, description="More, for whoever reads the audit log: up to 2,000 characters"
+    )
+
+
+class ReplacementOut(BaseModel):
+    replaced: CardOut = Field(description="The old card, now cancelled")
+    card: IssuedCardOut = Field(description="The new card, with its code shown this once")
