@@ -51,6 +51,7 @@ T = TypeVar("T")
 
 GENESIS_HASH = "0" * 64
 NOTE_LENGTH_MAX = 2000
+REASON_LENGTH_MAX = 500
 TARGET_LENGTH_MAX = 200
 # Rows read at a time while checking the chain.
 VERIFY_CHUNK = 5000
@@ -169,7 +170,7 @@ async def record(
         "actor_role": actor.role,
         "action": action.action,
         "target": None if action.target is None else action.target[:TARGET_LENGTH_MAX],
-        "reason": action.reason,
+        "reason": None if action.reason is None else action.reason[:REASON_LENGTH_MAX],
         "note": None if action.note is None else action.note[:NOTE_LENGTH_MAX],
         "outcome": action.outcome,
         "detail": canonical_detail(action.detail),

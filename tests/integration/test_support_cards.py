@@ -459,14 +459,14 @@ async def test_a_change_needs_a_reason(
 async def test_a_long_reason_is_kept_whole(
     client: httpx.AsyncClient, services: Services, agent: StaffMember, admin_key: dict[str, str]
 ) -> None:
-    """A reason longer than the audit log's reason column is shortened there and kept whole
-    in the entry's detail and on the card's event."""
+    """A reason as long as allowed is kept whole in the audit entry and on the card's
+    event."""
     [card] = await issue(client, admin_key)
-    reason = "The customer says the card was in a wallet stolen on the bus; police report 7731."
+    reason = "The customer says the card was in a wallet stolen on the bus; police report. " * 6
+    reason = reason[:500].strip()
     assert (await change(client, agent.auth, card["id"], "freeze", reason)).status_code == 200
     entry = (await audit_entries(services))[-1]
-    assert len(entry.reason) <= 64
-    assert reason in entry.detail
+    assert entry.reason == reason
     looked = await client.post(LOOKUPS, json={"serial": card["serial"]}, headers=agent.auth)
     assert looked.json()["data"][0]["events"][-1]["reason"] == reason
 

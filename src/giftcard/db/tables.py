@@ -540,7 +540,8 @@ audit_log = Table(
     Column("action", String(64), nullable=False),
     # the public id of what it acted on (card_12, cus_3, adj_4), or a search's words
     Column("target", String(200), nullable=True),
-    Column("reason", String(64), nullable=True),
+    # an adjustment's reason code, or the free-text reason of a card's freeze, cancel, ...
+    Column("reason", String(500), nullable=True),
     Column("note", Text, nullable=True),
     # ok, or the error code it was refused with (card look-ups that found nothing too)
     Column("outcome", String(64), nullable=False),

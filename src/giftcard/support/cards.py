@@ -33,9 +33,6 @@ from giftcard.unit_of_work import UnitOfWork
 
 REASON_LENGTH_MAX = 500
 NOTE_LENGTH_MAX = audit.NOTE_LENGTH_MAX
-# The audit log keeps a reason in a short column (sized for adjustments' reason codes);
-# a longer free-text reason is shortened there and kept whole in the entry's detail.
-AUDIT_REASON_LENGTH_MAX = 64
 # Cards one look-up by last four returns: with 20 bits in four symbols, one customer
 # holding more than a few cards that end alike is already far-fetched.
 CARDS_PER_LOOKUP_MAX = 20
@@ -387,9 +384,6 @@ def _action(
     note: str | None,
     detail: dict[str, Any],
 ) -> audit.Action:
-    if len(reason) > AUDIT_REASON_LENGTH_MAX:
-        detail = {**detail, "reason": reason}
-        reason = reason[: AUDIT_REASON_LENGTH_MAX - 1] + "…"
     return audit.Action(
         name,
         target=ids.format_id(ids.CARD, card_id),

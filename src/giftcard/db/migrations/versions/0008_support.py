@@ -79,7 +79,7 @@ def upgrade() -> None:
         sa.Column("actor_role", sa.String(length=16), nullable=False),
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("target", sa.String(length=200), nullable=True),
-        sa.Column("reason", sa.String(length=64), nullable=True),
+        sa.Column("reason", sa.String(length=500), nullable=True),
         sa.Column("note", sa.Text(), nullable=True),
         sa.Column("outcome", sa.String(length=64), nullable=False),
         sa.Column("detail", sa.Text(), nullable=True),
