@@ -576,7 +576,7 @@ async def correct_recipient(
         refusal = _NOT_CORRECTABLE.get(gift.card_state)
         if refusal is not None:
             raise GiftcardError(ErrorCode.INVALID_STATE, refusal)
-        if email == gift.recipient_email and name == gift.recipient_name:
+        if email.lower() == gift.recipient_email.lower():
             raise validation_error(
                 "This is the address the gift already goes to; enter the corrected one.",
                 "recipient_email",
