@@ -25,6 +25,7 @@ Decisions a reader may look for:
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,10 +38,12 @@ from giftcard.customers import Customer, customer_from_row
 from giftcard.db.engine import Database
 from giftcard.db.tables import adjustments, customers
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
-from giftcard.money import AMOUNT_MINOR_MAX, format_minor
+from giftcard.money import AMOUNT_MINOR_MAX, format_minor, parse_major
 from giftcard.unit_of_work import UnitOfWork
 
 NOTE_LENGTH_MAX = 2000
+# A signed amount in major units as typed; the number itself is read by money.parse_major.
+_SIGNED_MAJOR = re.compile(r"\s*(?P<sign>[-+\u2212]?)\s*(?P<number>.*?)\s*", re.S)
 PAGE_SIZE_DEFAULT = 20
 PAGE_SIZE_MAX = 100
 
@@ -225,24 +228,46 @@ async def _apply(
     return posted.transaction_id
 
 
+def parse_signed_major(text: str, currency: str) -> int:
+    """A signed amount in major units as people type it (`-5.00`, `+12.50`, `12.5`, the
+    typographic minus too) as minor units of `currency`. More decimals than the currency
+    has are refused, never rounded."""
+    match = _SIGNED_MAJOR.fullmatch(text) if isinstance(text, str) else None
+    if match is None or not match["number"]:
+        raise validation_error(
+            "Enter an amount, like 12.50 to credit the customer or -5.00 to deduct.", "amount"
+        )
+    if set(match["number"]) <= set("0.") and "0" in match["number"]:
+        raise validation_error(
+            "An adjustment of zero changes nothing: enter an amount like 12.50 or -5.00.",
+            "amount",
+        )
+    minor = parse_major(match["number"], currency, param="amount")
+    return -minor if match["sign"] in ("-", "\u2212") else minor
+
+
 async def create(
     uow: UnitOfWork,
     actor: audit.Actor,
     customer_id: int,
     *,
-    amount: int,
     reason: str,
     note: str,
     approval_minor: int,
+    amount: int | None = None,
+    amount_major: str | None = None,
     currency: str | None = None,
 ) -> Adjustment:
     """Adjust a customer's balance: applied at once up to `approval_minor` either way,
-    otherwise stored `pending_approval`."""
-    amount = check_amount(amount)
+    otherwise stored `pending_approval`. The amount is `amount` in minor units, or
+    `amount_major` as typed in the console, read in the customer's currency."""
+    if (amount is None) == (amount_major is None):
+        raise ValueError("give amount or amount_major")
+    if amount is not None:
+        amount = check_amount(amount)
     checked_reason = check_reason(reason)
     checked_note = check_note(note)
     now = uow.clock.now()
-    applies_now = abs(amount) <= approval_minor
 
     async def work(connection: AsyncConnection) -> Adjustment:
         customer = await _customer(connection, customer_id)
@@ -252,6 +277,15 @@ async def create(
                 f"This customer's balance is in {customer.currency}, not {str(currency)[:8]}.",
                 param="currency",
             )
+        signed = (
+            amount
+            if amount is not None
+            else check_amount(parse_signed_major(amount_major or "", customer.currency))
+        )
+        return await _create(connection, customer, signed)
+
+    async def _create(connection: AsyncConnection, customer: Customer, amount: int) -> Adjustment:
+        applies_now = abs(amount) <= approval_minor
         transaction_id = None
         if applies_now:
             transaction_id = await _apply(
@@ -542,6 +576,7 @@ __all__ = [
     "get",
     "list_adjustments",
     "list_for_customer",
+    "parse_signed_major",
     "pending",
     "reject",
 ]

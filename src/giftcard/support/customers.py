@@ -221,10 +221,28 @@ async def _audited_summary(
     return await uow.run(work)
 
 
-async def detail(uow: UnitOfWork, actor: audit.Actor, customer_id: int) -> CustomerDetail:
-    """Everything support needs to answer a customer: balance, the latest history,
-    cards redeemed into the account, gifts bought, payments and adjustments."""
-    summary = await _audited_summary(uow, actor, customer_id, "customer.view")
+async def detail(
+    uow: UnitOfWork,
+    actor: audit.Actor,
+    customer_id: int,
+    *,
+    history_limit: int = DETAIL_HISTORY_SIZE,
+    history_starting_after: int | None = None,
+) -> CustomerDetail:
+    """Everything support needs to answer a customer: balance, the latest history (or
+    the page of it after `history_starting_after`), cards redeemed into the account,
+    gifts bought, payments and adjustments."""
+    if not 1 <= history_limit <= history.PAGE_SIZE_MAX:
+        raise validation_error(f"limit must be between 1 and {history.PAGE_SIZE_MAX}.", "limit")
+    summary = await _audited_summary(
+        uow,
+        actor,
+        customer_id,
+        "customer.view",
+        None
+        if history_starting_after is None
+        else {"starting_after": ids.format_id(ids.TRANSACTION, history_starting_after)},
+    )
     db = uow.db
     async with db.transaction(write=False) as connection:
         redeemed = (
@@ -253,7 +271,9 @@ async def detail(uow: UnitOfWork, actor: audit.Actor, customer_id: int) -> Custo
         adjusted = await adjustments.list_for_customer(
             connection, customer_id, limit=DETAIL_ADJUSTMENTS_MAX
         )
-    latest = await history.customer_history(db, summary.customer, limit=DETAIL_HISTORY_SIZE)
+    latest = await history.customer_history(
+        db, summary.customer, limit=history_limit, starting_after=history_starting_after
+    )
     bought = await gifts.list_for_purchaser(
         db, customer_id, clock=uow.clock, limit=DETAIL_GIFTS_MAX
     )
