@@ -282,14 +282,11 @@ async def create(
             if amount is not None
             else check_amount(parse_signed_major(amount_major or "", customer.currency))
         )
-        return await _create(connection, customer, signed)
-
-    async def _create(connection: AsyncConnection, customer: Customer, amount: int) -> Adjustment:
-        applies_now = abs(amount) <= approval_minor
+        applies_now = abs(signed) <= approval_minor
         transaction_id = None
         if applies_now:
             transaction_id = await _apply(
-                connection, customer, amount, checked_reason, actor=actor, now=now
+                connection, customer, signed, checked_reason, actor=actor, now=now
             )
         status = Status.APPLIED if applies_now else Status.PENDING_APPROVAL
         row = (
@@ -297,7 +294,7 @@ async def create(
                 insert(adjustments)
                 .values(
                     customer_id=customer.id,
-                    amount=amount,
+                    amount=signed,
                     currency=customer.currency,
                     reason=checked_reason.value,
                     note=checked_note,
