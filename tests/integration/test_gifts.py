@@ -931,3 +931,31 @@ async def test_a_bad_correction_is_refused_and_changes_nothing(
         headers=support,
     )
     assert_problem(missing, 404, "not_found")
+
+
+async def test_a_correction_racing_a_redemption_of_the_old_code_lets_one_win(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Whichever changes the card first wins: the old code redeems and the correction is
+    refused, or the card is re-keyed and the old code finds nothing. Never both."""
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    for round_ in range(6):
+        gift = await buy(client, merchant, recipient_email=f"wrong{round_}@example.com")
+        [message] = await messages_of(services, gift["id"])
+        old_code = code_in(await render_email(services, message))
+        await mark_delivered(services, message)
+        shopper = await sign_up(client)
+
+        redeemed, corrected = await asyncio.gather(
+            redeem(client, shopper, old_code),
+            client.post(
+                f"/v1/support/gifts/{gift['id']}/recipient",
+                json={"recipient_email": f"right{round_}@example.com"},
+                headers=support,
+            ),
+        )
+
+        outcome = (redeemed.status_code, corrected.status_code)
+        assert outcome in ((201, 409), (404, 200)), (redeemed.text, corrected.text)
+    assert (await verify(services.db)).problems == []
