@@ -221,6 +221,7 @@ async def test_a_large_adjustment_waits_and_a_second_agent_approves_it(
     queue = await second_browser.get("/support/approvals")
     assert f'action="/support/approvals/{adjustment_id}/approve"' in queue.text
     assert "Lost card, ticket 99" in text_of(queue.text)
+    assert f'<a href="/support/customers/{shopper.id}">{shopper.email}</a>' in queue.text
     approved = await second_browser.post(
         f"/support/approvals/{adjustment_id}/approve",
         data={"csrf_token": csrf_of(queue.text), "note": "Checked"},

@@ -95,6 +95,8 @@ class Adjustment:
     decision_note: str | None
     transaction_id: int | None
     created_at: datetime
+    # Filled in by the lists, for people to recognise the customer.
+    customer_email: str | None = None
 
     @property
     def public_id(self) -> str:
@@ -122,6 +124,7 @@ def _from_row(row: Any) -> Adjustment:
         decision_note=row.decision_note,
         transaction_id=row.transaction_id,
         created_at=row.created_at,
+        customer_email=row._mapping.get("customer_email"),
     )
 
 
@@ -501,7 +504,12 @@ async def reject(
 def _page_query(limit: int, starting_after: int | None) -> Select[Any]:
     if not 1 <= limit <= PAGE_SIZE_MAX:
         raise validation_error(f"limit must be between 1 and {PAGE_SIZE_MAX}.", "limit")
-    query = select(adjustments).order_by(adjustments.c.id.desc()).limit(limit + 1)
+    query = (
+        select(adjustments, customers.c.email.label("customer_email"))
+        .select_from(adjustments.join(customers, customers.c.id == adjustments.c.customer_id))
+        .order_by(adjustments.c.id.desc())
+        .limit(limit + 1)
+    )
     if starting_after is not None:
         query = query.where(adjustments.c.id < starting_after)
     return query
