@@ -572,6 +572,10 @@ async def correct_recipient(
     new_code = codes.derive_code(secret_key, seed)
 
     async def work(connection: AsyncConnection) -> Correction:
+        # Two corrections at once take turns on the gift's row (a SQLite write
+        # transaction holds the whole database already): the second sees the first's
+        # address and code, so the last address named gets the last code.
+        await connection.execute(select(gifts.c.id).where(gifts.c.id == gift_id).with_for_update())
         gift = await _load(connection, gift_id, now, viewer=None)
         refusal = _NOT_CORRECTABLE.get(gift.card_state)
         if refusal is not None:

@@ -959,3 +959,34 @@ async def test_a_correction_racing_a_redemption_of_the_old_code_lets_one_win(
         outcome = (redeemed.status_code, corrected.status_code)
         assert outcome in ((201, 409), (404, 200)), (redeemed.text, corrected.text)
     assert (await verify(services.db)).problems == []
+
+
+async def test_two_corrections_at_once_leave_one_address_with_the_last_code(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """They take turns on the gift: one email waits, to the address named last, with the
+    code the card now has."""
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    for round_ in range(5):
+        gift = await buy(client, merchant, recipient_email=f"wrong{round_}@example.com")
+        [message] = await messages_of(services, gift["id"])
+        await mark_delivered(services, message)
+
+        results = await asyncio.gather(
+            *(
+                client.post(
+                    f"/v1/support/gifts/{gift['id']}/recipient",
+                    json={"recipient_email": f"right{round_}-{n}@example.com"},
+                    headers=support,
+                )
+                for n in range(3)
+            )
+        )
+
+        assert [r.status_code for r in results] == [200] * 3, [r.text for r in results]
+        final = (await client.get(f"/v1/gifts/{gift['id']}", headers=merchant)).json()
+        [_, waiting] = await messages_of(services, gift["id"])
+        assert waiting.recipient == final["recipient_email"]
+        code = code_in(await render_email(services, waiting))
+        assert codes.code_last4(codes.normalize_code(code)) == final["card"]["last4"]
