@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import math
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -469,9 +470,11 @@ async def resend(
     *,
     actor: str,
     viewer: int | None = None,
+    on_resent: Callable[[AsyncConnection, Gift], Awaitable[None]] | None = None,
 ) -> Gift:
     """Send the gift's email again now, with the same code and a new Message-ID. When
-    `viewer` (a customer id) is given, only a gift they bought can be resent."""
+    `viewer` (a customer id) is given, only a gift they bought can be resent.
+    `on_resent` runs in the same transaction (a staff resend's audit entry)."""
     now = uow.clock.now()
 
     async def work(connection: AsyncConnection) -> Gift:
@@ -512,9 +515,157 @@ async def resend(
             now=now,
         )
         await cards.record_event(connection, gift.card_id, "gift_resent", actor=actor, now=now)
-        return await _load(connection, gift_id, now, viewer=None)
+        resent = await _load(connection, gift_id, now, viewer=None)
+        if on_resent is not None:
+            await on_resent(connection, resent)
+        return resent
 
     return await uow.run(work)
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A gift after its recipient was corrected: `rekeyed` when the card's code changed
+    because the first address had been sent the old one."""
+
+    gift: Gift
+    previous_email: str
+    rekeyed: bool
+
+
+_NOT_CORRECTABLE = {
+    CardState.REDEEMED: "The gift card was redeemed already; its recipient can no longer be "
+    "changed. Look up the card to see which account it went to.",
+    CardState.CANCELLED: "The gift card was cancelled; there is nothing to send.",
+    CardState.EXPIRED: "The gift card has expired; there is nothing to send.",
+    CardState.FROZEN: "The gift card is on hold. Lift the hold first, then correct the recipient.",
+}
+
+
+async def correct_recipient(
+    uow: UnitOfWork,
+    gift_id: int,
+    *,
+    recipient_email: str,
+    recipient_name: str | None,
+    actor: str,
+    secret_key: bytes,
+    on_corrected: Callable[[AsyncConnection, Correction], Awaitable[None]] | None = None,
+) -> Correction:
+    """Send a gift to another address than the one it was bought for.
+
+    A gift whose email never went out just gets the new address: its waiting email goes
+    there, at the time it was scheduled for (a failed one is queued again, now). A gift
+    whose email went out but whose card is unredeemed was seen by the wrong address, so
+    its code changes: the card is re-keyed (a new seed, a new code hash and last four;
+    same card, serial and value, so no money moves and the ledger is untouched), the old
+    code stops working in the same transaction, and the new code goes to the new
+    address now. A redeemed, cancelled, expired or frozen card is `invalid_state`.
+
+    `on_corrected` runs in the same transaction (the support door records its audit
+    entry there)."""
+    email = check_recipient_email(recipient_email)
+    name = check_name(recipient_name, "recipient_name", required=False)
+    now = uow.clock.now()
+    # Drawn once: a retried transaction writes the same new code.
+    seed = codes.new_seed()
+    new_code = codes.derive_code(secret_key, seed)
+
+    async def work(connection: AsyncConnection) -> Correction:
+        # Two corrections at once take turns on the gift's row (a SQLite write
+        # transaction holds the whole database already): the second sees the first's
+        # address and code, so the last address named gets the last code.
+        await connection.execute(select(gifts.c.id).where(gifts.c.id == gift_id).with_for_update())
+        gift = await _load(connection, gift_id, now, viewer=None)
+        refusal = _NOT_CORRECTABLE.get(gift.card_state)
+        if refusal is not None:
+            raise GiftcardError(ErrorCode.INVALID_STATE, refusal)
+        if email.lower() == gift.recipient_email.lower():
+            raise validation_error(
+                "This is the address the gift already goes to; enter the corrected one.",
+                "recipient_email",
+            )
+        waiting = await _waiting_messages(connection, gift_id, now)
+        rekey = gift.sent_at is not None
+        if rekey:
+            # The guard settles a race with a redemption of the old code: whichever
+            # changes the card first wins, and the other finds it changed.
+            rekeyed = await connection.execute(
+                update(cards_table)
+                .where(
+                    cards_table.c.id == gift.card_id,
+                    cards_table.c.state == CardState.ACTIVE.value,
+                )
+                .values(
+                    code_hash=codes.code_hash(secret_key, new_code),
+                    last4=codes.code_last4(new_code),
+                )
+            )
+            if rekeyed.rowcount != 1:
+                raise GiftcardError(
+                    ErrorCode.INVALID_STATE,
+                    "The gift card changed a moment ago (redeemed or put on hold); look it "
+                    "up again.",
+                )
+        values: dict[str, Any] = {"recipient_email": email, "recipient_name": name}
+        if rekey:
+            values.update(code_seed=seed)
+        if rekey or gift.status is GiftStatus.FAILED:
+            values.update(status=GiftStatus.SCHEDULED.value, last_error=None)
+            if not waiting:
+                values.update(deliver_at=now)
+        await connection.execute(update(gifts).where(gifts.c.id == gift_id).values(**values))
+        if waiting:
+            await connection.execute(
+                update(outbox_messages)
+                .where(outbox_messages.c.id.in_(waiting))
+                .values(recipient=email)
+            )
+        elif rekey or gift.status is GiftStatus.FAILED:
+            await outbox.enqueue(
+                connection,
+                kind=outbox.MessageKind.GIFT,
+                recipient=email,
+                ref_id=gift_id,
+                now=now,
+            )
+        await cards.record_event(
+            connection,
+            gift.card_id,
+            "gift_rekeyed" if rekey else "gift_recipient_corrected",
+            actor=actor,
+            now=now,
+        )
+        correction = Correction(
+            gift=await _load(connection, gift_id, now, viewer=None),
+            previous_email=gift.recipient_email,
+            rekeyed=rekey,
+        )
+        if on_corrected is not None:
+            await on_corrected(connection, correction)
+        return correction
+
+    return await uow.run(work)
+
+
+async def _waiting_messages(connection: AsyncConnection, gift_id: int, now: datetime) -> list[int]:
+    """The gift's emails still to be sent; `invalid_state` if a sender holds one now (it
+    may be rendering it for the old address this very moment)."""
+    rows = (
+        await connection.execute(
+            select(outbox_messages.c.id, outbox_messages.c.claimed_until).where(
+                outbox_messages.c.kind == outbox.MessageKind.GIFT.value,
+                outbox_messages.c.ref_id == gift_id,
+                outbox_messages.c.status == outbox.MessageStatus.PENDING.value,
+            )
+        )
+    ).all()
+    if any(row.claimed_until is not None and row.claimed_until >= now for row in rows):
+        raise GiftcardError(
+            ErrorCode.INVALID_STATE,
+            "The gift's email is being sent right now; try again in a minute.",
+        )
+    return [row.id for row in rows]
 
 
 # --- the email ----------------------------------------------------------------------
@@ -602,11 +753,13 @@ GIFT_EMAIL: MessageHandler = GiftEmail()
 __all__ = [
     "GIFT_EMAIL",
     "CheckedGift",
+    "Correction",
     "Gift",
     "GiftRequest",
     "GiftStatus",
     "Page",
     "check_request",
+    "correct_recipient",
     "create",
     "get",
     "list_for_purchaser",

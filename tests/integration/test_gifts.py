@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from giftcard import codes, gifts
 from giftcard.clock import FrozenClock
 from giftcard.customers import Role, create_staff
 from giftcard.db.tables import (
+    audit_log,
     card_events,
     cards,
     idempotency_keys,
@@ -703,3 +705,288 @@ async def test_a_buyer_resends_at_most_once_a_quarter_hour_and_support_any_time(
     by_buyer = await client.post(path, headers=buyer.auth)
     assert by_buyer.status_code == 200, by_buyer.text
     assert len(await messages_of(services, gift["id"])) == 3
+
+
+# --- support: resends in the audit log, correcting the recipient --------------------
+
+
+async def gift_audit(services: Services, action: str) -> list[Any]:
+    async with services.db.transaction(write=False) as connection:
+        return list(
+            (
+                await connection.execute(
+                    select(audit_log).where(audit_log.c.action == action).order_by(audit_log.c.id)
+                )
+            ).all()
+        )
+
+
+def code_in(message: email.message.EmailMessage) -> str:
+    found = CODE.search(parts(message)[0])
+    assert found is not None
+    return found.group(0)
+
+
+async def test_a_staff_or_key_resend_is_audited_and_a_buyer_s_is_not(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    buyer = await sign_up(client)
+    gift = await buy(client, merchant, purchaser_customer_id=buyer.id)
+    [message] = await messages_of(services, gift["id"])
+    await mark_delivered(services, message)
+
+    by_support = await client.post(f"/v1/gifts/{gift['id']}/resend", headers=support)
+    assert by_support.status_code == 200, by_support.text
+    [entry] = await gift_audit(services, "gift.resend")
+    assert entry.target == gift["id"]
+    assert entry.actor.startswith("api_key:")
+    assert entry.actor_role == "support"
+    assert json.loads(entry.detail)["recipient_email"] == "sam@example.com"
+    assert entry.request_id == by_support.headers["Request-Id"]
+
+    [_, second] = await messages_of(services, gift["id"])
+    await mark_delivered(services, second)
+    assert isinstance(services.clock, FrozenClock)
+    services.clock.advance(gifts.BUYER_RESEND_INTERVAL)
+    by_buyer = await client.post(f"/v1/gifts/{gift['id']}/resend", headers=buyer.auth)
+    assert by_buyer.status_code == 200, by_buyer.text
+    assert len(await gift_audit(services, "gift.resend")) == 1
+
+    refused = await client.post(f"/v1/gifts/{gift['id']}/resend", headers=support)
+    assert_problem(refused, 409, "invalid_state")
+    assert len(await gift_audit(services, "gift.resend")) == 1
+
+
+async def test_an_unsent_gift_s_recipient_is_corrected_and_its_waiting_email_goes_there(
+    client: httpx.AsyncClient, services: Services, clock: FrozenClock
+) -> None:
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    deliver_at = clock.now() + timedelta(days=2)
+    gift = await buy(client, merchant, deliver_at=deliver_at.isoformat())
+    [before] = await messages_of(services, gift["id"])
+    code_before = code_in(await render_email(services, before))
+
+    corrected = await client.post(
+        f"/v1/support/gifts/{gift['id']}/recipient",
+        json={"recipient_email": " Samantha@Example.com", "recipient_name": "Samantha"},
+        headers=support,
+    )
+
+    assert corrected.status_code == 200, corrected.text
+    body = corrected.json()
+    assert body["recipient_email"] == "Samantha@example.com"
+    assert body["recipient_name"] == "Samantha"
+    assert body["status"] == "scheduled"
+    assert datetime.fromisoformat(body["deliver_at"]) == deliver_at
+    assert body["card"] == gift["card"]
+    [message] = await messages_of(services, gift["id"])
+    assert message.recipient == "Samantha@example.com"
+    assert code_in(await render_email(services, message)) == code_before
+    [entry] = await gift_audit(services, "gift.correct_recipient")
+    assert entry.target == gift["id"]
+    assert json.loads(entry.detail) == {
+        "card_last4": gift["card"]["last4"],
+        "from": "sam@example.com",
+        "new_code": False,
+        "to": "Samantha@example.com",
+    }
+
+
+async def test_a_failed_gift_is_sent_again_to_the_corrected_address(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    gift = await buy(client, merchant, recipient_email="sam@exmaple.com")
+    async with services.db.transaction() as connection:
+        await connection.execute(update(outbox_messages).values(status="failed"))
+        await connection.execute(
+            update(gifts_table).values(status="failed", last_error="550 no such user")
+        )
+
+    corrected = await client.post(
+        f"/v1/support/gifts/{gift['id']}/recipient",
+        json={"recipient_email": "sam@example.com"},
+        headers=support,
+    )
+
+    assert corrected.status_code == 200, corrected.text
+    assert corrected.json()["status"] == "scheduled"
+    assert corrected.json()["card"]["last4"] == gift["card"]["last4"]
+    [_, message] = await messages_of(services, gift["id"])
+    assert message.recipient == "sam@example.com"
+    assert message.attempts == 0
+
+
+async def test_a_sent_unredeemed_gift_gets_a_new_code_at_the_new_address(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The wrong address saw the old code: the card is re-keyed in the same transaction
+    (same card and value), the old code no longer redeems, the new one does."""
+    merchant = await api_key(services, "merchant")
+    agent = await staff_token(client, services, Role.SUPPORT)
+    gift = await buy(client, merchant, recipient_email="wrong@example.com")
+    [first] = await messages_of(services, gift["id"])
+    old_code = code_in(await render_email(services, first))
+    await mark_delivered(services, first)
+
+    corrected = await client.post(
+        f"/v1/support/gifts/{gift['id']}/recipient",
+        json={"recipient_email": "right@example.com"},
+        headers=agent,
+    )
+
+    assert corrected.status_code == 200, corrected.text
+    body = corrected.json()
+    assert body["status"] == "scheduled"
+    assert body["card"]["serial"] == gift["card"]["serial"]
+    [_, second] = await messages_of(services, gift["id"])
+    assert second.recipient == "right@example.com"
+    new_code = code_in(await render_email(services, second))
+    assert new_code != old_code
+    assert body["card"]["last4"] == codes.code_last4(codes.normalize_code(new_code))
+    [entry] = await gift_audit(services, "gift.correct_recipient")
+    assert json.loads(entry.detail)["new_code"] is True
+    assert old_code not in entry.detail
+    assert new_code not in entry.detail
+    someone = await sign_up(client)
+    assert_problem(await redeem(client, someone, old_code), 404, "code_not_found")
+    redeemed = await redeem(client, someone, new_code)
+    assert redeemed.status_code == 201, redeemed.text
+    assert redeemed.json()["amount"] == 2500
+    assert (await verify(services.db)).problems == []
+
+
+async def test_a_redeemed_frozen_or_busy_gift_s_recipient_cannot_be_corrected(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    gift = await buy(client, merchant)
+    [message] = await messages_of(services, gift["id"])
+    path = f"/v1/support/gifts/{gift['id']}/recipient"
+    new = {"recipient_email": "other@example.com"}
+
+    # A sender holds the email right now: it may be rendering it for the old address.
+    async with services.db.transaction() as connection:
+        await connection.execute(
+            update(outbox_messages).values(
+                claim_token="t", claimed_until=services.clock.now() + timedelta(minutes=1)
+            )
+        )
+    assert_problem(await client.post(path, json=new, headers=support), 409, "invalid_state")
+
+    code = code_in(await render_email(services, message))
+    await mark_delivered(services, message)
+    redeemed = await redeem(client, await sign_up(client), code)
+    assert redeemed.status_code == 201, redeemed.text
+    refused = await client.post(path, json=new, headers=support)
+    assert "redeemed" in assert_problem(refused, 409, "invalid_state")["detail"]
+
+    other = await buy(client, merchant)
+    async with services.db.transaction() as connection:
+        await connection.execute(
+            update(cards)
+            .where(cards.c.serial == other["card"]["serial"])
+            .values(state="frozen", state_before_freeze="active")
+        )
+    refused = await client.post(
+        f"/v1/support/gifts/{other['id']}/recipient", json=new, headers=support
+    )
+    assert "hold" in assert_problem(refused, 409, "invalid_state")["detail"]
+    assert await gift_audit(services, "gift.correct_recipient") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"recipient_email": "not an address"}, "recipient_email"),
+        ({"recipient_email": ""}, "recipient_email"),
+        ({"recipient_email": "sam@example.com"}, "recipient_email"),
+        ({"recipient_email": "b@example.com", "recipient_name": "A\nB"}, "recipient_name"),
+        ({}, "recipient_email"),
+    ],
+)
+async def test_a_bad_correction_is_refused_and_changes_nothing(
+    client: httpx.AsyncClient, services: Services, body: dict[str, Any], param: str
+) -> None:
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    gift = await buy(client, merchant)
+
+    refused = await client.post(
+        f"/v1/support/gifts/{gift['id']}/recipient", json=body, headers=support
+    )
+
+    assert_problem(refused, 422, "validation_error", param=param)
+    [message] = await messages_of(services, gift["id"])
+    assert message.recipient == "sam@example.com"
+    assert await gift_audit(services, "gift.correct_recipient") == []
+    missing = await client.post(
+        "/v1/support/gifts/gift_999999/recipient",
+        json={"recipient_email": "b@example.com"},
+        headers=support,
+    )
+    assert_problem(missing, 404, "not_found")
+
+
+async def test_a_correction_racing_a_redemption_of_the_old_code_lets_one_win(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Whichever changes the card first wins: the old code redeems and the correction is
+    refused, or the card is re-keyed and the old code finds nothing. Never both."""
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    for round_ in range(6):
+        gift = await buy(client, merchant, recipient_email=f"wrong{round_}@example.com")
+        [message] = await messages_of(services, gift["id"])
+        old_code = code_in(await render_email(services, message))
+        await mark_delivered(services, message)
+        shopper = await sign_up(client)
+
+        redeemed, corrected = await asyncio.gather(
+            redeem(client, shopper, old_code),
+            client.post(
+                f"/v1/support/gifts/{gift['id']}/recipient",
+                json={"recipient_email": f"right{round_}@example.com"},
+                headers=support,
+            ),
+        )
+
+        outcome = (redeemed.status_code, corrected.status_code)
+        assert outcome in ((201, 409), (404, 200)), (redeemed.text, corrected.text)
+    assert (await verify(services.db)).problems == []
+
+
+async def test_two_corrections_at_once_leave_one_address_with_the_last_code(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """They take turns on the gift: one email waits, to the address named last, with the
+    code the card now has."""
+    merchant = await api_key(services, "merchant")
+    support = await api_key(services, "support")
+    for round_ in range(5):
+        gift = await buy(client, merchant, recipient_email=f"wrong{round_}@example.com")
+        [message] = await messages_of(services, gift["id"])
+        await mark_delivered(services, message)
+
+        results = await asyncio.gather(
+            *(
+                client.post(
+                    f"/v1/support/gifts/{gift['id']}/recipient",
+                    json={"recipient_email": f"right{round_}-{n}@example.com"},
+                    headers=support,
+                )
+                for n in range(3)
+            )
+        )
+
+        assert [r.status_code for r in results] == [200] * 3, [r.text for r in results]
+        final = (await client.get(f"/v1/gifts/{gift['id']}", headers=merchant)).json()
+        [_, waiting] = await messages_of(services, gift["id"])
+        assert waiting.recipient == final["recipient_email"]
+        code = code_in(await render_email(services, waiting))
+        assert codes.code_last4(codes.normalize_code(code)) == final["card"]["last4"]

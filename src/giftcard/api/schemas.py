@@ -489,3 +489,108 @@ class CardChange(Input):
 class ReplacementOut(BaseModel):
     replaced: CardOut = Field(description="The old card, now cancelled")
     card: IssuedCardOut = Field(description="The new card, with its code shown this once")
+
+
+# --- support: customers, adjustments, gifts -----------------------------------------
+
+
+class SupportCustomerOut(CustomerOut):
+    balance: BalanceOut
+    created_at: datetime
+
+
+class SupportCustomerList(BaseModel):
+    data: list[SupportCustomerOut]
+    has_more: bool
+
+
+class RedeemedCardOut(BaseModel):
+    id: str = Field(examples=["card_1"])
+    serial: str
+    last4: str
+    amount: int
+    currency: str
+    redeemed_at: datetime | None
+
+
+class PaymentSummaryOut(BaseModel):
+    id: str = Field(examples=["pay_1"])
+    order_id: str
+    status: str
+    amount: int
+    currency: str
+    gift_card_amount: int
+    captured_amount: int
+    refunded_amount: int
+    created_at: datetime
+
+
+AdjustmentReason = Literal[
+    "goodwill", "correction", "fraud_reversal", "lost_card_replacement", "other"
+]
+
+
+class AdjustmentCreate(Input):
+    amount: Annotated[
+        StrictInt,
+        Field(
+            ge=-AMOUNT_MINOR_MAX,
+            le=AMOUNT_MINOR_MAX,
+            description="Signed, in minor units: positive credits the customer, negative "
+            "deducts. Not zero.",
+        ),
+    ]
+    currency: Currency | None = Field(
+        default=None, description="If given, it must be the customer's currency."
+    )
+    reason: AdjustmentReason
+    note: Annotated[
+        StrictStr,
+        Field(
+            min_length=1,
+            max_length=2000,
+            description="Why, for the audit log and the approver; never shown to the customer.",
+        ),
+    ]
+
+
+class AdjustmentDecision(Input):
+    note: Annotated[StrictStr, Field(max_length=2000)] | None = None
+
+
+class AdjustmentOut(BaseModel):
+    id: str = Field(examples=["adj_1"])
+    status: Literal["applied", "pending_approval", "rejected"]
+    amount: int
+    currency: str
+    reason: AdjustmentReason
+    note: str
+    created_by: str = Field(examples=["staff:3"])
+    customer_id: str
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_note: str | None
+    transaction_id: str | None = Field(
+        description="The journal transaction that applied it; null until applied."
+    )
+    created_at: datetime
+
+
+class AdjustmentList(BaseModel):
+    data: list[AdjustmentOut]
+    has_more: bool
+
+
+class SupportCustomerDetail(SupportCustomerOut):
+    transactions: TransactionList = Field(description="The latest history items.")
+    cards_redeemed: list[RedeemedCardOut]
+    gifts: list[GiftOut] = Field(description="E-gift cards this customer bought, newest first.")
+    payments: list[PaymentSummaryOut]
+    adjustments: list[AdjustmentOut]
+
+
+class RecipientCorrection(Input):
+    recipient_email: Annotated[
+        StrictStr, Field(min_length=1, max_length=254, examples=["sam@example.com"])
+    ]
+    recipient_name: Annotated[StrictStr, Field(max_length=200, examples=["Sam"])] | None = None
