@@ -129,21 +129,25 @@ def entry_hash(
     return hashlib.sha256(encoded).hexdigest()
 
 
+# The fields the hash covers, in the order it covers them (see entry_hash).
+HASHED_FIELDS = (
+    "id",
+    "created_at",
+    "actor",
+    "actor_role",
+    "action",
+    "target",
+    "reason",
+    "note",
+    "outcome",
+    "detail",
+    "request_id",
+    "prev_hash",
+)
+
+
 def _row_hash(row: Row[Any]) -> str:
-    return entry_hash(
-        id=row.id,
-        created_at=row.created_at,
-        actor=row.actor,
-        actor_role=row.actor_role,
-        action=row.action,
-        target=row.target,
-        reason=row.reason,
-        note=row.note,
-        outcome=row.outcome,
-        detail=row.detail,
-        request_id=row.request_id,
-        prev_hash=row.prev_hash,
-    )
+    return entry_hash(**{name: getattr(row, name) for name in HASHED_FIELDS})
 
 
 async def record(

@@ -115,9 +115,12 @@ async def _staff(db: Database, clock: Clock) -> tuple[str | None, str]:
             return None, f"  staff     none: {DEMO_STAFF_EMAIL} is a customer's address"
         return None, (
             f"  staff     {DEMO_STAFF_EMAIL} (admin; its password was shown when the demo "
-            "first created it)"
+            "first created it); the support console is at /support"
         )
-    return password, f"  staff     {DEMO_STAFF_EMAIL} / {password} (admin; shown only now)"
+    return password, (
+        f"  staff     {DEMO_STAFF_EMAIL} / {password} (admin; shown only now): log in to "
+        "the support console at /support"
+    )
 
 
 async def _ensure_api_key(db: Database, api_key: str, clock: Clock) -> bool:
