@@ -164,3 +164,11 @@ def test_an_agent_answers_already_redeemed_adjusts_with_approval_freezes_and_aud
     expect(log).to_contain_text("adjustment.approve")
     expect(log).to_contain_text("adjustment.create")
     assert card["code"] not in page.content()
+
+    # What the store owes, reconciled with the ledger, with its chart.
+    with agent.navigation("liability"):
+        console_nav(agent, "Liability").click()
+    expect(agent.heading()).to_have_text("Liability report")
+    expect(page.locator("main")).to_contain_text("Reconciled")
+    expect(page.locator("main")).not_to_contain_text("Does not reconcile")
+    expect(page.locator("svg[role='img']")).to_be_visible()

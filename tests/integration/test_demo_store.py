@@ -76,6 +76,27 @@ CORE_WRITES = {
     ("POST", "/account/email"),  # the shopper: as POST /v1/me/email
     ("POST", "/forgot-password"),  # anyone: as POST /v1/password-resets
     ("POST", "/password-reset"),  # the link's token: as POST /v1/password-resets/confirm
+    # Support (support or admin keys and staff; look-ups are POSTs: they carry codes and
+    # write their audit entry)
+    ("POST", "/v1/support/lookups"),
+    ("POST", "/v1/support/cards/{card_id}/freeze"),
+    ("POST", "/v1/support/cards/{card_id}/unfreeze"),
+    ("POST", "/v1/support/cards/{card_id}/cancel"),
+    ("POST", "/v1/support/cards/{card_id}/replace"),
+    ("POST", "/v1/support/customers/{customer_id}/adjustments"),
+    ("POST", "/v1/support/adjustments/{adjustment_id}/approve"),  # staff, not the creator
+    ("POST", "/v1/support/adjustments/{adjustment_id}/reject"),
+    ("POST", "/v1/support/gifts/{gift_id}/recipient"),
+    # The support console: as the support API, for logged-in staff
+    ("POST", "/support/login"),
+    ("POST", "/support/logout"),
+    ("POST", "/support/lookup"),
+    ("POST", "/support/cards/{card_id}/replace"),
+    ("POST", "/support/cards/{card_id}/{change}"),  # freeze, unfreeze, cancel
+    ("POST", "/support/customers/{customer_id}/adjustments"),
+    ("POST", "/support/gifts/{gift_id}/resend"),
+    ("POST", "/support/gifts/{gift_id}/recipient"),
+    ("POST", "/support/approvals/{adjustment_id}/{decision}"),  # approve, reject
 }
 
 
