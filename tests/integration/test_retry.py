@@ -1,5 +1,6 @@
-"""The one place that retries transactions: serialization failures and deadlocks are run
-again, a bounded number of times; anything else is raised at once."""
+"""The one place that retries transactions: serialization failures, deadlocks and a
+server refusing a new connection are run again, a bounded number of times; anything else
+is raised at once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, make_url, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -37,7 +38,7 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01", "53300", "57P03"])
 async def test_retryable_failures_are_run_again(
     database_url: str, sqlstate: str, no_backoff: None
 ) -> None:
@@ -180,3 +181,32 @@ async def test_card_issuance_and_activation_go_through_the_retry_place(
         count = (await connection.execute(select(func.count()).select_from(cards))).scalar_one()
     assert count == 4
     assert (await verify(services.db)).problems == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_server_with_no_room_for_another_client_gets_a_503_not_a_500(
+    database_url: str, postgres_url: str, no_backoff: None
+) -> None:
+    """PostgreSQL refusing a connection (too many clients: here a role allowed none)
+    comes before any statement, so it is retried, and when it lasts the answer is 503
+    service_unavailable — never an internal error."""
+    import uuid
+
+    import asyncpg
+
+    role = f"gc_full_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+        url = make_url(database_url).set(username=role, password=None)
+        db = Database(url.render_as_string(hide_password=False))
+        try:
+            with pytest.raises(GiftcardError) as busy:
+                await db.run(lambda connection: connection.execute(text("SELECT 1")))
+        finally:
+            await db.dispose()
+        assert busy.value.code is ErrorCode.SERVICE_UNAVAILABLE
+        assert is_retryable(busy.value.__cause__)  # type: ignore[arg-type]
+    finally:
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()

@@ -45,8 +45,11 @@ RETRY_ATTEMPTS_MAX = 16
 RETRY_BACKOFF_BASE_S = 0.005
 RETRY_BACKOFF_MAX_S = 1.0
 # PostgreSQL's serialization_failure and deadlock_detected: the transaction did nothing
-# and may simply be run again.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+# and may simply be run again. So may one refused its connection because the server has
+# all the clients it takes (too_many_connections) or is starting or stopping
+# (cannot_connect_now): these come before the first statement. (A connection lost
+# mid-transaction is not among them: whether its commit happened is unknown.)
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "53300", "57P03"})
 
 
 def async_url(database_url: str) -> str:
