@@ -15,6 +15,7 @@ from sqlalchemy import select
 from giftcard import codes
 from giftcard.db.tables import audit_log, cards
 from giftcard.db.tables import gifts as gifts_table
+from giftcard.demo.seed import DEMO_CARD_AMOUNTS, seed_database
 from giftcard.services import Services
 from giftcard.verify import verify
 from tests.conftest import (
@@ -386,3 +387,28 @@ async def test_the_store_reading_back_what_it_made_is_not_recorded(
     assert (await client.get(f"/v1/cards/{card['id']}", headers=key)).status_code == 200
     assert (await client.get(f"/v1/gifts/{gift.json()['id']}", headers=key)).status_code == 200
     assert [row.action for row in await entries(services)] == ["card.issue", "gift.create"]
+
+
+async def test_the_demo_records_what_it_creates_as_the_operator_once(
+    services: Services,
+) -> None:
+    """`serve --demo` is started by the operator: its staff member and API key are
+    recorded when first made, and each start's cards; never the key or a password."""
+    secret_key = services.settings.secret_key
+    first = await seed_database(services.db, secret_key, clock=services.clock)
+    await seed_database(services.db, secret_key, clock=services.clock)
+
+    rows = await entries(services)
+    batches = len(DEMO_CARD_AMOUNTS) + 1
+    assert [row.action for row in rows] == [
+        "staff.create",
+        "api_key.create",
+        *["card.issue"] * batches,
+        *["card.issue"] * batches,
+    ]
+    assert {operator(row) for row in rows} == {("cli", "operator", None)}
+    text = await log_text(services)
+    assert first.api_key not in text
+    assert first.staff_password is not None
+    assert first.staff_password not in text
+    await assert_holds(services)
