@@ -1,6 +1,9 @@
 """Who may call the service besides shoppers, as an operator manages them from the
 command line: API keys (listed, revoked) and staff members (listed, disabled).
 
+Each change made with an `audit_actor` (the command line's :data:`giftcard.audit.OPERATOR`)
+is recorded in the audit log in the same transaction.
+
 Revoking a key or disabling a staff member takes effect at the next request: every
 request authenticates against the database (giftcard.customers.authenticate), which
 refuses a revoked key and a disabled staff member's sessions. Disabling also ends those
@@ -16,6 +19,7 @@ from typing import Any
 from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from giftcard import audit, ids
 from giftcard.clock import Clock
 from giftcard.customers import Role, normalize_email
 from giftcard.db.engine import Database
@@ -73,9 +77,12 @@ async def list_api_keys(db: Database) -> list[ApiKeyInfo]:
     return [_key_from_row(row) for row in rows]
 
 
-async def revoke_api_key(db: Database, key_id: int, *, clock: Clock) -> ApiKeyInfo:
+async def revoke_api_key(
+    db: Database, key_id: int, *, clock: Clock, audit_actor: audit.Actor | None = None
+) -> ApiKeyInfo:
     """Revoke the key: its next request is refused. A key revoked already, or unknown,
-    is refused with what is true of it."""
+    is refused with what is true of it. With `audit_actor`, the revocation is recorded
+    in the audit log."""
     now = clock.now()
 
     async def work(connection: AsyncConnection) -> ApiKeyInfo:
@@ -88,6 +95,17 @@ async def revoke_api_key(db: Database, key_id: int, *, clock: Clock) -> ApiKeyIn
             )
         ).one_or_none()
         if revoked is not None:
+            if audit_actor is not None:
+                await audit.record(
+                    connection,
+                    audit_actor,
+                    audit.Action(
+                        "api_key.revoke",
+                        target=f"api_key:{key_id}",
+                        detail={"role": revoked.role, "name": revoked.name},
+                    ),
+                    now=now,
+                )
             return _key_from_row(revoked)
         found = (
             await connection.execute(select(api_keys).where(api_keys.c.id == key_id))
@@ -109,9 +127,12 @@ async def list_staff(db: Database) -> list[StaffInfo]:
     return [_staff_from_row(row) for row in rows]
 
 
-async def disable_staff(db: Database, email: str, *, clock: Clock) -> tuple[StaffInfo, int]:
+async def disable_staff(
+    db: Database, email: str, *, clock: Clock, audit_actor: audit.Actor | None = None
+) -> tuple[StaffInfo, int]:
     """Disable the staff member with `email` and end every session they have: the
-    member and how many sessions ended."""
+    member and how many sessions ended. With `audit_actor`, it is recorded in the audit
+    log."""
     address = normalize_email(email)
     now = clock.now()
 
@@ -142,6 +163,17 @@ async def disable_staff(db: Database, email: str, *, clock: Clock) -> tuple[Staf
             .where(sessions.c.staff_id == disabled.id, sessions.c.revoked_at.is_(None))
             .values(revoked_at=now)
         )
+        if audit_actor is not None:
+            await audit.record(
+                connection,
+                audit_actor,
+                audit.Action(
+                    "staff.disable",
+                    target=ids.format_id(ids.STAFF, disabled.id),
+                    detail={"role": disabled.role, "sessions_ended": int(ended.rowcount)},
+                ),
+                now=now,
+            )
         return _staff_from_row(disabled), int(ended.rowcount)
 
     return await db.run(work)

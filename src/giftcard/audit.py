@@ -23,6 +23,20 @@ code or a customer's details), and recording each page read would push an entry 
 the very entries being read with every look, burying the actions the log is for. An
 export is different: it takes a copy of the whole trail out of the service, so who
 took which part of it, and how many entries, is itself worth an entry.
+
+What is recorded besides support's own actions: cards issued (`card.issue`, one entry
+per request or command however many cards it makes) and physical cards activated
+(`card.activate`) by API keys, admin staff or the `giftcard cards issue` command;
+e-gifts bought through the API (`gift.create`, the recipient's address masked); and
+access managed from the command line (`api_key.create`, `api_key.revoke`,
+`staff.create`, `staff.disable`, `staff.password`). An operator at the command line is
+:data:`OPERATOR`.
+
+What is not: payments, captures, voids, refunds and redemptions. Each of those is a
+journal transaction that names its actor already, and they are the checkout's hot path:
+one shared chain head would put every checkout in the store in one line behind it. Nor
+are reads by the store's own keys of the cards, payments and gifts they made: the store
+reading back what it made reveals nothing it did not have.
 """
 
 from __future__ import annotations
@@ -69,6 +83,11 @@ class Actor:
     @property
     def is_staff(self) -> bool:
         return self.actor.startswith("staff:")
+
+
+# How the log names an operator at the command line: whoever runs the command holds the
+# database's address, so they may do and read everything.
+OPERATOR = Actor("cli", "operator")
 
 
 @dataclass(frozen=True)

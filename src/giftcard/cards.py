@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard import codes, ids, ledger
+from giftcard import audit, codes, ids, ledger
 from giftcard.clock import Clock
 from giftcard.db.bulk import allocate_ids, bulk_load, copy_rows, find_existing
 from giftcard.db.engine import Database
@@ -137,8 +137,10 @@ async def issue(
     count_max: int = CARDS_PER_REQUEST_MAX,
     on_progress: ProgressCallback | None = None,
     keep_codes: KeepCodes | None = None,
+    audit_actor: audit.Actor | None = None,
 ) -> list[IssuedCard]:
-    """Issue `request.count` cards in one transaction: all of them or none."""
+    """Issue `request.count` cards in one transaction: all of them or none. With
+    `audit_actor`, the batch is recorded in the audit log (one entry, never a code)."""
     now = uow.clock.now()
     check_issue_request(request, now, count_max=count_max)
     # Drawn once: a retried transaction issues the same codes, none of which the rolled
@@ -151,11 +153,31 @@ async def issue(
             issued = await _insert_cards(
                 connection, request, unique_drafts, secret_key, actor, now, on_progress
             )
+        if audit_actor is not None:
+            await audit.record(connection, audit_actor, _issue_action(request, issued), now=now)
         if keep_codes is not None:
             keep_codes(issued)
         return issued
 
     return await uow.run(work)
+
+
+def _issue_action(request: IssueRequest, issued: list[IssuedCard]) -> audit.Action:
+    first = ids.format_id(ids.CARD, issued[0].card.id) if issued else None
+    last = ids.format_id(ids.CARD, issued[-1].card.id) if issued else None
+    return audit.Action(
+        "card.issue",
+        target=first,
+        detail={
+            "count": len(issued),
+            "amount": request.amount,
+            "currency": request.region.currency,
+            "region": request.region.code,
+            "kind": request.kind.value,
+            "first_card": first,
+            "last_card": last,
+        },
+    )
 
 
 async def issue_with_code(
@@ -305,8 +327,11 @@ async def get(db: Database, card_id: int, *, clock: Clock) -> Card:
     return card_from_row(row, clock.now())
 
 
-async def activate(uow: UnitOfWork, serial: str, *, actor: str) -> Card:
-    """A physical card sold at a till: it becomes active and its value is funded."""
+async def activate(
+    uow: UnitOfWork, serial: str, *, actor: str, audit_actor: audit.Actor | None = None
+) -> Card:
+    """A physical card sold at a till: it becomes active and its value is funded. With
+    `audit_actor`, the activation is recorded in the audit log."""
     serial = codes.normalize_serial(serial)
     now = uow.clock.now()
 
@@ -348,6 +373,17 @@ async def activate(uow: UnitOfWork, serial: str, *, actor: str) -> Card:
             now=now,
         )
         await record_event(connection, row.id, "activated", actor=actor, now=now)
+        if audit_actor is not None:
+            await audit.record(
+                connection,
+                audit_actor,
+                audit.Action(
+                    "card.activate",
+                    target=ids.format_id(ids.CARD, row.id),
+                    detail={"amount": row.amount, "currency": row.currency},
+                ),
+                now=now,
+            )
         return card_from_row(row, now)
 
     return await uow.run(work)

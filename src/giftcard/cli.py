@@ -308,10 +308,11 @@ async def _issue_to_csv(
                 UnitOfWork(db, SystemClock()),
                 request,
                 secret_key=settings.secret_key,
-                actor="cli",
+                actor=audit.OPERATOR.actor,
                 count_max=CARDS_PER_CLI_BATCH_MAX,
                 on_progress=advance,
                 keep_codes=write_csv,
+                audit_actor=audit.OPERATOR,
             )
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -363,7 +364,9 @@ def keys_create(
     key_id, key = asyncio.run(
         _with_database(
             settings,
-            lambda db: customers.create_api_key(db, role=role, name=name, clock=SystemClock()),
+            lambda db: customers.create_api_key(
+                db, role=role, name=name, clock=SystemClock(), audit_actor=audit.OPERATOR
+            ),
         )
     )
     typer.echo(
@@ -404,7 +407,10 @@ def keys_revoke(
     settings = _settings()
     clock = SystemClock()
     key = asyncio.run(
-        _with_database(settings, lambda db: access.revoke_api_key(db, key_id, clock=clock))
+        _with_database(
+            settings,
+            lambda db: access.revoke_api_key(db, key_id, clock=clock, audit_actor=audit.OPERATOR),
+        )
     )
     typer.echo(f"Revoked API key {key.id} ({key.role.value}, {key.prefix}…).")
 
@@ -429,7 +435,13 @@ def staff_create(
         _with_database(
             settings,
             lambda db: customers.create_staff(
-                db, email=email, password=password, role=role, name=name, clock=SystemClock()
+                db,
+                email=email,
+                password=password,
+                role=role,
+                name=name,
+                clock=SystemClock(),
+                audit_actor=audit.OPERATOR,
             ),
         )
     )
@@ -470,7 +482,10 @@ def staff_disable(
     settings = _settings()
     clock = SystemClock()
     member, ended = asyncio.run(
-        _with_database(settings, lambda db: access.disable_staff(db, email, clock=clock))
+        _with_database(
+            settings,
+            lambda db: access.disable_staff(db, email, clock=clock, audit_actor=audit.OPERATOR),
+        )
     )
     typer.echo(f"Disabled {member.email} ({member.role.value}); {ended} session(s) ended.")
 
@@ -495,7 +510,7 @@ def staff_password(
         _with_database(
             settings,
             lambda db: customers.set_staff_password(
-                db, email=email, password=password, clock=SystemClock()
+                db, email=email, password=password, clock=SystemClock(), audit_actor=audit.OPERATOR
             ),
         )
     )
@@ -625,11 +640,6 @@ async def _queue_test_email(
         await db.dispose()
 
 
-# How the audit log names an operator at the command line: whoever runs the command
-# holds the database's address, so they may read everything.
-CLI_ACTOR = audit.Actor("cli", "operator")
-
-
 @audit_app.command("export")
 @command_errors
 def audit_export(
@@ -667,7 +677,9 @@ async def _export_audit(db: Database, filters: audit.Filters, out: Path) -> audi
         raise _fail(f"{out} exists already; refusing to overwrite it.") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            export = await audit.start_export(UnitOfWork(db, SystemClock()), CLI_ACTOR, filters)
+            export = await audit.start_export(
+                UnitOfWork(db, SystemClock()), audit.OPERATOR, filters
+            )
             async for chunk in audit.export_csv(db, export):
                 handle.write(chunk)
             handle.flush()

@@ -19,7 +19,7 @@ from sqlalchemy import Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard import ledger
+from giftcard import audit, ids, ledger
 from giftcard.clock import Clock
 from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import api_keys, customers, identities, password_resets, sessions, staff
@@ -652,11 +652,18 @@ def _changed_meanwhile() -> GiftcardError:
 
 
 async def create_api_key(
-    db: Database, *, role: Role, name: str | None, clock: Clock, key: str | None = None
+    db: Database,
+    *,
+    role: Role,
+    name: str | None,
+    clock: Clock,
+    key: str | None = None,
+    audit_actor: audit.Actor | None = None,
 ) -> tuple[int, str]:
     """A new API key: its id and the secret, which is never shown again. `key` is for a
     secret derived elsewhere (the demo's, from the server's secret key); one whose hash is
-    stored already is refused by the unique key on `key_hash`."""
+    stored already is refused by the unique key on `key_hash`. With `audit_actor`, the
+    creation is recorded in the audit log (its role and name, never the key)."""
     name = check_name(name)
     if key is None:
         key = API_KEY_PREFIX + secrets.token_urlsafe(32)
@@ -665,7 +672,7 @@ async def create_api_key(
     now = clock.now()
 
     async def work(connection: AsyncConnection) -> int:
-        return int(
+        key_id = int(
             (
                 await connection.execute(
                     insert(api_keys)
@@ -680,13 +687,34 @@ async def create_api_key(
                 )
             ).scalar_one()
         )
+        if audit_actor is not None:
+            await audit.record(
+                connection,
+                audit_actor,
+                audit.Action(
+                    "api_key.create",
+                    target=f"api_key:{key_id}",
+                    detail={"role": role.value, "name": name},
+                ),
+                now=now,
+            )
+        return key_id
 
     return await db.run(work), key
 
 
 async def create_staff(
-    db: Database, *, email: str, password: str, role: Role, name: str | None = None, clock: Clock
+    db: Database,
+    *,
+    email: str,
+    password: str,
+    role: Role,
+    name: str | None = None,
+    clock: Clock,
+    audit_actor: audit.Actor | None = None,
 ) -> int:
+    """A new staff member's id. With `audit_actor`, the creation is recorded in the audit
+    log (the member's id and role)."""
     if role not in (Role.SUPPORT, Role.ADMIN):
         raise validation_error("Staff are support or admin.", "role")
     email = normalize_email(email)
@@ -714,6 +742,17 @@ async def create_staff(
             ).scalar_one()
         )
         await _claim_identity(connection, email, staff_id=staff_id)
+        if audit_actor is not None:
+            await audit.record(
+                connection,
+                audit_actor,
+                audit.Action(
+                    "staff.create",
+                    target=ids.format_id(ids.STAFF, staff_id),
+                    detail={"role": role.value},
+                ),
+                now=now,
+            )
         return staff_id
 
     try:
@@ -724,9 +763,17 @@ async def create_staff(
         raise
 
 
-async def set_staff_password(db: Database, *, email: str, password: str, clock: Clock) -> int:
+async def set_staff_password(
+    db: Database,
+    *,
+    email: str,
+    password: str,
+    clock: Clock,
+    audit_actor: audit.Actor | None = None,
+) -> int:
     """A staff member's new password, set by an operator; every session of theirs ends.
-    How many sessions ended."""
+    How many sessions ended. With `audit_actor`, the change is recorded in the audit log
+    (never the password)."""
     email = normalize_email(email)
     check_password(password)
     password_hash = await hash_password(password)
@@ -750,6 +797,17 @@ async def set_staff_password(db: Database, *, email: str, password: str, clock: 
             .where(sessions.c.staff_id == staff_id, sessions.c.revoked_at.is_(None))
             .values(revoked_at=now)
         )
+        if audit_actor is not None:
+            await audit.record(
+                connection,
+                audit_actor,
+                audit.Action(
+                    "staff.password",
+                    target=ids.format_id(ids.STAFF, staff_id),
+                    detail={"sessions_ended": int(ended.rowcount)},
+                ),
+                now=now,
+            )
         return int(ended.rowcount)
 
     return await db.run(work)

@@ -39,10 +39,11 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import ColumnElement, Row, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard import cards, codes, ids
+from giftcard import audit, cards, codes, ids
 from giftcard.cards import CardKind, CardState, IssueRequest
 from giftcard.clock import Clock
 from giftcard.config import Settings
+from giftcard.customers import mask_email
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards as cards_table
 from giftcard.db.tables import customers, gifts, outbox_messages
@@ -379,9 +380,11 @@ async def create(
     *,
     secret_key: bytes,
     actor: str,
+    audit_actor: audit.Actor | None = None,
 ) -> Gift:
     """Issue a funded digital card for the recipient and queue its email, in one
-    transaction."""
+    transaction. With `audit_actor`, the purchase is recorded in the audit log, the
+    recipient's address masked."""
     now = uow.clock.now()
     checked = check_request(request, now)
     # Drawn once: a retried transaction issues the same code.
@@ -428,6 +431,22 @@ async def create(
             deliver_at=checked.deliver_at,
         )
         await cards.record_event(connection, issued.card.id, "gift_queued", actor=actor, now=now)
+        if audit_actor is not None:
+            await audit.record(
+                connection,
+                audit_actor,
+                audit.Action(
+                    "gift.create",
+                    target=ids.format_id(ids.GIFT, gift_id),
+                    detail={
+                        "amount": checked.amount,
+                        "currency": checked.region.currency,
+                        "recipient": mask_email(checked.recipient_email),
+                        "card": ids.format_id(ids.CARD, issued.card.id),
+                    },
+                ),
+                now=now,
+            )
         return await _load(connection, gift_id, now, viewer=None)
 
     return await uow.run(work)

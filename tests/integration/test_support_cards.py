@@ -43,9 +43,18 @@ def mistyped(code: str) -> str:
     return swapped + normalized[1:]
 
 
+# Issuing the cards these tests act on is recorded too; they look at support's entries.
+SETUP_ACTIONS = ("card.issue", "card.activate", "gift.create")
+
+
 async def audit_entries(services: Services) -> list[Any]:
     async with services.db.transaction(write=False) as connection:
-        return list((await connection.execute(select(audit_log).order_by(audit_log.c.id))).all())
+        query = (
+            select(audit_log)
+            .where(audit_log.c.action.not_in(SETUP_ACTIONS))
+            .order_by(audit_log.c.id)
+        )
+        return list((await connection.execute(query)).all())
 
 
 async def card_row(services: Services, card_id: str) -> Any:

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from giftcard import cards, ids
+from giftcard import audit, cards, ids
 from giftcard.api import render, schemas
-from giftcard.api.deps import IdempotencyKey, roles, run_idempotent
+from giftcard.api.deps import IdempotencyKey, acting, roles, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role
 from giftcard.errors import ErrorCode, GiftcardError
@@ -19,6 +19,8 @@ from giftcard.unit_of_work import UnitOfWork
 
 router = APIRouter(prefix="/v1/cards", tags=["cards"])
 merchant = roles(Role.ADMIN, Role.MERCHANT)
+# The same callers, as the audit log names them: issuing and activating are recorded.
+merchant_actor = acting(Role.ADMIN, Role.MERCHANT)
 
 
 @router.post(
@@ -33,6 +35,7 @@ async def issue(
     request: Request,
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
+    actor: audit.Actor = Depends(merchant_actor),
     svc: Services = Depends(services),
 ) -> Any:
     store = find_region(body.region)
@@ -52,7 +55,11 @@ async def issue(
 
     async def act(uow: UnitOfWork) -> list[cards.IssuedCard]:
         return await cards.issue(
-            uow, issue_request, secret_key=svc.settings.secret_key, actor=who.actor
+            uow,
+            issue_request,
+            secret_key=svc.settings.secret_key,
+            actor=who.actor,
+            audit_actor=actor,
         )
 
     return await run_idempotent(
@@ -84,10 +91,11 @@ async def activate(
     request: Request,
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
+    actor: audit.Actor = Depends(merchant_actor),
     svc: Services = Depends(services),
 ) -> Any:
     async def act(uow: UnitOfWork) -> cards.Card:
-        return await cards.activate(uow, body.serial, actor=who.actor)
+        return await cards.activate(uow, body.serial, actor=who.actor, audit_actor=actor)
 
     return await run_idempotent(
         request,

@@ -5,6 +5,10 @@ Starting the demo again reuses what the first start made. The API key is derived
 the server's secret key, so it is the same at every start and can be printed again
 without being stored anywhere; the staff member's password is random and shown only
 when the staff member is created. Only the codes are new each time.
+
+The operator starts the demo from the command line, so what it creates is recorded in
+the audit log as their doing (`cli`, `operator`): the staff member and API key when
+first made, and each start's cards.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
-from giftcard import cards, customers
+from giftcard import audit, cards, customers
 from giftcard.clock import Clock, SystemClock
 from giftcard.codes import format_code
 from giftcard.config import Settings
@@ -105,6 +109,7 @@ async def _staff(db: Database, clock: Clock) -> tuple[str | None, str]:
             role=customers.Role.ADMIN,
             name="Demo Support",
             clock=clock,
+            audit_actor=audit.OPERATOR,
         )
     except GiftcardError as error:
         if error.code is not ErrorCode.EMAIL_TAKEN:
@@ -129,7 +134,12 @@ async def _ensure_api_key(db: Database, api_key: str, clock: Clock) -> bool:
         return False
     try:
         await customers.create_api_key(
-            db, role=customers.Role.ADMIN, name=DEMO_API_KEY_NAME, clock=clock, key=api_key
+            db,
+            role=customers.Role.ADMIN,
+            name=DEMO_API_KEY_NAME,
+            clock=clock,
+            key=api_key,
+            audit_actor=audit.OPERATOR,
         )
     except IntegrityError as error:
         # Another demo start stored it at this moment: the same key either way.
@@ -148,12 +158,14 @@ async def _codes(db: Database, secret_key: bytes, clock: Clock) -> list[str]:
             cards.IssueRequest(amount=amount, region=us, kind=cards.CardKind.DIGITAL),
             secret_key=secret_key,
             actor="demo",
+            audit_actor=audit.OPERATOR,
         )
     physical = await cards.issue(
         UnitOfWork(db, clock),
         cards.IssueRequest(amount=DEMO_PHYSICAL_AMOUNT, region=us, kind=cards.CardKind.PHYSICAL),
         secret_key=secret_key,
         actor="demo",
+        audit_actor=audit.OPERATOR,
     )
     lines = []
     for item in issued:
