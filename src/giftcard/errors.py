@@ -55,6 +55,16 @@ class ErrorCode(enum.StrEnum):
     def problem_title(self) -> str:
         return _TITLES[self]
 
+    @property
+    def problem_when(self) -> str:
+        """When the code is given; README.md's table of codes says the same."""
+        return _EXPLANATIONS[self][0]
+
+    @property
+    def problem_what_to_do(self) -> str:
+        """What the caller (or the person behind them) can do about it."""
+        return _EXPLANATIONS[self][1]
+
 
 _STATUS: dict[ErrorCode, int] = {
     ErrorCode.CODE_MALFORMED: 422,
@@ -111,6 +121,118 @@ _TITLES: dict[ErrorCode, str] = {
     ErrorCode.INTERNAL_ERROR: "Internal error",
     ErrorCode.SERVICE_UNAVAILABLE: "Service unavailable",
 }
+
+# (when it happens, what to do), served at GET /problems/{code}. README.md's table of codes
+# holds the same sentences, with names in backticks; a test compares the two.
+_EXPLANATIONS: dict[ErrorCode, tuple[str, str]] = {
+    ErrorCode.CODE_MALFORMED: (
+        "not a code at all: wrong length, or symbols no code contains",
+        "copy the code again from the card or email: 16 letters and digits, dashes optional",
+    ),
+    ErrorCode.CODE_MISTYPED: (
+        "the check symbol does not match: almost surely a typo",
+        "compare each character with the card and type it again; O and 0, and I, L and 1, "
+        "count as the same",
+    ),
+    ErrorCode.CODE_NOT_FOUND: (
+        "a well-formed code that no card has",
+        "check that the code is from this store; if it is, ask the store's support",
+    ),
+    ErrorCode.CODE_ALREADY_REDEEMED: (
+        "redeemed before; the detail says whether into this account (and when) or another",
+        "nothing, if it was redeemed into this account; otherwise ask the store's support",
+    ),
+    ErrorCode.CODE_NOT_ACTIVE: (
+        "a physical card not yet activated, or a cancelled card",
+        "a card bought in a shop is activated at the till: ask the shop, or the store's support",
+    ),
+    ErrorCode.CODE_FROZEN: (
+        "held by support",
+        "ask the store's support, who can say why and release it",
+    ),
+    ErrorCode.CODE_EXPIRED: (
+        "past its expiry date",
+        "ask the store's support; an expired card cannot be redeemed",
+    ),
+    ErrorCode.REGION_MISMATCH: (
+        "the card belongs to another store than the account",
+        "redeem it with an account of the card's store",
+    ),
+    ErrorCode.TOO_MANY_ATTEMPTS: (
+        "an abuse limit is reached; see Retry-After",
+        "wait the seconds Retry-After gives, then try again",
+    ),
+    ErrorCode.VALIDATION_ERROR: (
+        "invalid input (the body is not JSON, a field is missing or out of range, ...)",
+        "correct the input that param names, as detail says",
+    ),
+    ErrorCode.UNAUTHORIZED: (
+        "no valid credentials",
+        "send an API key or a session token as Authorization: Bearer, or log in again",
+    ),
+    ErrorCode.INVALID_CREDENTIALS: (
+        "wrong email or password at log-in",
+        "check both and try again; a forgotten password is reset from the log-in page",
+    ),
+    ErrorCode.FORBIDDEN: (
+        "the caller may not do this",
+        "use credentials with a role that may; detail names the roles",
+    ),
+    ErrorCode.NOT_FOUND: (
+        "no such resource or address",
+        "check the id or address",
+    ),
+    ErrorCode.METHOD_NOT_ALLOWED: (
+        "the address does not take this method",
+        "use a method the Allow header lists",
+    ),
+    ErrorCode.PAYLOAD_TOO_LARGE: (
+        "the body exceeds GIFTCARD_REQUEST_BODY_MAX_BYTES",
+        "send a smaller body, or fewer items at once",
+    ),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: (
+        "a body sent as something other than application/json",
+        "send JSON with Content-Type: application/json",
+    ),
+    ErrorCode.INSUFFICIENT_BALANCE: (
+        "a deduction larger than the balance it is taken from",
+        "take no more than the balance holds",
+    ),
+    ErrorCode.EMAIL_TAKEN: (
+        "sign-up with an email that has an account",
+        "log in instead, or reset the password",
+    ),
+    ErrorCode.CURRENCY_MISMATCH: (
+        "a currency that is not the region's",
+        "leave currency out, or send the account's own",
+    ),
+    ErrorCode.INVALID_STATE: (
+        "e.g. activating a card that is not inactive",
+        "read the resource's current state before acting on it",
+    ),
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: (
+        "the same Idempotency-Key with another request",
+        "use a new key for a new request; resend a retry exactly as first sent",
+    ),
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: (
+        "kept for clients that know it; today a request whose key is still running waits "
+        "for it and gets its answer instead",
+        "retry with the same key",
+    ),
+    ErrorCode.INTERNAL_ERROR: (
+        "a bug; the details are in the server log, not the answer",
+        "retry later; an operator finds the details in the server log by Request-Id",
+    ),
+    ErrorCode.SERVICE_UNAVAILABLE: (
+        "/readyz when the database (or Redis, when configured) does not answer; a limited "
+        "request (redeem, sign-up, log-in) while Redis does not answer; or a transaction "
+        "that still met serialization failures, deadlocks or a locked SQLite database "
+        "after its bounded retries",
+        "nothing was done: retry it, with the same Idempotency-Key",
+    ),
+}
+if _EXPLANATIONS.keys() != set(ErrorCode):
+    raise RuntimeError("every error code needs an explanation")
 
 
 class GiftcardError(Exception):

@@ -70,4 +70,10 @@ async def problem_type(code: str) -> schemas.ProblemType:
         known = ErrorCode(code)
     except ValueError:
         raise GiftcardError(ErrorCode.NOT_FOUND, "No such problem type.") from None
-    return schemas.ProblemType(code=known.value, title=known.problem_title, status=known.status)
+    return schemas.ProblemType(
+        code=known.value,
+        title=known.problem_title,
+        status=known.status,
+        when=known.problem_when,
+        what_to_do=known.problem_what_to_do,
+    )

@@ -184,6 +184,8 @@ class ProblemType(BaseModel):
     code: str
     title: str
     status: int
+    when: str
+    what_to_do: str
 
 
 class PaymentCreate(Input):
