@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from giftcard import audit
 from giftcard.db.engine import Database
+from giftcard.money import format_minor
 
 CULPRITS_PER_CHECK_MAX = 50
 
@@ -154,8 +155,8 @@ class Report:
         ]
         for currency, sums in sorted(self.totals.items()):
             lines.append(
-                f"  {currency}: unredeemed card value {sums['cards']}, "
-                f"customer balances {sums['customers']} (minor units)"
+                f"  {currency}: unredeemed card value {format_minor(sums['cards'], currency)}, "
+                f"customer balances {format_minor(sums['customers'], currency)}"
             )
         return lines
 
