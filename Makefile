@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit integration e2e browser bench lock clean
+.PHONY: run shell test lint typecheck unit integration e2e browser bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,8 +12,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Where `make run` listens: `make run PORT=8001`, `make run HOST=0.0.0.0`.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
 run: $(STAMP)
-	GIFTCARD_LOG_FORMAT=$${GIFTCARD_LOG_FORMAT:-text} $(BIN)/giftcard serve --demo
+	GIFTCARD_LOG_FORMAT=$${GIFTCARD_LOG_FORMAT:-text} $(BIN)/giftcard serve --demo --host '$(HOST)' --port '$(PORT)'
+
+# A shell with .venv/bin first on PATH, where the `giftcard` program is; `exit` leaves it.
+shell: $(STAMP)
+	@echo "giftcard is $(CURDIR)/$(BIN)/giftcard; try: giftcard --help. Leave with: exit"
+	@VIRTUAL_ENV='$(CURDIR)/$(VENV)' PATH='$(CURDIR)/$(BIN)':"$$PATH" "$${SHELL:-/bin/sh}"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

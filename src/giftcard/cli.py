@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import functools
 import ipaddress
 import os
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -40,17 +42,22 @@ from giftcard.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
 
+# Help is click's plain layout, not typer's Rich panels: those give every option a type
+# column, so a flag such as --help reads `--help <bool>` as if it took a value. Each option
+# that takes a value names it with a metavar (`--port PORT`, `--expires YYYY-MM-DD`).
+_PLAIN_HELP: dict[str, Any] = {"rich_markup_mode": None, "no_args_is_help": True}
+
 app = typer.Typer(
     help="giftcard: a self-hostable gift card service.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    **_PLAIN_HELP,
 )
-cards_app = typer.Typer(help="Issue gift cards.", no_args_is_help=True)
-keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
-staff_app = typer.Typer(help="Manage support staff.", no_args_is_help=True)
-mail_app = typer.Typer(help="Check the email settings.", no_args_is_help=True)
-audit_app = typer.Typer(help="Take the audit log away as CSV.", no_args_is_help=True)
+cards_app = typer.Typer(help="Issue gift cards.", **_PLAIN_HELP)
+keys_app = typer.Typer(help="Manage API keys.", **_PLAIN_HELP)
+staff_app = typer.Typer(help="Manage support staff.", **_PLAIN_HELP)
+mail_app = typer.Typer(help="Check the email settings.", **_PLAIN_HELP)
+audit_app = typer.Typer(help="Take the audit log away as CSV.", **_PLAIN_HELP)
 app.add_typer(cards_app, name="cards")
 app.add_typer(keys_app, name="keys")
 app.add_typer(staff_app, name="staff")
@@ -124,6 +131,7 @@ def _when(moment: datetime | None) -> str:
 def migrate() -> None:
     """Bring the database schema up to date.
 
+    \b
     Example: GIFTCARD_DATABASE_URL=postgresql://app@db/giftcard giftcard migrate
     """
     settings = _settings()
@@ -134,10 +142,13 @@ def migrate() -> None:
 @app.command()
 @command_errors
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(metavar="PORT", help="Port to listen on.", min=1, max=65535)
+    ] = 8000,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes; default: one per CPU core.", min=1)
+        int | None,
+        typer.Option(metavar="N", help="Worker processes; default: one per CPU core.", min=1),
     ] = None,
     demo: Annotated[
         bool,
@@ -148,12 +159,18 @@ def serve(
 ) -> None:
     """Run the API and web pages, migrating the database first.
 
+    \b
     Example: giftcard serve --demo --port 8000
     """
     import uvicorn
 
     from giftcard import logs
 
+    # Before anything is migrated, seeded or printed: a busy port must not cost a set of
+    # demo codes nobody can use.
+    trouble = address_trouble(host, port)
+    if trouble:
+        raise _fail(trouble)
     # Links in emails point where this server listens unless told otherwise; each worker
     # process reads its settings from the environment it inherits.
     os.environ.setdefault("GIFTCARD_PUBLIC_URL", listening_url(host, port))
@@ -190,6 +207,34 @@ def serve(
         access_log=False,
         **proxy,
     )
+
+
+def address_trouble(host: str, port: int) -> str | None:
+    """Why `giftcard serve` could not listen on `host` and `port`, in a sentence, or None
+    when it can. Bound and released at once, as uvicorn then binds it (SO_REUSEADDR too,
+    so a port whose last connections are closing is not taken for busy)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        return f"cannot listen on --host {host!r}: it is not an address of this machine ({error})."
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return (
+                        f"port {port} on {host} is in use already: stop what listens there, "
+                        f"or pick another port: --port {_another(port)} "
+                        f"(make run PORT={_another(port)})."
+                    )
+                return f"cannot listen on {host} port {port}: {error.strerror or error}."
+    return None
+
+
+def _another(port: int) -> int:
+    return port + 1 if port < 65535 else port - 1
 
 
 def listening_url(host: str, port: int) -> str:
@@ -229,48 +274,78 @@ def proxy_options(environ: Mapping[str, str]) -> dict[str, Any]:
     return {"proxy_headers": True, "forwarded_allow_ips": ",".join(entries)}
 
 
-def _expiry(text: str | None) -> datetime | None:
-    """A card marked to expire on a date is good through the end of that day (UTC)."""
+def _expiry(text: str | None, today: date) -> datetime | None:
+    """A card marked to expire on a date is good through the whole of that day in UTC:
+    it expires at the midnight (UTC) that ends it. A day before `today` (UTC) is refused
+    here, before any card or file is made."""
     if text is None:
         return None
     try:
         day = date.fromisoformat(text)
     except ValueError:
         raise _fail(f"--expires must be a date like 2027-12-31, not {text!r}") from None
+    if day < today:
+        raise _fail(
+            f"--expires {day.isoformat()} is in the past: give the last day the cards are "
+            f"good, today ({today.isoformat()}, UTC) or later."
+        )
     return datetime.combine(day + timedelta(days=1), time(0, 0), tzinfo=UTC)
+
+
+def last_valid_day(expires_at: datetime) -> date:
+    """The day a card expiring at `expires_at` is good through, in UTC: what a printed
+    card says ("valid through 2027-12-31"). A card expiring at midnight is good through
+    the day before; one expiring mid-day (set through the API) through that day."""
+    return (expires_at.astimezone(UTC) - timedelta(microseconds=1)).date()
 
 
 @cards_app.command("issue")
 @command_errors
 def cards_issue(
-    count: Annotated[int, typer.Option(help="How many cards.", min=1, max=CARDS_PER_CLI_BATCH_MAX)],
-    amount: Annotated[str, typer.Option(help="Face value in major units, e.g. 25.00.")],
-    region: Annotated[str, typer.Option(help="Store region: US GB DE FR JP CA AU IN.")],
-    out: Annotated[Path, typer.Option(help="CSV file to write; must not exist yet.")],
+    count: Annotated[
+        int,
+        typer.Option(metavar="N", help="How many cards.", min=1, max=CARDS_PER_CLI_BATCH_MAX),
+    ],
+    amount: Annotated[
+        str, typer.Option(metavar="AMOUNT", help="Face value in major units, e.g. 25.00.")
+    ],
+    region: Annotated[
+        str, typer.Option(metavar="REGION", help="Store region: US GB DE FR JP CA AU IN.")
+    ],
+    out: Annotated[
+        Path, typer.Option(metavar="FILE", help="CSV file to write; must not exist yet.")
+    ],
     physical: Annotated[
         bool, typer.Option("--physical", help="Printed cards, inactive until sold.")
     ] = False,
     expires: Annotated[
-        str | None, typer.Option(help="Last valid day, YYYY-MM-DD (through its end, UTC).")
+        str | None,
+        typer.Option(
+            metavar="YYYY-MM-DD",
+            help="Last valid day: the card is good through the whole of it, in UTC.",
+        ),
     ] = None,
 ) -> None:
     """Issue cards and write their codes to a CSV file, the only place they will exist.
 
+    \b
     Example: giftcard cards issue --count 500 --amount 25.00 --region US --out cards.csv
     """
     if out.exists():
         raise _fail(f"{out} exists already; refusing to overwrite a file of codes.")
     if not out.parent.exists():
         raise _fail(f"the folder {out.parent} does not exist.")
-    settings = _settings()
     store = find_region(region)
     request = cards.IssueRequest(
         amount=parse_major(amount, store.currency, param="amount"),
         region=store,
         kind=cards.CardKind.PHYSICAL if physical else cards.CardKind.DIGITAL,
         count=count,
-        expires_at=_expiry(expires),
+        expires_at=_expiry(expires, today=SystemClock().now().astimezone(UTC).date()),
     )
+    # Read after the input is checked: a refused command leaves no trace, not even the
+    # secret key file a first run writes.
+    settings = _settings()
     issued = asyncio.run(_issue_to_csv(settings, request, out))
     typer.echo(f"Issued {len(issued)} card(s); codes written to {out}")
 
@@ -331,7 +406,7 @@ def _write_csv(path: Path, issued: Sequence[cards.IssuedCard]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["serial", "code", "amount", "currency", "region", "kind", "expires_at"])
+        writer.writerow(["serial", "code", "amount", "currency", "region", "kind", "valid_through"])
         for item in issued:
             card = item.card
             writer.writerow(
@@ -342,7 +417,7 @@ def _write_csv(path: Path, issued: Sequence[cards.IssuedCard]) -> None:
                     card.currency,
                     card.region,
                     card.kind.value,
-                    card.expires_at.isoformat() if card.expires_at else "",
+                    last_valid_day(card.expires_at).isoformat() if card.expires_at else "",
                 ]
             )
         handle.flush()
@@ -352,11 +427,14 @@ def _write_csv(path: Path, issued: Sequence[cards.IssuedCard]) -> None:
 @keys_app.command("create")
 @command_errors
 def keys_create(
-    role: Annotated[customers.Role, typer.Option(help="admin, merchant or support.")],
-    name: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
+    role: Annotated[
+        customers.Role, typer.Option(metavar="ROLE", help="admin, merchant or support.")
+    ],
+    name: Annotated[str | None, typer.Option(metavar="NAME", help="What the key is for.")] = None,
 ) -> None:
     """Create an API key and print it (last line); it is never shown again.
 
+    \b
     Example: giftcard keys create --role merchant --name "web shop"
     """
     settings = _settings()
@@ -380,6 +458,7 @@ def keys_create(
 def keys_list() -> None:
     """List API keys: id, role, the key's first characters, name, and when revoked.
 
+    \b
     Example: giftcard keys list
     """
     settings = _settings()
@@ -398,10 +477,13 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 @command_errors
 def keys_revoke(
-    key_id: Annotated[int, typer.Argument(help="The key's id, as `giftcard keys list` shows.")],
+    key_id: Annotated[
+        int, typer.Argument(metavar="ID", help="The key's id, as `giftcard keys list` shows.")
+    ],
 ) -> None:
     """Revoke an API key: its next request is refused.
 
+    \b
     Example: giftcard keys revoke 3
     """
     settings = _settings()
@@ -418,12 +500,15 @@ def keys_revoke(
 @staff_app.command("create")
 @command_errors
 def staff_create(
-    email: Annotated[str, typer.Option(help="The staff member's email, used to log in.")],
-    role: Annotated[customers.Role, typer.Option(help="support or admin.")],
-    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    email: Annotated[
+        str, typer.Option(metavar="EMAIL", help="The staff member's email, used to log in.")
+    ],
+    role: Annotated[customers.Role, typer.Option(metavar="ROLE", help="support or admin.")],
+    name: Annotated[str | None, typer.Option(metavar="NAME", help="Display name.")] = None,
 ) -> None:
     """Create a staff member; the password is the first line of standard input.
 
+    \b
     Example: echo "$PASSWORD" | giftcard staff create --email ana@store.example --role support
     """
     settings = _settings()
@@ -453,6 +538,7 @@ def staff_create(
 def staff_list() -> None:
     """List staff members: id, role, email, and whether disabled.
 
+    \b
     Example: giftcard staff list
     """
     settings = _settings()
@@ -473,10 +559,11 @@ def staff_list() -> None:
 @staff_app.command("disable")
 @command_errors
 def staff_disable(
-    email: Annotated[str, typer.Option(help="The staff member's email.")],
+    email: Annotated[str, typer.Option(metavar="EMAIL", help="The staff member's email.")],
 ) -> None:
     """Disable a staff member: they can no longer log in, and every session they have ends.
 
+    \b
     Example: giftcard staff disable --email ana@store.example
     """
     settings = _settings()
@@ -493,12 +580,13 @@ def staff_disable(
 @staff_app.command("password")
 @command_errors
 def staff_password(
-    email: Annotated[str, typer.Option(help="The staff member's email.")],
+    email: Annotated[str, typer.Option(metavar="EMAIL", help="The staff member's email.")],
 ) -> None:
     """Set a staff member's password from the first line of standard input; every
     session they have ends. Staff get no "Forgot your password?" emails: this is how
     an operator resets a staff password.
 
+    \b
     Example: echo "$PASSWORD" | giftcard staff password --email ana@store.example
     """
     settings = _settings()
@@ -517,11 +605,12 @@ def staff_password(
     typer.echo(f"Set the password of {email.strip().lower()}; {ended} session(s) ended.")
 
 
-@app.command()
+@app.command(short_help="Check every ledger invariant, naming each culprit.")
 @command_errors
 def verify() -> None:
     """Check every ledger invariant; exit 0 with a summary, or 1 naming each culprit.
 
+    \b
     Example: giftcard verify
     """
     settings = _settings()
@@ -537,13 +626,14 @@ def verify() -> None:
     typer.echo("OK: every invariant holds.")
 
 
-@app.command()
+@app.command(short_help="Send the queued emails, beside or instead of `giftcard serve`.")
 @command_errors
 def worker() -> None:
     """Send the queued emails, in a process of its own beside `giftcard serve` (which
     sends them too; any number of senders may run). SIGTERM or Ctrl-C stops it once the
     email in hand is sent and recorded.
 
+    \b
     Example: GIFTCARD_SMTP_URL=smtps://user:password@mail.example.com giftcard worker
     """
     from giftcard import logs
@@ -580,10 +670,13 @@ MAIL_TEST_POLL_INTERVAL_S = 0.5
 @mail_app.command("test")
 @command_errors
 def mail_test(
-    to: Annotated[str, typer.Option(help="The address to send the test email to.")],
+    to: Annotated[
+        str, typer.Option(metavar="EMAIL", help="The address to send the test email to.")
+    ],
     wait: Annotated[
         int,
         typer.Option(
+            metavar="SECONDS",
             help="Seconds to wait for a running server or worker to send it; 0: only queue it.",
             min=0,
             max=600,
@@ -593,6 +686,7 @@ def mail_test(
     """Queue a test email and say how its first attempt went: a check of the email
     settings. A running `giftcard serve` or `giftcard worker` sends it.
 
+    \b
     Example: giftcard mail test --to ops@example.com
     """
     settings = _settings()
@@ -643,17 +737,23 @@ async def _queue_test_email(
 @audit_app.command("export")
 @command_errors
 def audit_export(
-    out: Annotated[Path, typer.Option(help="CSV file to write; must not exist yet.")],
+    out: Annotated[
+        Path, typer.Option(metavar="FILE", help="CSV file to write; must not exist yet.")
+    ],
     since: Annotated[
-        str | None, typer.Option(help="From this date (UTC) or ISO 8601 moment on.")
+        str | None, typer.Option(metavar="WHEN", help="From this date (UTC) or ISO 8601 moment on.")
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="Up to the end of this date (UTC), or before this moment.")
+        str | None,
+        typer.Option(
+            metavar="WHEN", help="Up to the end of this date (UTC), or before this moment."
+        ),
     ] = None,
 ) -> None:
     """Write the audit log's entries, oldest first with both hashes, to a CSV file; the
     export is itself recorded in the log.
 
+    \b
     Example: giftcard audit export --since 2026-12-01 --out audit.csv
     """
     filters = audit.parse_filters(since=since, until=until)
