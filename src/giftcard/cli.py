@@ -211,25 +211,26 @@ def serve(
 
 def address_trouble(host: str, port: int) -> str | None:
     """Why `giftcard serve` could not listen on `host` and `port`, in a sentence, or None
-    when it can. Bound and released at once, as uvicorn then binds it (SO_REUSEADDR too,
-    so a port whose last connections are closing is not taken for busy)."""
+    when it can. The address is bound and released at once, the way uvicorn then binds
+    it: IPv6 when the host has a colon, else IPv4, with SO_REUSEADDR (so a port whose last
+    connections are closing is not taken for busy)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        resolved = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
         return f"cannot listen on --host {host!r}: it is not an address of this machine ({error})."
-    for family, kind, protocol, _, address in addresses:
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    return (
-                        f"port {port} on {host} is in use already: stop what listens there, "
-                        f"or pick another port: --port {_another(port)} "
-                        f"(make run PORT={_another(port)})."
-                    )
-                return f"cannot listen on {host} port {port}: {error.strerror or error}."
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(resolved[0][4])
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is in use already: stop what listens there, "
+                    f"or pick another port: --port {_another(port)} "
+                    f"(make run PORT={_another(port)})."
+                )
+            return f"cannot listen on {host} port {port}: {error.strerror or error}."
     return None
 
 
