@@ -485,7 +485,7 @@ async def test_adding_to_the_cart_keeps_the_shoppers_place_and_says_how_many(
 
     tote = re.search(r'<h2 id="product-tote">.*?</li>', page, re.S)
     assert tote
-    assert '<a href="/store/cart">2 in your cart</a>' in tote.group(0)
+    assert '<a href="/store/cart" data-testid="in-cart">2 in your cart</a>' in tote.group(0)
     assert page.count('data-testid="in-cart"') == 1
 
 
