@@ -720,6 +720,8 @@ async def test_refund_returns_the_balance_part_to_the_balance_and_the_rest_to_th
     }
     assert "Request refund" not in page
     assert (await balance_of(client, email))["available"] == 2500
+    closed = await client.get(f"/store/orders/{number}/refund")
+    assert closed.headers["location"] == f"/store/orders/{number}"
 
     second = await web_post(
         client, f"/store/orders/{number}/refund", {"amount": "1.00", "confirm": "yes"}
@@ -825,6 +827,40 @@ async def test_refund_requests_sent_at_once_refund_the_order_once(
     ]
     assert {response.headers["location"] for response in racing} == {f"/store/orders/{number}"}
     assert await count_rows(services, refunds) == 1
+    assert (await balance_of(client, email))["available"] == 2500
+    assert (await verify(services.db)).problems == []
+
+
+async def test_two_partial_refunds_confirmed_at_once_never_refund_more_than_was_paid(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Two confirmations of $30.00 each for a $48.00 order arriving together: one is
+    refunded; the other is refused beside its amount (the order has only $18.00 left),
+    with a page and not an error, and nothing more moves."""
+    email = await shopper_with_balance(client, services, 2500)
+    await add(client, "mug")
+    await add(client, "poster")
+    number, _ = await checkout(client)
+    token = await csrf(client)
+
+    racing = await asyncio.gather(
+        *(
+            client.post(
+                f"/store/orders/{number}/refund",
+                data={"csrf_token": token, "amount": "30.00", "confirm": "yes"},
+            )
+            for _ in range(2)
+        )
+    )
+
+    statuses = sorted(response.status_code for response in racing)
+    assert statuses in ([303, 409], [303, 422]), [response.text for response in racing]
+    [refused] = [response for response in racing if response.status_code != 303]
+    assert heading(refused.text) == "Refund your order"
+    error = field_error(refused.text, "amount") or ""
+    assert usd(1800) in error, error
+    assert await count_rows(services, refunds) == 1
+    assert (await payment_of(services, number)).refunded_amount == 3000
     assert (await balance_of(client, email))["available"] == 2500
     assert (await verify(services.db)).problems == []
 
