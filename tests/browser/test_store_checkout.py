@@ -78,6 +78,14 @@ def test_without_javascript_the_store_keeps_place_recalculates_and_confirms_refu
     expect(page.locator("#product-tote")).to_be_in_viewport()
     expect(tote.get_by_test_id("in-cart")).to_have_text("1 in your cart")
     page.screenshot(path=tab.shots.next_path("store-added"))
+    if not tab.phone:
+        # Cards side by side keep their prices and buttons on one line, whatever the
+        # length of their descriptions and whether the cart holds them.
+        buttons = page.locator("ul.products li").get_by_role("button", name="Add to cart")
+        prices = page.locator("ul.products li p.price")
+        for row in (buttons, prices):
+            tops = [round(row.nth(i).bounding_box()["y"]) for i in range(3)]  # type: ignore[index]
+            assert len(set(tops)) == 1, tops
     poster = page.locator("ul.products li", has=page.locator("#product-poster"))
     with tab.navigation(None):
         poster.get_by_role("button", name="Add to cart").click()
