@@ -28,6 +28,7 @@ from tests.browser.browsing import (
 pytestmark = pytest.mark.e2e
 
 CARD_AMOUNT = 2500
+ORDER_PATH = r"/store/orders/GC-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{2}$"
 
 
 def shop_with_balance_and_refund(tab: Tab) -> None:
@@ -59,11 +60,27 @@ def shop_with_balance_and_refund(tab: Tab) -> None:
     expect(page.get_by_label(re.compile(r"^Don.t use my balance"))).not_to_be_checked()
     expect(page.get_by_label("Amount from your balance")).to_have_count(1)
     expect(page.locator("div.test-card")).to_contain_text("Test card 4242 4242 4242 4242")
+    # The order summary shows the split before anything is paid, and follows the choice.
+    balance_part = summary_value(tab, "Gift card balance")
+    card_part = summary_value(tab, "To pay by card")
+    expect(balance_part).to_have_text(f"\u2212{usd(CARD_AMOUNT)}")
+    expect(card_part).to_have_text(usd(cart.total - CARD_AMOUNT))
+    page.get_by_label("Use a chosen amount").check()
+    tab.field("Amount from your balance").fill("10.00")
+    expect(balance_part).to_have_text(f"\u2212{usd(1000)}")
+    expect(card_part).to_have_text(usd(cart.total - 1000))
+    tab.arrive("checkout-chosen-amount")
+    page.get_by_label(re.compile(r"^Don.t use my balance")).check()
+    expect(balance_part).to_have_text(usd(0))
+    expect(card_part).to_have_text(usd(cart.total))
+    use_all.check()
+    expect(balance_part).to_have_text(f"\u2212{usd(CARD_AMOUNT)}")
 
     with tab.navigation("order-placed"):
         tab.button("Place order").click()
-    expect(page).to_have_url(re.compile(r"/store/orders/[^/?#]+$"))
+    expect(page).to_have_url(re.compile(ORDER_PATH))
     order_path = urlsplit(page.url).path
+    expect(page.get_by_test_id("order-number")).to_have_text(order_path.rsplit("/", 1)[1])
     expect(tab.heading()).to_have_text("Thank you for your order")
     expect(summary_value(tab, "Paid with gift card balance")).to_have_text(usd(CARD_AMOUNT))
     expect(summary_value(tab, "Charged to test card")).to_have_text(usd(cart.total - CARD_AMOUNT))
@@ -85,10 +102,22 @@ def shop_with_balance_and_refund(tab: Tab) -> None:
     with tab.navigation("order"):
         order_link.first.click()
     expect(tab.heading()).to_be_visible()
+    with tab.navigation("refund"):
+        tab.link("Request refund").click()
+    expect(tab.heading()).to_have_text("Refund your order")
+    expect(tab.field("Amount to refund")).to_have_value(f"{cart.total / 100:.2f}")
+    with tab.navigation("refund-confirm"):
+        tab.button("Review refund").click()
+    expect(tab.heading()).to_have_text("Confirm your refund")
+    expect(summary_value(tab, "To your gift card balance")).to_have_text(usd(CARD_AMOUNT))
+    expect(summary_value(tab, "To your test card")).to_have_text(usd(cart.total - CARD_AMOUNT))
     with tab.navigation("order-refunded"):
-        tab.button("Request refund").click()
-    refunded = tab.flash().filter(has_text="Refund of")
-    expect(refunded).to_have_text(re.compile(r"^\s*Refund of " + re.escape(usd(cart.total))))
+        tab.button("Confirm refund").click()
+    expect(page).to_have_url(re.compile(re.escape(order_path) + "$"))
+    expect(tab.flash()).to_have_text(
+        f"Refunded {usd(cart.total)}: {usd(CARD_AMOUNT)} to your gift card balance, "
+        f"{usd(cart.total - CARD_AMOUNT)} to your test card."
+    )
 
     # What the balance paid came back to it.
     with tab.navigation("account-after-refund"):

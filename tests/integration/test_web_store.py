@@ -16,9 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from alembic import command
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from giftcard.config import Settings
+from giftcard.db.engine import Database
+from giftcard.db.migrate import alembic_config, upgrade
 from giftcard.db.tables import payments, refunds, store_orders
 from giftcard.demo import store
 from giftcard.money import format_minor
@@ -39,7 +43,8 @@ from tests.web import (
 )
 
 DEMO_NOTE = "This is a demo store: nothing is shipped, and the test card is pretend money."
-ORDER_PATH = re.compile(r"^/store/orders/(ord_[0-9a-f]{32})$")
+ORDER_NUMBER = r"GC-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{2}"
+ORDER_PATH = re.compile(rf"^/store/orders/({ORDER_NUMBER})$")
 TEST_CARD_SENTENCE = (
     "Test card 4242 4242 4242 4242 — the rest is charged here. This is a demo: no real money moves."
 )
@@ -68,7 +73,7 @@ def flash(page: str) -> str:
 
 def summary(page: str) -> dict[str, str]:
     """The order summary's terms and values."""
-    found = re.search(r'<dl class="summary">(.*?)</dl>', page, re.S)
+    found = re.search(r'<dl class="summary"[^>]*>(.*?)</dl>', page, re.S)
     assert found, "no summary on the page"
     pairs = re.findall(r"<dt>(.*?)</dt>\s*<dd[^>]*>(.*?)</dd>", found.group(1), re.S)
     return {text_of(term): text_of(value) for term, value in pairs}
@@ -112,7 +117,7 @@ async def add(client: httpx.AsyncClient, product: str, quantity: str | None = No
     data = {"product": product} if quantity is None else {"product": product, "quantity": quantity}
     response = await web_post(client, "/store/cart", data)
     assert response.status_code == 303, response.text
-    assert response.headers["location"] == "/store"
+    assert response.headers["location"] == f"/store#product-{product}"
 
 
 async def open_checkout(client: httpx.AsyncClient) -> str:
@@ -163,11 +168,40 @@ async def count_rows(services: Services, table: Any, *where: Any) -> int:
         )
 
 
-async def payment_of(services: Services, order_id: str) -> Any:
+async def payment_of(services: Services, number: str) -> Any:
+    """The payment of the order with this number."""
     async with services.db.transaction(write=False) as connection:
         return (
-            await connection.execute(select(payments).where(payments.c.order_id == order_id))
+            await connection.execute(
+                select(payments)
+                .join(store_orders, store_orders.c.payment_id == payments.c.id)
+                .where(store_orders.c.number == number)
+            )
         ).one()
+
+
+async def refund(
+    client: httpx.AsyncClient, number: str, amount: str | None = None
+) -> httpx.Response:
+    """Request a refund as a shopper would: open the refund step, send the amount it
+    offers (or `amount`), then confirm what the confirmation shows."""
+    step = await client.get(f"/store/orders/{number}/refund")
+    assert step.status_code == 200, step.text
+    offered = hidden_value(step.text, "amount")
+    review = await client.post(
+        f"/store/orders/{number}/refund",
+        data={"csrf_token": csrf_of(step.text), "amount": offered if amount is None else amount},
+    )
+    assert review.status_code == 200, review.text
+    assert heading(review.text) == "Confirm your refund"
+    return await client.post(
+        f"/store/orders/{number}/refund",
+        data={
+            "csrf_token": csrf_of(review.text),
+            "amount": hidden_value(review.text, "amount"),
+            "confirm": hidden_value(review.text, "confirm"),
+        },
+    )
 
 
 def set_cart_cookie(client: httpx.AsyncClient, value: str) -> None:
@@ -366,6 +400,10 @@ async def test_split_tender_the_balance_pays_first_and_the_test_card_the_rest(
     assert re.search(r'<div class="test-card">\s*<p>' + re.escape(TEST_CARD_SENTENCE), page)
     assert store.is_order_id(hidden_value(page, "order_id"))
     assert ">Place order</button>" in page
+    assert summary(page) == {"Gift card balance": f"−{usd(2500)}", "To pay by card": usd(2300)}
+    assert re.search(
+        r'<button type="submit" name="action" value="recalculate"[^>]*>Recalculate<', page
+    )
 
     placed = await place(client, page)
     order_id = ORDER_PATH.match(placed.headers["location"])
@@ -378,7 +416,7 @@ async def test_split_tender_the_balance_pays_first_and_the_test_card_the_rest(
         "Paid with gift card balance": usd(2500),
         "Charged to test card": usd(2300),
     }
-    assert ">Request refund</button>" in order.text
+    assert ">Request refund</a>" in order.text
     assert "Cart (0)" in order.text
     assert await balance_of(client, email) == {
         "currency": "USD",
@@ -396,6 +434,59 @@ async def test_split_tender_the_balance_pays_first_and_the_test_card_the_rest(
     assert await count_rows(services, store_orders, store_orders.c.payment_id == payment.id) == 1
     later = await client.get(placed.headers["location"])
     assert heading(later.text) == "Your order"
+
+
+async def test_recalculate_shows_the_split_for_a_new_choice_and_places_nothing(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Without JavaScript, Recalculate re-renders checkout with the summary's split for
+    the choice made (a chosen amount, none), keeps the form's order id, and pays
+    nothing; an amount checkout would refuse is refused beside its field."""
+    email = await shopper_with_balance(client, services, 4000)
+    await add(client, "mug")
+    await add(client, "poster")
+    page = await open_checkout(client)
+    assert summary(page) == {"Gift card balance": f"−{usd(4000)}", "To pay by card": usd(800)}
+
+    chosen = await place(client, page, "amount", "12.50", action="recalculate")
+
+    assert chosen.status_code == 200, chosen.text
+    assert heading(chosen.text) == "Checkout"
+    assert summary(chosen.text) == {
+        "Gift card balance": f"−{usd(1250)}",
+        "To pay by card": usd(3550),
+    }
+    assert checked_choice(chosen.text) == "amount"
+    assert hidden_value(chosen.text, "order_id") == hidden_value(page, "order_id")
+    none = await place(client, page, "none", action="recalculate")
+    assert summary(none.text) == {"Gift card balance": usd(0), "To pay by card": usd(4800)}
+    refused = await place(client, page, "amount", "45.00", action="recalculate")
+    assert refused.status_code == 422
+    assert "more than your gift card balance" in (
+        field_error(refused.text, "use_balance_amount") or ""
+    )
+    assert summary(refused.text)["To pay by card"] == "Check the amount"
+
+    assert await count_rows(services, payments) == 0
+    assert (await balance_of(client, email))["available"] == 4000
+    _, order = await checkout(client, "amount", "12.50")
+    assert summary(order)["Charged to test card"] == usd(3550)
+
+
+async def test_adding_to_the_cart_keeps_the_shoppers_place_and_says_how_many(
+    client: httpx.AsyncClient,
+) -> None:
+    """Add to cart returns to the product's own place on the store page (its anchor),
+    where the product now says how many of it are in the cart."""
+    await add(client, "tote")
+    await add(client, "tote")
+
+    page = (await client.get("/store")).text
+
+    tote = re.search(r'<h2 id="product-tote">.*?</li>', page, re.S)
+    assert tote
+    assert '<a href="/store/cart" data-testid="in-cart">2 in your cart</a>' in tote.group(0)
+    assert page.count('data-testid="in-cart"') == 1
 
 
 async def test_the_balance_alone_pays_an_order_it_covers(
@@ -468,7 +559,7 @@ async def test_a_chosen_amount_is_checked_beside_its_field_and_nothing_is_paid(
     assert await count_rows(services, store_orders) == 0
 
     placed = await place(client, page, "amount", "5")
-    assert placed.headers["location"] == f"/store/orders/{order_id}"
+    assert ORDER_PATH.match(placed.headers["location"])
     assert (await balance_of(client, email))["available"] == 2000
 
 
@@ -541,9 +632,9 @@ async def test_the_same_checkout_sent_twice_or_at_once_pays_once(
     assert [response.status_code for response in racing] == [303, 303, 303], [
         response.text for response in racing
     ]
-    assert {response.headers["location"] for response in racing} == {
-        f"/store/orders/{hidden_value(page, 'order_id')}"
-    }
+    [location] = {response.headers["location"] for response in racing}
+    assert ORDER_PATH.match(location)
+    assert location != first.headers["location"]
     assert await count_rows(services, payments) == 2
     assert await count_rows(services, store_orders) == 2
     assert (await balance_of(client, email))["available"] == 2500 - 1800
@@ -587,21 +678,37 @@ async def test_refund_returns_the_balance_part_to_the_balance_and_the_rest_to_th
     client: httpx.AsyncClient, services: Services, database_url: str
 ) -> None:
     """Given a $48.00 order paid $25.00 by the balance and $23.00 by the test card, and
-    the default refund preference (the original payment method): Request refund gives
-    $25.00 back to the balance and $23.00 to the test card; a second request refunds
-    nothing and says so; the ledger still checks out."""
+    the default refund preference (the original payment method): the refund step offers
+    the whole $48.00, the confirmation says $25.00 goes to the balance and $23.00 to the
+    test card, and only confirming refunds it, with a banner saying what was done; a
+    second request refunds nothing and says so; the ledger still checks out."""
     email = await shopper_with_balance(client, services, 2500)
     await add(client, "mug")
     await add(client, "poster")
-    order_id, _ = await checkout(client)
+    number, order = await checkout(client)
+    assert f'<a class="button secondary" href="/store/orders/{number}/refund"' in order
 
-    refunded = await web_post(client, f"/store/orders/{order_id}/refund")
+    step = await client.get(f"/store/orders/{number}/refund")
+    assert heading(step.text) == "Refund your order"
+    assert hidden_value(step.text, "amount") == "48.00"
+    assert '<label for="amount">Amount to refund</label>' in step.text
+    review = await web_post(client, f"/store/orders/{number}/refund", {"amount": "48.00"})
+    assert review.status_code == 200
+    assert heading(review.text) == "Confirm your refund"
+    assert summary(review.text) == {
+        "To your gift card balance": usd(2500),
+        "To your test card": usd(2300),
+    }
+    assert ">Confirm refund</button>" in review.text
+    assert await count_rows(services, refunds) == 0
 
-    assert refunded.headers["location"] == f"/store/orders/{order_id}"
+    refunded = await refund(client, number)
+
+    assert refunded.headers["location"] == f"/store/orders/{number}"
     page = (await follow(client, refunded)).text
     assert flash(page) == (
-        f"Refund of {usd(4800)} requested: {usd(2500)} back to your gift card balance, "
-        f"{usd(2300)} to the test card."
+        f"Refunded {usd(4800)}: {usd(2500)} to your gift card balance, "
+        f"{usd(2300)} to your test card."
     )
     assert summary(page) == {
         "Order total": usd(4800),
@@ -613,8 +720,12 @@ async def test_refund_returns_the_balance_part_to_the_balance_and_the_rest_to_th
     }
     assert "Request refund" not in page
     assert (await balance_of(client, email))["available"] == 2500
+    closed = await client.get(f"/store/orders/{number}/refund")
+    assert closed.headers["location"] == f"/store/orders/{number}"
 
-    second = await web_post(client, f"/store/orders/{order_id}/refund")
+    second = await web_post(
+        client, f"/store/orders/{number}/refund", {"amount": "1.00", "confirm": "yes"}
+    )
 
     assert second.status_code == 303
     assert flash((await follow(client, second)).text).startswith(
@@ -627,19 +738,86 @@ async def test_refund_returns_the_balance_part_to_the_balance_and_the_rest_to_th
     assert result.exit_code == 0, result.output
 
 
+async def test_a_partial_refund_gives_the_balance_its_part_first_then_the_card(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Given $48.00 paid $25.00 by the balance and $23.00 by the card: refunding $30.00
+    sends $25.00 to the balance and $5.00 to the card; the rest, $18.00, all to the card."""
+    email = await shopper_with_balance(client, services, 2500)
+    await add(client, "mug")
+    await add(client, "poster")
+    number, _ = await checkout(client)
+
+    first = await follow(client, await refund(client, number, "30"))
+
+    assert flash(first.text) == (
+        f"Refunded {usd(3000)}: {usd(2500)} to your gift card balance, "
+        f"{usd(500)} to your test card."
+    )
+    assert summary(first.text)["Refunded"] == usd(3000)
+    assert text_of(first.text).count("Partly refunded") == 1
+    assert (await balance_of(client, email))["available"] == 2500
+
+    step = await client.get(f"/store/orders/{number}/refund")
+    assert hidden_value(step.text, "amount") == "18.00"
+    rest = await follow(client, await refund(client, number))
+
+    assert flash(rest.text) == f"Refunded {usd(1800)}: {usd(1800)} to your test card."
+    assert (await payment_of(services, number)).refunded_amount == 4800
+    assert (await verify(services.db)).problems == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        ("48.01", f"That is more than the {usd(4800)} this order can still refund."),
+        ("10.505", "USD amounts have at most 2 decimal places"),
+        ("0", "The amount must be more than zero."),
+        ("-5", "is not an amount"),
+        ("", "Enter the amount to refund."),
+        ("9" * 40, "Write the amount as a number"),
+    ],
+)
+async def test_a_refund_amount_is_checked_beside_its_field_and_nothing_is_refunded(
+    client: httpx.AsyncClient, services: Services, typed: str, message: str
+) -> None:
+    """An amount above what is left, with too many decimals, zero, negative, empty or
+    not a number is refused beside the field at either step, what was typed kept."""
+    await shopper_with_balance(client, services, 2500)
+    await add(client, "mug")
+    await add(client, "poster")
+    number, _ = await checkout(client)
+
+    for confirm in ("", "yes"):
+        refused = await web_post(
+            client, f"/store/orders/{number}/refund", {"amount": typed, "confirm": confirm}
+        )
+
+        assert refused.status_code == 422, refused.text
+        assert heading(refused.text) == "Refund your order"
+        error = field_error(refused.text, "amount")
+        assert error is not None
+        assert message in error, error
+        assert 'href="#amount"' in refused.text
+    assert await count_rows(services, refunds) == 0
+
+
 async def test_refund_requests_sent_at_once_refund_the_order_once(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    """Four Request refund clicks arriving together: one refund is made, the balance gets
-    its part back once, and every click ends on the order page (no error page)."""
+    """Four confirmations of the whole refund arriving together: one refund is made, the
+    balance gets its part back once, and every one ends on the order page (no error)."""
     email = await shopper_with_balance(client, services, 2500)
     await add(client, "poster")
-    order_id, _ = await checkout(client)
+    number, _ = await checkout(client)
     token = await csrf(client)
 
     racing = await asyncio.gather(
         *(
-            client.post(f"/store/orders/{order_id}/refund", data={"csrf_token": token})
+            client.post(
+                f"/store/orders/{number}/refund",
+                data={"csrf_token": token, "amount": "30.00", "confirm": "yes"},
+            )
             for _ in range(4)
         )
     )
@@ -647,8 +825,42 @@ async def test_refund_requests_sent_at_once_refund_the_order_once(
     assert [response.status_code for response in racing] == [303] * 4, [
         response.text for response in racing
     ]
-    assert {response.headers["location"] for response in racing} == {f"/store/orders/{order_id}"}
+    assert {response.headers["location"] for response in racing} == {f"/store/orders/{number}"}
     assert await count_rows(services, refunds) == 1
+    assert (await balance_of(client, email))["available"] == 2500
+    assert (await verify(services.db)).problems == []
+
+
+async def test_two_partial_refunds_confirmed_at_once_never_refund_more_than_was_paid(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Two confirmations of $30.00 each for a $48.00 order arriving together: one is
+    refunded; the other is refused beside its amount (the order has only $18.00 left),
+    with a page and not an error, and nothing more moves."""
+    email = await shopper_with_balance(client, services, 2500)
+    await add(client, "mug")
+    await add(client, "poster")
+    number, _ = await checkout(client)
+    token = await csrf(client)
+
+    racing = await asyncio.gather(
+        *(
+            client.post(
+                f"/store/orders/{number}/refund",
+                data={"csrf_token": token, "amount": "30.00", "confirm": "yes"},
+            )
+            for _ in range(2)
+        )
+    )
+
+    statuses = sorted(response.status_code for response in racing)
+    assert statuses in ([303, 409], [303, 422]), [response.text for response in racing]
+    [refused] = [response for response in racing if response.status_code != 303]
+    assert heading(refused.text) == "Refund your order"
+    error = field_error(refused.text, "amount") or ""
+    assert usd(1800) in error, error
+    assert await count_rows(services, refunds) == 1
+    assert (await payment_of(services, number)).refunded_amount == 3000
     assert (await balance_of(client, email))["available"] == 2500
     assert (await verify(services.db)).problems == []
 
@@ -656,10 +868,10 @@ async def test_refund_requests_sent_at_once_refund_the_order_once(
 async def test_in_the_demo_a_balance_preference_refunds_the_test_card_part_labelled_pretend(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    """In the demo, a shopper who wants refunds on their balance gets the whole order
-    back there, the test card's part as store credit, and returns to the list the button
-    was on; every store page, this one too, says the test card is pretend money. Outside
-    the demo there is no such page (test_demo_store.py)."""
+    """In the demo, a shopper who wants refunds on their balance is told before
+    confirming that the whole order goes back there, the test card's part as store
+    credit, and gets it; every store page, this one too, says the test card is pretend
+    money. Outside the demo there is no such page (test_demo_store.py)."""
     email = await shopper_with_balance(client, services, 2500)
     saved = await web_post(
         client, "/account/refund-preference", {"refund_preference": "gift_card_balance"}
@@ -667,45 +879,89 @@ async def test_in_the_demo_a_balance_preference_refunds_the_test_card_part_label
     assert saved.status_code == 303
     await add(client, "mug")
     await add(client, "poster")
-    order_id, _ = await checkout(client)
+    number, _ = await checkout(client)
 
-    refunded = await web_post(client, f"/store/orders/{order_id}/refund", {"back": "orders"})
+    review = await web_post(client, f"/store/orders/{number}/refund", {"amount": "48"})
+    assert summary(review.text) == {
+        "To your gift card balance": usd(4800),
+        "To your test card": usd(0),
+    }
+    assert DEMO_NOTE in text_of(review.text)
+    refunded = await refund(client, number)
 
-    assert refunded.headers["location"] == "/store/orders"
-    listing = (await follow(client, refunded)).text
-    assert flash(listing) == (
-        f"Refund of {usd(4800)} requested: {usd(4800)} back to your gift card balance."
-    )
-    assert DEMO_NOTE in text_of(listing)
-    assert DEMO_NOTE in text_of((await client.get(f"/store/orders/{order_id}")).text)
+    page = (await follow(client, refunded)).text
+    assert flash(page) == f"Refunded {usd(4800)}: {usd(4800)} to your gift card balance."
+    assert DEMO_NOTE in text_of(page)
     assert (await balance_of(client, email))["available"] == 4800
     assert (await verify(services.db)).problems == []
 
 
-async def test_orders_list_newest_first_with_a_refund_button_while_refundable(
+async def test_orders_list_newest_first_by_number_with_a_refund_link_while_refundable(
     client: httpx.AsyncClient, services: Services
 ) -> None:
+    """Orders are listed and linked by their short numbers, which tell nothing of how
+    many orders there are; an order's page also answers to its number typed loosely
+    (lower case, spaces) and to the checkout's own id, by sending to the one address."""
     await shopper_with_balance(client, services, 0)
     await add(client, "mug")
     older, _ = await checkout(client)
     await add(client, "poster")
-    newer, _ = await checkout(client)
+    newer, page = await checkout(client)
 
     listing = (await client.get("/store/orders")).text
 
     assert heading(listing) == "Your orders"
-    links = re.findall(r'<a href="/store/orders/(ord_[0-9a-f]{32})">', listing)
+    links = re.findall(rf'<a href="/store/orders/({ORDER_NUMBER})">Order \1</a>', listing)
     assert links == [newer, older]
-    assert listing.count(">Request refund</button>") == 2
+    assert listing.count(">Request refund</a>") == 2
     words = text_of(listing)
     assert f"Total {usd(3000)} Status Paid" in words
     assert f"Total {usd(1800)} Status Paid" in words
+    assert f'<span class="order-id" data-testid="order-number">{newer}</span>' in page
+    assert "ord_" not in listing + page
 
-    await web_post(client, f"/store/orders/{older}/refund", {"back": "orders"})
+    loose = newer.lower().replace("-", " ").replace("0", "o")
+    again = await client.get(f"/store/orders/{loose}")
+    assert again.headers["location"] == f"/store/orders/{newer}"
+    order_id = (await payment_of(services, newer)).order_id
+    assert (await client.get(f"/store/orders/{order_id}")).headers[
+        "location"
+    ] == f"/store/orders/{newer}"
+
+    await refund(client, older)
     listing = (await client.get("/store/orders")).text
 
-    assert listing.count(">Request refund</button>") == 1
+    assert listing.count(">Request refund</a>") == 1
     assert f"Total {usd(1800)} Status Refunded" in text_of(listing)
+
+
+async def test_existing_orders_are_numbered_by_the_migration(
+    client: httpx.AsyncClient, services: Services, database_url: str
+) -> None:
+    """Orders placed before order numbers existed (the schema taken back to 0008) each
+    get a different valid number when the migration runs again, and the column is then
+    required: an order without one is refused by the database."""
+    await shopper_with_balance(client, services, 0)
+    for product in ("mug", "poster", "tote"):
+        await add(client, product)
+        await checkout(client)
+    await services.db.dispose()
+    db = Database(database_url, pool_size=1)
+    try:
+        async with db.transaction() as connection:
+            await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0008"))
+        await upgrade(database_url)
+        async with db.transaction(write=False) as connection:
+            numbers = (await connection.execute(select(store_orders.c.number))).scalars().all()
+        assert len(set(numbers)) == 3
+        assert all(re.fullmatch(ORDER_NUMBER, number) for number in numbers)
+        with pytest.raises(IntegrityError):
+            async with db.transaction() as connection:
+                await connection.execute(
+                    update(store_orders).values(number=None).where(store_orders.c.id > 0)
+                )
+    finally:
+        await db.dispose()
 
 
 async def test_another_shoppers_order_is_not_found_and_cannot_be_refunded_or_reused(
@@ -713,33 +969,40 @@ async def test_another_shoppers_order_is_not_found_and_cannot_be_refunded_or_reu
 ) -> None:
     """Shopper B asking for shopper A's order, refunding it, or checking out with its id
     gets a page, never a 500, and nothing of A's or B's changes; unknown and malformed
-    order ids are not found either."""
+    order numbers are not found either."""
     await shopper_with_balance(client, services, 2500)
     await add(client, "poster")
     theirs, _ = await checkout(client)
+    their_id = (await payment_of(services, theirs)).order_id
     assert (await web_post(client, "/logout")).status_code == 303
     email = await shopper_with_balance(client, services, 2500)
 
     for path in (
         f"/store/orders/{theirs}",
+        f"/store/orders/{their_id}",
+        f"/store/orders/{theirs}/refund",
+        "/store/orders/GC-0000-00",
         "/store/orders/ord_" + "0" * 32,
         "/store/orders/nonsense",
-        "/store/orders/ord_%00",
+        "/store/orders/GC-%00",
+        "/store/orders/" + "G" * 100,
     ):
         missing = await client.get(path)
         assert missing.status_code == 404, path
         assert heading(missing.text) == "Not found"
-    refused = await web_post(client, f"/store/orders/{theirs}/refund")
+    refused = await web_post(
+        client, f"/store/orders/{theirs}/refund", {"amount": "30", "confirm": "yes"}
+    )
     assert refused.status_code == 404
     assert (await payment_of(services, theirs)).refunded_amount == 0
     assert "No orders yet." in (await client.get("/store/orders")).text
 
     await add(client, "mug")
     page = await open_checkout(client)
-    reused = await place(client, page, order_id=theirs)
+    reused = await place(client, page, order_id=their_id)
 
     assert reused.status_code == 409
     assert "This checkout page can no longer be used." in text_of(reused.text)
-    assert hidden_value(reused.text, "order_id") not in (theirs, hidden_value(page, "order_id"))
+    assert hidden_value(reused.text, "order_id") not in (their_id, hidden_value(page, "order_id"))
     assert (await balance_of(client, email))["available"] == 2500
     assert await count_rows(services, payments) == 1

@@ -380,6 +380,9 @@ store_orders = Table(
     metadata,
     _id(),
     Column("order_id", String(64), nullable=False, unique=True),
+    # What the shopper sees and types: short, random, and telling nothing of how many
+    # orders the store has (`GC-7K4Q-2M`). `order_id` stays the checkout form's own key.
+    Column("number", String(16), nullable=False, unique=True),
     Column("customer_id", Id, ForeignKey("customers.id"), nullable=False),
     Column("payment_id", Id, ForeignKey("payments.id"), nullable=False, unique=True),
     Column("currency", String(3), nullable=False),

@@ -35,7 +35,7 @@ from giftcard.money import (
     format_major_plain,
     parse_major,
 )
-from giftcard.payments import PaymentStatus, UseBalance
+from giftcard.payments import PaymentStatus, Refund, UseBalance
 from giftcard.web import security
 from giftcard.web.security import checked_form, current_shopper, require_shopper, text_field
 from giftcard.web.templating import money_for, redirect
@@ -52,6 +52,8 @@ ORDER_ID_INPUT_LENGTH_MAX = 64
 DEFAULT_REGION = "US"
 
 USE_BALANCE_CHOICES = ("max", "amount", "none")
+
+Money = Callable[[int, str], str]
 
 REFUND_DESTINATION = {
     RefundPreference.GIFT_CARD_BALANCE: "your gift card balance",
@@ -87,6 +89,7 @@ async def _products_page(
 ) -> Response:
     shopper = await current_shopper(request)
     currency = _currency(shopper)
+    cart = read_cart(request)
     balance = None
     if shopper is not None:
         balance = await redemption.balance(services(request).db, shopper.customer)
@@ -102,6 +105,7 @@ async def _products_page(
                     "name": product.name,
                     "description": product.description,
                     "price": product.price(currency),
+                    "in_cart": cart.get(product.id, 0),
                 }
                 for product in store.CATALOG
             ],
@@ -129,9 +133,10 @@ async def add_to_cart(request: Request) -> Response:
         return await _products_page(request, problem=error.detail, status=error.status)
     product = store.PRODUCTS[product_id]
     count = store.item_count(cart)
+    # Back to the product the shopper was looking at, not the top of a long page.
     response = redirect(
         request,
-        STORE_PAGE,
+        f"{STORE_PAGE}#product-{product.id}",
         flash={
             "level": "success",
             "title": f"{product.name} is in your cart.",
@@ -192,6 +197,8 @@ async def _checkout_page(
 ) -> Response:
     balance = await redemption.balance(services(request).db, shopper.customer)
     max_use = min(balance.available, priced.total)
+    shown = {"use_balance": "max", **(values or {})}
+    from_balance = _balance_part(shown, priced, max_use)
     return store_page(
         request,
         "store_checkout.html",
@@ -202,7 +209,9 @@ async def _checkout_page(
             "max_use": max_use,
             "example_amount": format_major_plain(max_use or priced.total, priced.currency),
             "order_id": order_id,
-            "values": {"use_balance": "max", **(values or {})},
+            "values": shown,
+            "from_balance": from_balance,
+            "locale": REGIONS[shopper.customer.region].locale.replace("_", "-"),
             "errors": errors or {},
             "problem": problem,
         },
@@ -229,6 +238,20 @@ def _empty_cart(request: Request) -> Response:
             "text": "Add something from the store, then check out.",
         },
     )
+
+
+def _balance_part(values: dict[str, str], priced: store.PricedCart, max_use: int) -> int | None:
+    """What the balance would pay with these choices, for the order summary; None while
+    a chosen amount is not one that checkout would take."""
+    if values.get("use_balance") == "none":
+        return 0
+    if values.get("use_balance") != "amount":
+        return max_use
+    try:
+        amount = parse_major(values.get("use_balance_amount", ""), priced.currency)
+    except GiftcardError:
+        return None
+    return amount if amount <= max_use else None
 
 
 def _use_balance(
@@ -281,7 +304,7 @@ async def place_order(request: Request) -> Response:
     # order even though the cart was emptied by the first.
     placed = await store.order_of(svc.db, shopper.customer.id, order_id)
     if placed is not None:
-        return _to_order(request, placed.order_id, already_placed=True)
+        return _to_order(request, placed.number, already_placed=True)
     priced = store.price_cart(read_cart(request), shopper.customer.currency)
     if priced.is_empty:
         return _empty_cart(request)
@@ -303,8 +326,13 @@ async def place_order(request: Request) -> Response:
             status=409,
         )
     balance = await redemption.balance(svc.db, shopper.customer)
+    recalculate = text_field(form, "action", length_max=20) == "recalculate"
     try:
         use_balance = _use_balance(form, priced, balance.available, money_for(shopper))
+        if recalculate:
+            # Without JavaScript, the summary's split is shown again for the new choice;
+            # nothing is paid until Place order.
+            return await _checkout_page(request, shopper, priced, order_id, values=values)
         result = await store.place_order(
             svc.db,
             shopper.customer,
@@ -330,12 +358,12 @@ async def place_order(request: Request) -> Response:
             problem=None if field else error.detail,
             status=error.status,
         )
-    response = _to_order(request, result.order.order_id, already_placed=result.already_placed)
+    response = _to_order(request, result.order.number, already_placed=result.already_placed)
     security.clear_cookie(request, response, CART_COOKIE)
     return response
 
 
-def _to_order(request: Request, order_id: str, *, already_placed: bool) -> Response:
+def _to_order(request: Request, number: str, *, already_placed: bool) -> Response:
     if already_placed:
         flash = {
             "level": "info",
@@ -350,7 +378,7 @@ def _to_order(request: Request, order_id: str, *, already_placed: bool) -> Respo
             "text": "",
             "placed": True,
         }
-    return redirect(request, f"{ORDERS_PAGE}/{order_id}", flash=flash)
+    return redirect(request, f"{ORDERS_PAGE}/{number}", flash=flash)
 
 
 # --- orders -------------------------------------------------------------------------
@@ -390,12 +418,22 @@ def _no_such_order() -> GiftcardError:
     )
 
 
+async def _detail(
+    request: Request, shopper: CustomerPrincipal, reference: str
+) -> store.OrderDetail:
+    detail = await store.order_detail(services(request).db, shopper.customer.id, reference)
+    if detail is None:
+        raise _no_such_order()
+    return detail
+
+
 @router.get(ORDERS_PAGE + "/{order_id}", response_class=HTMLResponse)
 async def order(request: Request, order_id: str) -> Response:
     shopper = await require_shopper(request)
-    detail = await store.order_detail(services(request).db, shopper.customer.id, order_id)
-    if detail is None:
-        raise _no_such_order()
+    detail = await _detail(request, shopper, order_id)
+    if order_id != detail.order.number:
+        # One address per order: the number as it is written.
+        return redirect(request, f"{ORDERS_PAGE}/{detail.order.number}")
     flash = security.take_flash(request)
     return store_page(
         request,
@@ -410,48 +448,137 @@ async def order(request: Request, order_id: str) -> Response:
     )
 
 
-@router.post(ORDERS_PAGE + "/{order_id}/refund", response_class=HTMLResponse)
-async def refund(request: Request, order_id: str) -> Response:
-    form = await checked_form(request)
-    shopper = await require_shopper(request)
-    svc = services(request)
-    try:
-        made = await store.refund_order(
-            svc.db, shopper.customer.id, order_id, actor=shopper.actor, clock=svc.clock
-        )
-    except store.NothingToRefund as error:
-        return redirect(
-            request,
-            _back(form, order_id),
-            flash={"level": "info", "title": error.detail, "text": "Nothing more was refunded."},
-        )
-    except GiftcardError as error:
-        if error.code is ErrorCode.NOT_FOUND:
-            raise _no_such_order() from None
-        raise
-    money = money_for(shopper)
-    parts = []
-    if made.to_gift_card_balance:
-        parts.append(
-            f"{money(made.to_gift_card_balance, made.currency)} back to your gift card balance"
-        )
-    if made.to_original_payment_method:
-        parts.append(f"{money(made.to_original_payment_method, made.currency)} to the test card")
+# --- refunds ------------------------------------------------------------------------
+
+
+def _refund_page(
+    request: Request,
+    shopper: CustomerPrincipal,
+    detail: store.OrderDetail,
+    *,
+    amount_text: str,
+    split: store.RefundSplit | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
+    """The refund step of an order: the amount to refund, then (with `split`) what the
+    shopper is asked to confirm."""
+    currency = detail.order.currency
+    return store_page(
+        request,
+        "store_refund.html",
+        "orders",
+        {
+            "detail": detail,
+            "split": split,
+            "values": {"amount": amount_text},
+            "errors": errors or {},
+            "example_amount": format_major_plain(detail.refundable, currency),
+            "refund_destination": REFUND_DESTINATION[shopper.customer.refund_preference],
+        },
+        status=status,
+    )
+
+
+def _nothing_to_refund(request: Request, number: str) -> Response:
     return redirect(
         request,
-        _back(form, order_id),
+        f"{ORDERS_PAGE}/{number}",
         flash={
-            "level": "success",
-            "title": f"Refund of {money(made.amount, made.currency)} requested: "
-            + ", ".join(parts)
-            + ".",
-            "text": "",
+            "level": "info",
+            "title": store.NothingToRefund().detail,
+            "text": "Nothing more was refunded.",
         },
     )
 
 
-def _back(form: FormData, order_id: str) -> str:
-    """Where a refund button returns to: the list it was on, or the order's page."""
-    if text_field(form, "back", length_max=10) == "orders":
-        return ORDERS_PAGE
-    return f"{ORDERS_PAGE}/{order_id}"
+@router.get(ORDERS_PAGE + "/{order_id}/refund", response_class=HTMLResponse)
+async def refund_form(request: Request, order_id: str) -> Response:
+    shopper = await require_shopper(request)
+    detail = await _detail(request, shopper, order_id)
+    if detail.refundable <= 0:
+        return _nothing_to_refund(request, detail.order.number)
+    return _refund_page(
+        request,
+        shopper,
+        detail,
+        amount_text=format_major_plain(detail.refundable, detail.order.currency),
+    )
+
+
+def _refund_amount(form: FormData, detail: store.OrderDetail, money: Money) -> int:
+    text = text_field(form, "amount", length_max=AMOUNT_INPUT_LENGTH_MAX + 1)
+    if not text.strip():
+        raise validation_error("Enter the amount to refund.", "amount")
+    amount = parse_major(text, detail.order.currency, param="amount")
+    store.check_refund_amount(detail, amount, money(detail.refundable, detail.order.currency))
+    return amount
+
+
+@router.post(ORDERS_PAGE + "/{order_id}/refund", response_class=HTMLResponse)
+async def refund(request: Request, order_id: str) -> Response:
+    """Two steps: the amount, then a confirmation of where it goes. Only a form sent
+    from the confirmation (`confirm=yes`) refunds anything."""
+    form = await checked_form(request)
+    shopper = await require_shopper(request)
+    svc = services(request)
+    detail = await _detail(request, shopper, order_id)
+    number = detail.order.number
+    if detail.refundable <= 0:
+        return _nothing_to_refund(request, number)
+    money = money_for(shopper)
+    amount_text = text_field(form, "amount", length_max=AMOUNT_INPUT_LENGTH_MAX + 1)
+    try:
+        amount = _refund_amount(form, detail, money)
+    except GiftcardError as error:
+        return _refund_page(
+            request,
+            shopper,
+            detail,
+            amount_text=amount_text,
+            errors={"amount": error.detail},
+            status=error.status,
+        )
+    if text_field(form, "confirm", length_max=10) != "yes":
+        split = store.refund_split(detail, amount, shopper.customer.refund_preference)
+        return _refund_page(request, shopper, detail, amount_text=amount_text, split=split)
+    try:
+        made = await store.refund_order(
+            svc.db, shopper.customer.id, number, amount=amount, actor=shopper.actor, clock=svc.clock
+        )
+    except store.NothingToRefund:
+        return _nothing_to_refund(request, number)
+    except GiftcardError as error:
+        if error.code is ErrorCode.NOT_FOUND:
+            raise _no_such_order() from None
+        if error.code is not ErrorCode.INVALID_STATE:
+            raise
+        # Another refund of this order went first and left less than this one asks.
+        again = await _detail(request, shopper, number)
+        return _refund_page(
+            request,
+            shopper,
+            again,
+            amount_text=format_major_plain(max(again.refundable, 0), again.order.currency),
+            errors={
+                "amount": "Part of this order was refunded meanwhile. It can still refund "
+                f"{money(again.refundable, again.order.currency)}."
+            },
+            status=409,
+        )
+    return redirect(
+        request,
+        f"{ORDERS_PAGE}/{number}",
+        flash={"level": "success", "title": refunded_words(made, money), "text": ""},
+    )
+
+
+def refunded_words(made: Refund, money: Money) -> str:
+    """The banner after a refund, saying where each part went: `Refunded $12.00: $8.00 to
+    your gift card balance, $4.00 to your test card.`"""
+    parts = []
+    if made.to_gift_card_balance:
+        parts.append(f"{money(made.to_gift_card_balance, made.currency)} to your gift card balance")
+    if made.to_original_payment_method:
+        parts.append(f"{money(made.to_original_payment_method, made.currency)} to your test card")
+    return f"Refunded {money(made.amount, made.currency)}: " + ", ".join(parts) + "."

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import payments
 from giftcard.clock import Clock
-from giftcard.customers import Customer
+from giftcard.customers import Customer, RefundPreference
 from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import payments as payments_table
 from giftcard.db.tables import store_orders
@@ -41,6 +41,16 @@ QUANTITY_INPUT_LENGTH_MAX = 4
 ORDERS_SHOWN_MAX = 50
 ORDER_ID_PREFIX = "ord_"
 _ORDER_ID = re.compile(r"ord_[0-9a-f]{32}", re.ASCII)
+# Order numbers for shoppers: `GC-` and six characters of Crockford's base32 (no I, L, O
+# or U to misread), about a billion of them, random so that they reveal no count.
+ORDER_NUMBER_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ORDER_NUMBER_LENGTH = 6
+ORDER_NUMBER_ATTEMPTS_MAX = 8
+# Longer than any way of writing a number (spaces, dashes) a shopper could paste.
+ORDER_NUMBER_INPUT_LENGTH_MAX = 32
+_ORDER_NUMBER = re.compile(r"GC-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{2}", re.ASCII)
+# What Crockford's base32 reads as the digit it looks like.
+_MISREAD = str.maketrans({"O": "0", "I": "1", "L": "1"})
 
 Cart = dict[str, int]
 
@@ -230,6 +240,7 @@ def price_cart(cart: Mapping[str, int], currency: str) -> PricedCart:
 class Order:
     id: int
     order_id: str
+    number: str
     customer_id: int
     payment_id: int
     currency: str
@@ -276,6 +287,24 @@ def is_order_id(text: str) -> bool:
     return _ORDER_ID.fullmatch(text) is not None
 
 
+def new_order_number() -> str:
+    digits = "".join(secrets.choice(ORDER_NUMBER_ALPHABET) for _ in range(ORDER_NUMBER_LENGTH))
+    return f"GC-{digits[:4]}-{digits[4:]}"
+
+
+def order_number(text: str) -> str | None:
+    """An order number as a shopper may write it (`gc-7k4q-2m`, `GC 7K4Q 2M`, an O for
+    a zero) in its one written form; None when it cannot be one."""
+    if len(text) > ORDER_NUMBER_INPUT_LENGTH_MAX or not text.isascii():
+        return None
+    compact = "".join(text.upper().split()).replace("-", "")
+    if not compact.startswith("GC"):
+        return None
+    digits = compact[2:].translate(_MISREAD)
+    number = f"GC-{digits[:4]}-{digits[4:]}"
+    return number if _ORDER_NUMBER.fullmatch(number) else None
+
+
 def _lines_json(lines: tuple[Line, ...]) -> str:
     return json.dumps(
         [
@@ -296,6 +325,7 @@ def _order_from_row(row: Row[Any]) -> Order:
     return Order(
         id=row.id,
         order_id=row.order_id,
+        number=row.number,
         customer_id=row.customer_id,
         payment_id=row.payment_id,
         currency=row.currency,
@@ -358,12 +388,14 @@ async def place_order(
             actor=actor,
             now=clock.now(),
         )
+        number = await _free_order_number(connection)
         try:
             row = (
                 await connection.execute(
                     insert(store_orders)
                     .values(
                         order_id=order_id,
+                        number=number,
                         customer_id=customer.id,
                         payment_id=payment.id,
                         currency=cart.currency,
@@ -396,24 +428,42 @@ async def place_order(
     return CheckoutResult(order, already_placed=False)
 
 
-async def order_of(db: Database, customer_id: int, order_id: str) -> Order | None:
-    """The customer's order with this id; None for another customer's or an unknown one."""
-    if not is_order_id(order_id):
+async def _free_order_number(connection: AsyncConnection) -> str:
+    """A new order number no order has. With a billion of them a second draw is rare, and
+    the unique constraint still stands behind this look-up."""
+    for _ in range(ORDER_NUMBER_ATTEMPTS_MAX):
+        number = new_order_number()
+        taken = (
+            await connection.execute(
+                select(store_orders.c.id).where(store_orders.c.number == number)
+            )
+        ).one_or_none()
+        if taken is None:
+            return number
+    raise RuntimeError("no free order number after several draws")
+
+
+async def order_of(db: Database, customer_id: int, reference: str) -> Order | None:
+    """The customer's order with this number (or the checkout's own order id); None for
+    another customer's, an unknown one, or text that is neither."""
+    number = order_number(reference)
+    if number is not None:
+        where = store_orders.c.number == number
+    elif is_order_id(reference):
+        where = store_orders.c.order_id == reference
+    else:
         return None
     async with db.transaction(write=False) as connection:
         row = (
             await connection.execute(
-                select(store_orders).where(
-                    store_orders.c.order_id == order_id,
-                    store_orders.c.customer_id == customer_id,
-                )
+                select(store_orders).where(where, store_orders.c.customer_id == customer_id)
             )
         ).one_or_none()
     return None if row is None else _order_from_row(row)
 
 
-async def order_detail(db: Database, customer_id: int, order_id: str) -> OrderDetail | None:
-    order = await order_of(db, customer_id, order_id)
+async def order_detail(db: Database, customer_id: int, reference: str) -> OrderDetail | None:
+    order = await order_of(db, customer_id, reference)
     if order is None:
         return None
     payment = await payments.get(db, order.payment_id)
@@ -465,25 +515,65 @@ class NothingToRefund(GiftcardError):
         super().__init__(ErrorCode.INVALID_STATE, "This order has been refunded in full already.")
 
 
+@dataclass(frozen=True)
+class RefundSplit:
+    """Where a refund of `amount` will go, as `payments.refund` will split it."""
+
+    amount: int
+    to_gift_card_balance: int
+    to_test_card: int
+
+
+def refund_split(detail: OrderDetail, amount: int, preference: RefundPreference) -> RefundSplit:
+    """What the balance paid and has not had back yet goes back to it first; the rest
+    follows the refund preference (the test card, or the balance as store credit)."""
+    payment = detail.payment
+    balance_part = min(
+        amount, payment.captured_gift_card_amount - payment.refunded_gift_card_amount
+    )
+    card_part = amount - balance_part
+    if preference is RefundPreference.GIFT_CARD_BALANCE:
+        return RefundSplit(amount, amount, 0)
+    return RefundSplit(amount, balance_part, card_part)
+
+
+def check_refund_amount(detail: OrderDetail, amount: int, money: str) -> None:
+    """Refused beside the amount field when more than the order still has to refund;
+    `money` is that rest as the shopper's store writes it."""
+    if amount > detail.refundable:
+        raise validation_error(
+            f"That is more than the {money} this order can still refund.", "amount"
+        )
+
+
 async def refund_order(
-    db: Database, customer_id: int, order_id: str, *, actor: str, clock: Clock
+    db: Database,
+    customer_id: int,
+    reference: str,
+    *,
+    amount: int | None = None,
+    actor: str,
+    clock: Clock,
 ) -> Refund:
-    """Refund all that is still refundable of the customer's order. The payment decides
-    the split: the balance's part back to the balance, the rest by the customer's
-    refund preference."""
-    detail = await order_detail(db, customer_id, order_id)
+    """Refund `amount` of the customer's order, or all that is still refundable. The
+    payment decides the split: the balance's part back to the balance, the rest by the
+    customer's refund preference."""
+    detail = await order_detail(db, customer_id, reference)
     if detail is None:
         raise GiftcardError(ErrorCode.NOT_FOUND, "There is no order with this number.")
     if detail.refundable <= 0:
         raise NothingToRefund
     try:
         return await payments.refund(
-            UnitOfWork(db, clock), detail.payment.id, amount=detail.refundable, actor=actor
+            UnitOfWork(db, clock),
+            detail.payment.id,
+            amount=detail.refundable if amount is None else amount,
+            actor=actor,
         )
     except GiftcardError as error:
         # A refund sent at the same moment took it first.
         if error.code is ErrorCode.INVALID_STATE:
-            again = await order_detail(db, customer_id, order_id)
+            again = await order_detail(db, customer_id, reference)
             if again is not None and again.refundable <= 0:
                 raise NothingToRefund from None
         raise
