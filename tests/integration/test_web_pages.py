@@ -305,7 +305,9 @@ async def test_a_wrong_password_keeps_the_email_and_locks_after_too_many(
     retry_after_s = int(locked.headers["retry-after"])
     assert retry_after_s > 0
     minutes = math.ceil(retry_after_s / 60)
-    assert f"You can try again in {minutes} minutes." in (field_error(locked.text, "email") or "")
+    assert field_error(locked.text, "email") == (
+        f"Too many failed log-ins for this account. Try again in {minutes} minutes."
+    )
     assert "giftcard_session" not in locked.headers.get("set-cookie", "")
 
 
@@ -614,7 +616,9 @@ async def test_too_many_refused_codes_lock_the_form_with_retry_after(
     assert locked.status_code == 429
     minutes = math.ceil(int(locked.headers["retry-after"]) / 60)
     assert minutes > 0
-    assert f"You can try again in {minutes} minutes." in (field_error(locked.text, "code") or "")
+    assert field_error(locked.text, "code") == (
+        f"Too many unsuccessful attempts to redeem a code. Try again in {minutes} minutes."
+    )
     assert 'data-testid="available">$0.00<' in locked.text
 
 

@@ -4,6 +4,7 @@ page goes through (CSRF token, the shopper, the flash message, security headers)
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,8 +76,13 @@ def error_words(error: GiftcardError) -> str:
     """What a page says beside a field refused with `error`: a lock-out also says how
     long it lasts, from the same Retry-After the page sends."""
     if isinstance(error, TooManyAttempts):
-        return f"{error.detail} You can try again in {wait_words(error.retry_after_s)}."
+        # "Please wait before trying again" says less than the wait itself: it gives way.
+        detail = _VAGUE_WAIT.sub("", error.detail)
+        return f"{detail} Try again in {wait_words(error.retry_after_s)}."
     return error.detail
+
+
+_VAGUE_WAIT = re.compile(r"\s*Please (?:wait before trying again|try later)\.$")
 
 
 def wait_words(seconds: int) -> str:
