@@ -8,19 +8,25 @@ before it waits for the balance's row lock, so of two concurrent movements the o
 the smaller transaction id may change the balance second. A cursor is still the item's
 public transaction id, resolved here to that transaction's posting on this customer's
 account (`ledger.check_entry` allows one posting per account and transaction).
+
+A line of a payment says what the payment is now, not what it was when the line was
+written: the hold of an order that was captured since reads "captured", one voided reads
+"released", and so on. Each such line names its order, from the payment.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 
 from giftcard.customers import Customer
 from giftcard.db.engine import Database
-from giftcard.db.tables import cards, journal_transactions, postings
+from giftcard.db.tables import cards, journal_transactions, payments, postings, store_orders
 from giftcard.errors import ErrorCode, GiftcardError
+from giftcard.money import REGIONS, format_minor
 
 PAGE_SIZE_DEFAULT = 20
 PAGE_SIZE_MAX = 100
@@ -48,6 +54,12 @@ class HistoryItem:
     created_at: datetime
     payment_id: int | None
     card_last4: str | None
+    # The order a payment's line is for, and the words around its id in `description`
+    # (a page links the id itself). `order_page`: the demo store keeps this order and
+    # shows it on a page of its own.
+    order_id: str | None = None
+    order_words: tuple[str, str] = ("", "")
+    order_page: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,11 +88,20 @@ async def customer_history(
             journal_transactions.c.created_at,
             journal_transactions.c.payment_id,
             cards.c.last4,
+            payments.c.order_id,
+            payments.c.status.label("payment_status"),
+            payments.c.gift_card_amount,
+            payments.c.captured_gift_card_amount,
+            payments.c.refunded_amount,
+            store_orders.c.id.label("store_order"),
         )
         .select_from(
             postings.join(
                 journal_transactions, journal_transactions.c.id == postings.c.transaction_id
-            ).outerjoin(cards, cards.c.id == journal_transactions.c.card_id)
+            )
+            .outerjoin(cards, cards.c.id == journal_transactions.c.card_id)
+            .outerjoin(payments, payments.c.id == journal_transactions.c.payment_id)
+            .outerjoin(store_orders, store_orders.c.payment_id == payments.c.id)
         )
         .where(postings.c.account_id == customer.available_account_id)
         .order_by(postings.c.id.desc())
@@ -107,18 +128,63 @@ async def customer_history(
                 )
             query = query.where(postings.c.id < cursor_posting_id)
         rows = (await connection.execute(query)).all()
-    items = [
-        HistoryItem(
-            transaction_id=row.transaction_id,
-            type=_HISTORY_TYPES.get(row.type, row.type),
-            amount=row.amount,
-            currency=row.currency,
-            balance_after=row.balance_after,
-            description=row.description,
-            created_at=row.created_at,
-            payment_id=row.payment_id,
-            card_last4=row.last4,
+    locale = REGIONS[customer.region].locale
+    return Page([_item(row, locale) for row in rows[:limit]], len(rows) > limit)
+
+
+def _item(row: Row[*tuple[Any, ...]], locale: str) -> HistoryItem:
+    item = HistoryItem(
+        transaction_id=row.transaction_id,
+        type=_HISTORY_TYPES.get(row.type, row.type),
+        amount=row.amount,
+        currency=row.currency,
+        balance_after=row.balance_after,
+        description=row.description,
+        created_at=row.created_at,
+        payment_id=row.payment_id,
+        card_last4=row.last4,
+    )
+    if row.order_id is None:
+        return item
+    before, after = _order_words(row, locale)
+    return replace(
+        item,
+        description=f"{before}{row.order_id}{after}",
+        order_id=row.order_id,
+        order_words=(before, after),
+        order_page=row.store_order is not None,
+    )
+
+
+def _order_words(row: Row[*tuple[Any, ...]], locale: str) -> tuple[str, str]:
+    """What a payment's line says now, as the words before and after its order's id."""
+    status = row.payment_status
+    if row.type == "release":
+        if status == "voided":
+            return "Hold for order ", " released: the order was cancelled"
+        if status == "expired":
+            return "Hold for order ", " released: the order was not completed in time"
+        return "Unused part of the hold for order ", " released"
+    if row.type == "refund":
+        return "Refund for order ", ""
+    # The hold, or the payment captured at once: the balance paid (or holds) this.
+    if status == "authorized":
+        return "Payment for order ", ": held, not charged yet"
+    if status == "voided":
+        return "Payment for order ", ": held, then released (the order was cancelled)"
+    if status == "expired":
+        return "Payment for order ", ": held, then released (not completed in time)"
+    captured = row.captured_gift_card_amount
+    if captured < row.gift_card_amount:
+        released = row.gift_card_amount - captured
+        now = (
+            f"{format_minor(captured, row.currency, locale)} captured, "
+            f"{format_minor(released, row.currency, locale)} released"
         )
-        for row in rows[:limit]
-    ]
-    return Page(items, len(rows) > limit)
+    else:
+        now = "captured"
+    if status == "refunded":
+        now += ", then refunded"
+    elif row.refunded_amount:
+        now += ", then partly refunded"
+    return "Payment for order ", f": {now}"

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import html
+import math
 import re
 from collections.abc import AsyncIterator
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -15,9 +18,11 @@ from sqlalchemy import func, select
 
 from giftcard import codes, customers
 from giftcard.api.app import create_app
+from giftcard.clock import FrozenClock
 from giftcard.customers import RefundPreference
 from giftcard.db.tables import customers as customers_table
 from giftcard.services import Services
+from giftcard.web.templating import wait_words
 from tests.conftest import api_key, issue
 from tests.web import PASSWORD, csrf_of, field_error, web_redeem, web_sign_up
 
@@ -38,6 +43,31 @@ async def browser(services: Services) -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://testserver", headers={"Accept": "text/html"}
     ) as http:
         yield http
+
+
+async def customer_id_of(services: Services, email: str) -> int:
+    async with services.db.transaction(write=False) as connection:
+        return int(
+            (
+                await connection.execute(
+                    select(customers_table.c.id).where(customers_table.c.email == email)
+                )
+            ).scalar_one()
+        )
+
+
+def history_lines(page: str) -> list[str]:
+    """The words of each row of the history table, newest first, cell by cell."""
+    table = re.search(r'<table class="history">(.*?)</table>', page, re.S)
+    assert table, "no history table"
+    body = table.group(1).split("<tbody>", 1)[1]
+    return [
+        " ".join(
+            html.unescape(re.sub(r"<[^>]+>", "", cell)).strip()
+            for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        )
+        for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    ]
 
 
 async def customer_count(services: Services) -> int:
@@ -172,6 +202,35 @@ async def test_sign_up_errors_appear_beside_their_field_with_the_input_kept(
     assert await customer_count(services) == 0
 
 
+async def test_sign_up_shows_every_fields_error_at_once_with_the_summary(
+    browser: httpx.AsyncClient, services: Services
+) -> None:
+    """A sign-up wrong in three fields names all three at once, each beside its field
+    and each in the summary linking to it, rather than one per attempt."""
+    form = await browser.get("/signup")
+    refused = await browser.post(
+        "/signup",
+        data={
+            "csrf_token": csrf_of(form.text),
+            "email": "not-an-email",
+            "password": "short",
+            "region": "XX",
+            "name": "Kept Name",
+        },
+    )
+    assert refused.status_code == 422
+    assert "valid email" in (field_error(refused.text, "email") or "")
+    assert "8 to" in (field_error(refused.text, "password") or "")
+    assert 'id="region-error"' in refused.text
+    assert 'aria-describedby="region-hint region-error"' in refused.text
+    summary = re.search(r'<div class="error-summary".*?</div>', refused.text, re.S)
+    assert summary, "no error summary"
+    links = re.findall(r'<a href="#(\w+)">', summary.group(0))
+    assert links == ["email", "password", "region"]
+    assert input_value(refused.text, "name") == "Kept Name"
+    assert await customer_count(services) == 0
+
+
 async def test_a_taken_email_is_named_beside_the_email_field(browser: httpx.AsyncClient) -> None:
     """Signing up twice with one email says so beside the email, with a log-in link."""
     email = await web_sign_up(browser)
@@ -243,8 +302,31 @@ async def test_a_wrong_password_keeps_the_email_and_locks_after_too_many(
         "/login", data={"csrf_token": csrf_of(form.text), "email": email, "password": PASSWORD}
     )
     assert locked.status_code == 429
-    assert int(locked.headers["retry-after"]) > 0
+    retry_after_s = int(locked.headers["retry-after"])
+    assert retry_after_s > 0
+    minutes = math.ceil(retry_after_s / 60)
+    assert field_error(locked.text, "email") == (
+        f"Too many failed log-ins for this account. Try again in {minutes} minutes."
+    )
     assert "giftcard_session" not in locked.headers.get("set-cookie", "")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (1, "1 second"),
+        (59, "59 seconds"),
+        (60, "1 minute"),
+        (61, "2 minutes"),
+        (12 * 60, "12 minutes"),
+        (90 * 60, "90 minutes"),
+        (90 * 60 + 1, "2 hours"),
+        (3 * 3600, "3 hours"),
+    ],
+)
+def test_a_wait_is_said_in_the_unit_people_use_rounded_up(seconds: int, words: str) -> None:
+    """The lock-out's wait in words: never shorter than the real one."""
+    assert wait_words(seconds) == words
 
 
 async def test_staff_cannot_log_in_to_the_shopper_pages(
@@ -532,8 +614,11 @@ async def test_too_many_refused_codes_lock_the_form_with_retry_after(
         assert (await web_redeem(browser, "0000-0000-0000-0000")).status_code in (404, 422)
     locked = await web_redeem(browser, card["code"])
     assert locked.status_code == 429
-    assert int(locked.headers["retry-after"]) > 0
-    assert field_error(locked.text, "code")
+    minutes = math.ceil(int(locked.headers["retry-after"]) / 60)
+    assert minutes > 0
+    assert field_error(locked.text, "code") == (
+        f"Too many unsuccessful attempts to redeem a code. Try again in {minutes} minutes."
+    )
     assert 'data-testid="available">$0.00<' in locked.text
 
 
@@ -559,6 +644,88 @@ async def test_an_expired_session_keeps_the_typed_code_through_logging_in(
     )
     again = await browser.get(ACCOUNT)
     assert input_value(again.text, "code") == card["code"]
+
+
+async def test_a_payments_history_line_says_what_it_is_now_and_names_its_order(
+    browser: httpx.AsyncClient, client: httpx.AsyncClient, services: Services, clock: FrozenClock
+) -> None:
+    """Holds captured, voided or partly captured, and payments refunded: each line says
+    what became of the payment and names its order, on the page and in the API alike;
+    every time shown carries the store's time zone."""
+    admin = await api_key(services)
+    (card,) = await issue(client, admin, amount=10000)
+    email = await web_sign_up(browser)
+    await web_redeem(browser, card["code"])
+    customer = f"cus_{await customer_id_of(services, email)}"
+
+    async def pay(order_id: str, amount: int, *, capture: bool) -> str:
+        paid = await client.post(
+            "/v1/payments",
+            json={
+                "customer_id": customer,
+                "order_id": order_id,
+                "amount": amount,
+                "currency": "USD",
+                "use_balance": "max",
+                "capture": capture,
+            },
+            headers=admin,
+        )
+        assert paid.status_code == 201, paid.text
+        return str(paid.json()["id"])
+
+    async def act(payment: str, action: str, body: dict[str, Any]) -> None:
+        done = await client.post(f"/v1/payments/{payment}/{action}", json=body, headers=admin)
+        assert done.status_code in (200, 201), done.text
+
+    await act(await pay("order-captured", 2000, capture=False), "capture", {})
+    await act(await pay("order-voided", 1000, capture=False), "void", {})
+    await act(await pay("order-refunded", 500, capture=True), "refunds", {"amount": 500})
+    await act(await pay("order-partly", 1000, capture=False), "capture", {"amount": 600})
+    held = await pay("order-held", 700, capture=False)
+    assert held
+
+    page = await browser.get(ACCOUNT)
+    lines = history_lines(page.text)
+    expected = [
+        "Payment for order order-held: held, not charged yet -$7.00",
+        "Unused part of the hold for order order-partly released +$4.00",
+        "Payment for order order-partly: $6.00 captured, $4.00 released -$10.00",
+        "Refund for order order-refunded +$5.00",
+        "Payment for order order-refunded: captured, then refunded -$5.00",
+        "Hold for order order-voided released: the order was cancelled +$10.00",
+        "Payment for order order-voided: held, then released (the order was cancelled) -$10.00",
+        "Payment for order order-captured: captured -$20.00",
+    ]
+    assert len(lines) == len(expected) + 1  # and the redemption
+    for line, words in zip(lines[: len(expected)], expected, strict=True):
+        assert words in line, (words, line)
+    assert "Held $" not in page.text
+    # Without the demo store no order has a page to link to.
+    assert 'href="/store/orders/' not in page.text
+    zone = clock.now().astimezone(ZoneInfo("America/New_York")).tzname()
+    assert zone in ("EST", "EDT")
+    assert len(re.findall(rf'<td class="when">[^<]*, [^<]* {zone}</td>', page.text)) == len(lines)
+
+    session = await client.post("/v1/sessions", json={"email": email, "password": PASSWORD})
+    auth = {"Authorization": f"Bearer {session.json()['token']}"}
+    api = await client.get("/v1/me/transactions", headers=auth)
+    descriptions = [item["description"] for item in api.json()["data"]]
+    assert descriptions[0] == "Payment for order order-held: held, not charged yet"
+    assert descriptions[-1] == f"Gift card ending {card['last4']} redeemed"
+
+
+async def test_times_show_the_zone_of_the_shoppers_store(
+    browser: httpx.AsyncClient, client: httpx.AsyncClient, services: Services, clock: FrozenClock
+) -> None:
+    """A German shopper reads times in Berlin's zone, named, in the German way."""
+    (card,) = await issue(client, await api_key(services), amount=2500, region="DE")
+    await web_sign_up(browser, region="DE")
+    await web_redeem(browser, card["code"])
+    page = await browser.get(ACCOUNT)
+    local = clock.now().astimezone(ZoneInfo("Europe/Berlin"))
+    shown = f"{local:%d.%m.%Y}, {local:%H:%M} {local.tzname()}"
+    assert f'<td class="when">{shown}</td>' in page.text
 
 
 async def test_history_pages_ten_at_a_time(
@@ -602,8 +769,20 @@ async def test_the_refund_preference_is_saved_and_shown(
         data={"csrf_token": csrf_of(page.text), "refund_preference": "gift_card_balance"},
     )
     assert saved.status_code == 303
-    page = await browser.get(ACCOUNT + "#refunds")
-    assert "Your refund preference is saved." in page.text
+    assert saved.headers["location"] == ACCOUNT + "#refunds-saved"
+    page = await browser.get(saved.headers["location"])
+    # The confirmation is inside the preference's own section, where the address takes
+    # the browser, and marked for the page's script to move the focus to it.
+    section = re.search(r'<section class="card"[^>]*id="refunds">(.*?)</section>', page.text, re.S)
+    assert section, "no refunds section"
+    notice = re.search(r'<div class="notice[^"]*"([^>]*)>(.*?)</div>', section.group(1), re.S)
+    assert notice, "the confirmation is not beside the form"
+    assert 'id="refunds-saved"' in notice.group(1)
+    assert 'role="status"' in notice.group(1)
+    assert 'tabindex="-1"' in notice.group(1)
+    assert "data-focus" in notice.group(1)
+    assert "Your refund preference is saved." in notice.group(2)
+    assert page.text.count("Your refund preference is saved.") == 1
     assert re.search(r'value="gift_card_balance" checked', page.text)
     forged = await browser.post(
         "/account/refund-preference",

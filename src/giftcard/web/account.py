@@ -15,7 +15,7 @@ from giftcard.http import client_address, services
 from giftcard.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN
 from giftcard.web import security
 from giftcard.web.security import ACCOUNT_PAGE, checked_form, require_shopper, text_field
-from giftcard.web.templating import error_headers, money_for, page, redirect
+from giftcard.web.templating import error_headers, error_words, money_for, page, redirect
 
 router = APIRouter(include_in_schema=False)
 
@@ -24,6 +24,9 @@ HISTORY_PAGE_SIZE = 10
 GIFTS_SHOWN_MAX = 20
 # Far longer than any code however it is typed; longer input is cut, then refused.
 CODE_INPUT_LENGTH_MAX = 100
+
+# The id of the confirmation beside the refund preference form.
+REFUNDS_SAVED = "refunds-saved"
 
 PREFERENCE_WORDS = {
     RefundPreference.GIFT_CARD_BALANCE: "your gift card balance",
@@ -121,7 +124,7 @@ async def redeem(request: Request) -> Response:
             request,
             shopper,
             values={"code": code},
-            errors={"code": error.detail},
+            errors={"code": error_words(error)},
             status=error.status,
             headers=error_headers(error),
         )
@@ -164,7 +167,7 @@ async def resend_gift(request: Request, gift_id: str) -> Response:
         return redirect(
             request,
             ACCOUNT_PAGE + "#gifts",
-            flash={"level": "error", "title": error.detail, "text": "Nothing was sent."},
+            flash={"level": "error", "title": error_words(error), "text": "Nothing was sent."},
         )
     return redirect(
         request,
@@ -193,11 +196,14 @@ async def refund_preference(request: Request) -> Response:
         )
     svc = services(request)
     await customers.update_customer(svc.db, shopper.customer.id, refund_preference=preference)
+    # The confirmation is shown inside the form's own section, where the shopper is, and
+    # the address takes the browser (and the reading position) straight to it.
     return redirect(
         request,
-        ACCOUNT_PAGE + "#refunds",
+        ACCOUNT_PAGE + "#" + REFUNDS_SAVED,
         flash={
             "level": "success",
+            "place": "refunds",
             "title": "Your refund preference is saved.",
             "text": f"Refunds of the card part of a payment now go to "
             f"{PREFERENCE_WORDS[preference]}. What a gift card paid always returns to your "
@@ -257,7 +263,7 @@ async def change_email(request: Request) -> Response:
         return _settings_page(
             request,
             values={"email": email},
-            errors={field: error.detail},
+            errors={field: error_words(error)},
             status=error.status,
             headers=error_headers(error),
         )
@@ -297,7 +303,7 @@ async def change_password(request: Request) -> Response:
     except GiftcardError as error:
         return _settings_page(
             request,
-            errors={error.param or "current_password": error.detail},
+            errors={error.param or "current_password": error_words(error)},
             status=error.status,
             headers=error_headers(error),
         )

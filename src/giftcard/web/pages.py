@@ -7,6 +7,7 @@ shown again with what was typed (never the password) and each error beside its f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -16,10 +17,11 @@ from giftcard import account_mail, customers
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.http import client_address, services
 from giftcard.money import REGIONS
+from giftcard.money import region as find_region
 from giftcard.passwords import PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN
 from giftcard.web import security
 from giftcard.web.security import ACCOUNT_PAGE, checked_form, current_shopper, safe_next, text_field
-from giftcard.web.templating import error_headers, page, redirect
+from giftcard.web.templating import error_headers, error_words, page, redirect
 
 router = APIRouter(include_in_schema=False)
 
@@ -90,6 +92,9 @@ async def signup(request: Request) -> Response:
     svc = services(request)
     try:
         await svc.limits.signup_attempt(client_address(request))
+        problems = _sign_up_problems(values, password)
+        if problems:
+            return _signup_page(request, next_path, values=values, errors=problems, status=422)
         created = await customers.sign_up(
             svc.db,
             email=values["email"],
@@ -103,7 +108,7 @@ async def signup(request: Request) -> Response:
             request,
             next_path,
             values=values,
-            errors={error.param or "email": error.detail},
+            errors={error.param or "email": error_words(error)},
             status=error.status,
             headers=error_headers(error),
         )
@@ -117,6 +122,24 @@ async def signup(request: Request) -> Response:
     )
     security.start_session(request, response, session.token)
     return response
+
+
+def _sign_up_problems(values: dict[str, str], password: str) -> dict[str, str]:
+    """Every field's problem at once, in the form's order, checked by the same rules
+    `customers.sign_up` applies; a taken email can only be told by trying."""
+    checks: dict[str, Callable[[], object]] = {
+        "email": lambda: customers.normalize_email(values["email"]),
+        "password": lambda: customers.check_password(password),
+        "name": lambda: customers.check_name(values["name"] or None),
+        "region": lambda: find_region(values["region"]),
+    }
+    problems: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            check()
+        except GiftcardError as error:
+            problems[name] = error.detail
+    return problems
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -161,7 +184,7 @@ async def login(request: Request) -> Response:
             {
                 **_form_context(request, next_path),
                 "values": {"email": email},
-                "errors": {error.param or "email": error.detail},
+                "errors": {error.param or "email": error_words(error)},
             },
             status=error.status,
             headers=error_headers(error),
@@ -229,7 +252,7 @@ async def forgot_password(request: Request) -> Response:
         return page(
             request,
             "forgot_password.html",
-            {"values": {"email": email}, "errors": {"email": error.detail}},
+            {"values": {"email": email}, "errors": {"email": error_words(error)}},
             status=error.status,
             headers=error_headers(error),
         )

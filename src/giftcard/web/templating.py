@@ -3,12 +3,15 @@ page goes through (CSRF token, the shopper, the flash message, security headers)
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from babel.dates import format_datetime
+from babel.dates import format_date, format_time
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
@@ -51,11 +54,64 @@ SECURITY_HEADERS = {
 }
 
 
+# The clock each store's pages show times in, named beside every time shown. A visitor
+# who is not logged in (and staff) see UTC, labelled too.
+STORE_TIME_ZONES = {
+    "US": "America/New_York",
+    "GB": "Europe/London",
+    "DE": "Europe/Berlin",
+    "FR": "Europe/Paris",
+    "JP": "Asia/Tokyo",
+}
+
+
 def error_headers(error: GiftcardError) -> dict[str, str] | None:
     """Headers a page refusing with `error` sends: Retry-After when locked out."""
     if isinstance(error, TooManyAttempts):
         return {"Retry-After": str(error.retry_after_s)}
     return None
+
+
+def error_words(error: GiftcardError) -> str:
+    """What a page says beside a field refused with `error`: a lock-out also says how
+    long it lasts, from the same Retry-After the page sends."""
+    if isinstance(error, TooManyAttempts):
+        # "Please wait before trying again" says less than the wait itself: it gives way.
+        detail = _VAGUE_WAIT.sub("", error.detail)
+        return f"{detail} Try again in {wait_words(error.retry_after_s)}."
+    return error.detail
+
+
+_VAGUE_WAIT = re.compile(r"\s*Please (?:wait before trying again|try later)\.$")
+
+
+def wait_words(seconds: int) -> str:
+    """A wait for people, rounded up: "45 seconds", "12 minutes", "2 hours"."""
+    if seconds < 60:
+        return _plural(max(1, seconds), "second")
+    minutes = math.ceil(seconds / 60)
+    if minutes <= 90:
+        return _plural(minutes, "minute")
+    return _plural(math.ceil(minutes / 60), "hour")
+
+
+def _plural(count: int, unit: str) -> str:
+    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
+
+
+def when_for(shopper: CustomerPrincipal | None) -> Callable[[datetime], str]:
+    """Formats a moment in this shopper's store's time zone, named ("Dec 2, 2026, 9:05 AM
+    EST", "02.12.2026, 14:05 CET"); UTC, named, for everyone else."""
+    locale = _locale(shopper)
+    zone = ZoneInfo(STORE_TIME_ZONES[shopper.customer.region]) if shopper is not None else UTC
+
+    def when(moment: datetime) -> str:
+        local = moment.astimezone(zone)
+        day = format_date(local, format="medium", locale=locale)
+        time = format_time(local, format="short", locale=locale)
+        return f"{day}, {time} {local.tzname()}"
+
+    return when
 
 
 def money_for(shopper: CustomerPrincipal | None) -> Callable[[int, str], str]:
@@ -80,18 +136,13 @@ def page(
 ) -> HTMLResponse:
     """Render `template` (one of `renderer`'s) for this request as a complete page."""
     shopper: CustomerPrincipal | None = getattr(request.state, "shopper", None)
-    locale = _locale(shopper)
-
-    def when(moment: datetime) -> str:
-        return format_datetime(moment, format="medium", locale=locale)
-
     full = {
         "shopper": shopper,
         "csrf_token": security.csrf_token(request),
         "csrf_field": security.CSRF_FIELD,
         "flash": security.take_flash(request),
         "money": money_for(shopper),
-        "when": when,
+        "when": when_for(shopper),
         "errors": {},
         "values": {},
         # Links to the demo store appear only where it is served.
