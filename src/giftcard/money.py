@@ -48,6 +48,7 @@ __all__ = [
     "Region",
     "check_gift_amount",
     "currency_exponent",
+    "example_amount",
     "format_major_plain",
     "format_minor",
     "gift_amount_range",
@@ -251,6 +252,10 @@ _ALSO_GROUPED_AS: dict[str, str] = {"IN": "en"}
 # A three-digit fraction with nothing before it but up to three digits ("1,234") is the
 # shape a thousands grouping has, so a refusal offers that reading too.
 _GROUP_DIGITS = 3
+# What hints and refusals show as an amount when they have no better one: with decimals
+# that are not zero, so that the decimal sign shows (10,50 €), and ¥500 where there are none.
+_EXAMPLE_MINOR = 1050
+_EXAMPLE_MINOR_NO_DECIMALS = 500
 
 
 def _derive_currency_signs() -> dict[str, frozenset[str]]:
@@ -277,9 +282,16 @@ def _store_of(store: Region | str) -> Region:
     return store if isinstance(store, Region) else region(store)
 
 
-def _example_minor(store: Region) -> int:
-    """The amount hints and refusals show when they have no better one: 10.50 or 500."""
-    return 1050 if store.exponent else 500
+def example_amount(region: Region | str, *, up_to: int | None = None) -> str:
+    """An amount written the way a store writes money (``10,50 €``, ``$10.50``, ``¥500``),
+    for the hints beside amount fields and the refusals of `parse_amount`; no more than
+    `up_to` minor units when that is given and positive, so a hint never suggests more than
+    the field accepts."""
+    store = _store_of(region)
+    amount_minor = _EXAMPLE_MINOR if store.exponent else _EXAMPLE_MINOR_NO_DECIMALS
+    if up_to is not None and 0 < up_to < amount_minor:
+        amount_minor = up_to
+    return format_minor(amount_minor, store.currency, store.locale)
 
 
 def _write_it_like(store: Region, readings: list[int]) -> str:
@@ -289,7 +301,7 @@ def _write_it_like(store: Region, readings: list[int]) -> str:
         format_minor(amount_minor, store.currency, store.locale)
         for amount_minor in dict.fromkeys(readings)
         if 0 < amount_minor <= AMOUNT_MINOR_MAX
-    ] or [format_minor(_example_minor(store), store.currency, store.locale)]
+    ] or [example_amount(store)]
     return "write it like " + " or ".join(shown)
 
 
