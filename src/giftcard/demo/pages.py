@@ -32,8 +32,8 @@ from giftcard.http import services
 from giftcard.money import (
     AMOUNT_INPUT_LENGTH_MAX,
     REGIONS,
-    format_major_plain,
-    parse_major,
+    example_amount,
+    parse_amount,
 )
 from giftcard.payments import PaymentStatus, UseBalance
 from giftcard.web import security
@@ -200,7 +200,7 @@ async def _checkout_page(
             "cart": priced,
             "balance": balance,
             "max_use": max_use,
-            "example_amount": format_major_plain(max_use or priced.total, priced.currency),
+            "example_amount": example_amount(shopper.customer.region, up_to=max_use),
             "order_id": order_id,
             "values": {"use_balance": "max", **(values or {})},
             "errors": errors or {},
@@ -232,9 +232,14 @@ def _empty_cart(request: Request) -> Response:
 
 
 def _use_balance(
-    form: FormData, priced: store.PricedCart, available: int, money: Callable[[int, str], str]
+    form: FormData,
+    priced: store.PricedCart,
+    available: int,
+    region: str,
+    money: Callable[[int, str], str],
 ) -> UseBalance:
-    """What the shopper chose to pay from their balance; refused with the field to fix."""
+    """What the shopper chose to pay from their balance, a chosen amount read as the
+    shopper's store writes money; refused with the field to fix."""
     choice = text_field(form, "use_balance", length_max=10)
     if choice == "max":
         return "max"
@@ -247,7 +252,7 @@ def _use_balance(
         raise validation_error(
             "Enter the amount to use from your gift card balance.", "use_balance_amount"
         )
-    amount = parse_major(text, priced.currency, param="use_balance_amount")
+    amount = parse_amount(text, region, param="use_balance_amount")
     if amount > available:
         raise validation_error(
             f"That is more than your gift card balance of {money(available, priced.currency)}.",
@@ -304,7 +309,9 @@ async def place_order(request: Request) -> Response:
         )
     balance = await redemption.balance(svc.db, shopper.customer)
     try:
-        use_balance = _use_balance(form, priced, balance.available, money_for(shopper))
+        use_balance = _use_balance(
+            form, priced, balance.available, shopper.customer.region, money_for(shopper)
+        )
         result = await store.place_order(
             svc.db,
             shopper.customer,
