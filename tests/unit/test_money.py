@@ -359,6 +359,30 @@ def test_parse_amount_refuses_what_is_not_text() -> None:
     assert _refused(parse_amount, None, "US").param == "amount"
 
 
+@pytest.mark.parametrize(
+    ("code", "up_to", "expected"),
+    [
+        ("US", None, "$10.50"),
+        ("DE", None, f"10,50{NBSP}€"),
+        ("FR", 999_999, f"10,50{NBSP}€"),
+        ("JP", None, "¥500"),
+        ("IN", None, "₹10.50"),
+        ("DE", 800, f"8,00{NBSP}€"),  # never more than the field accepts
+        ("US", 0, "$10.50"),  # nothing to use: the format still shows
+    ],
+)
+def test_example_amount_writes_the_store_s_notation(
+    code: str, up_to: int | None, expected: str
+) -> None:
+    """The example beside an amount field is in the store's notation, with decimals that
+    show its decimal sign, and no more than the field accepts; it reads back as itself."""
+    shown = money.example_amount(code, up_to=up_to)
+    assert shown == expected
+    assert format_minor(
+        parse_amount(shown, code), REGIONS[code].currency, REGIONS[code].locale
+    ) == (expected)
+
+
 @given(
     st.integers(min_value=1, max_value=AMOUNT_MINOR_MAX),
     st.sampled_from(list(REGIONS.values())),
