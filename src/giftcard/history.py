@@ -54,7 +54,8 @@ class HistoryItem:
     created_at: datetime
     payment_id: int | None
     card_last4: str | None
-    # The order a payment's line is for, and the words around its id in `description`
+    # The order a payment's line is for (the demo store's short number for its own
+    # orders), and the words around it in `description`
     # (a page links the id itself). `order_page`: the demo store keeps this order and
     # shows it on a page of its own.
     order_id: str | None = None
@@ -93,7 +94,7 @@ async def customer_history(
             payments.c.gift_card_amount,
             payments.c.captured_gift_card_amount,
             payments.c.refunded_amount,
-            store_orders.c.id.label("store_order"),
+            store_orders.c.number.label("store_order_number"),
         )
         .select_from(
             postings.join(
@@ -147,12 +148,14 @@ def _item(row: Row[*tuple[Any, ...]], locale: str) -> HistoryItem:
     if row.order_id is None:
         return item
     before, after = _order_words(row, locale)
+    # An order of the demo store is named by the short number its shopper sees there.
+    order = row.store_order_number or row.order_id
     return replace(
         item,
-        description=f"{before}{row.order_id}{after}",
-        order_id=row.order_id,
+        description=f"{before}{order}{after}",
+        order_id=order,
         order_words=(before, after),
-        order_page=row.store_order is not None,
+        order_page=row.store_order_number is not None,
     )
 
 

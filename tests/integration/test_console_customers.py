@@ -154,10 +154,18 @@ async def test_a_small_adjustment_is_applied_and_says_so(
 @pytest.mark.parametrize(
     ("amount", "reason", "note", "field", "words"),
     [
-        ("1.234", "goodwill", "n", "amount", "at most 2 decimal places"),
+        (
+            "1.234",
+            "goodwill",
+            "n",
+            "amount",
+            "USD has 2 decimals: write it like $1,234.00 or $1.23.",
+        ),
         ("0.00", "goodwill", "n", "amount", "zero"),
         ("", "goodwill", "n", "amount", "Enter an amount"),
-        ("12,50", "goodwill", "n", "amount", "not an amount"),
+        ("12,50", "goodwill", "n", "amount", "not how the United States store writes amounts"),
+        ("5 €", "goodwill", "n", "amount", "The United States store takes USD, not €"),
+        ("$-5", "goodwill", "n", "amount", "Put the sign first"),
         ("-100.00", "goodwill", "n", "amount", "below zero"),
         ("5", "", "n", "reason", "Choose a reason"),
         ("5", "bribe", "n", "reason", "Choose a reason"),
@@ -193,6 +201,30 @@ async def test_a_bad_adjustment_is_refused_beside_its_field(
     assert f'value="{amount}"' in refused.text
     balance = (await client.get("/v1/me/balance", headers=shopper.auth)).json()
     assert balance["available"] == 2500
+
+
+async def test_a_german_customer_is_adjusted_in_euros_as_germany_writes_them(
+    browser: httpx.AsyncClient, client: httpx.AsyncClient, services: Services
+) -> None:
+    """The adjust form of a Germany store customer shows and reads amounts the German
+    way: 12,50 € credits twelve euros fifty, -5,00 € deducts five, and 1,234 (one point
+    two three four euros) is refused in German notation, changing nothing."""
+    shopper = await funded(client, services, 2500, region="DE")
+    await console_log_in(browser, services)
+    page = await browser.get(f"/support/customers/{shopper.id}")
+    assert "write it like 10,50\u00a0€ or -10,50\u00a0€." in page.text
+
+    assert (await adjust(browser, shopper, "12,50 €")).status_code == 303
+    assert (await adjust(browser, shopper, "-5,00")).status_code == 303
+    refused = await adjust(browser, shopper, "1,234")
+
+    assert refused.status_code == 422
+    assert field_error(refused.text, "amount") == (
+        # The page's no-break spaces read as spaces once squeezed.
+        "EUR has 2 decimals: write it like 1.234,00 € or 1,23 €."
+    )
+    balance = (await client.get("/v1/me/balance", headers=shopper.auth)).json()
+    assert balance["available"] == 2500 + 1250 - 500
 
 
 async def test_a_large_adjustment_waits_and_a_second_agent_approves_it(

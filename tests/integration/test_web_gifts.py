@@ -120,6 +120,58 @@ async def test_sending_now_buys_the_gift_for_the_shopper_and_confirms_it(
     assert await counts(services) == (1, 1, 1)
 
 
+@pytest.mark.parametrize(
+    ("region", "time_zone", "typed", "amount", "shown"),
+    [
+        ("DE", "Europe/Berlin", "25,50", 2550, "25,50 €"),
+        ("FR", "Europe/Paris", "1 000,00 €", 100_000, "1 000,00 €"),
+        ("US", "America/New_York", "$25", 2500, "$25.00"),
+        ("JP", "Asia/Tokyo", "¥5,000", 5000, "¥5,000"),
+    ],
+)
+async def test_the_amount_is_typed_as_the_shopper_s_store_writes_money(
+    client: httpx.AsyncClient,
+    services: Services,
+    region: str,
+    time_zone: str,
+    typed: str,
+    amount: int,
+    shown: str,
+) -> None:
+    """The hint beside the amount shows the store's own notation, and a gift bought with
+    the amount typed that way is worth exactly it."""
+    await web_sign_up(client, region)
+    page = await open_form(client)
+    assert "; write it like " in text_of(page)
+
+    sent = await client.post("/store/gift", data=form_data(page, amount=typed, time_zone=time_zone))
+
+    assert sent.status_code == 303, sent.text
+    assert (await only_gift(services)).amount == amount
+    confirmation = await client.get(sent.headers["location"])
+    assert shown in text_of(confirmation.text)
+
+
+async def test_a_german_shopper_is_shown_and_refused_amounts_in_german_notation(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The Germany store's hint reads in euros the German way, and 25.00, which could be
+    2.500,00 € or 25,00 €, is refused in that notation with nothing bought."""
+    await web_sign_up(client, "DE")
+    page = await open_form(client)
+    assert "From 1,00 € to 2.000,00 €; write it like 10,50 €." in text_of(page)
+
+    refused = await client.post(
+        "/store/gift", data=form_data(page, amount="25.00", time_zone="Europe/Berlin")
+    )
+
+    assert refused.status_code == 422
+    assert field_error(refused.text, "amount") == (
+        "'25.00' is not how the Germany store writes amounts: write it like 2.500,00 € or 25,00 €."
+    )
+    assert await counts(services) == (0, 0, 0)
+
+
 async def test_a_chosen_day_means_nine_in_the_morning_in_the_recipient_s_zone(
     client: httpx.AsyncClient, services: Services, clock: FrozenClock
 ) -> None:
@@ -147,7 +199,10 @@ BAD_FORMS = [
     ({"amount": "abc"}, "amount", None),
     ({"amount": "0.99"}, "amount", "A gift card of the United States store is worth from $1.00"),
     ({"amount": "2000.01"}, "amount", None),
-    ({"amount": "25.001"}, "amount", None),
+    ({"amount": "25.001"}, "amount", "USD has 2 decimals: write it like $25,001.00 or $25.00."),
+    ({"amount": "25,00"}, "amount", "is not how the United States store writes amounts"),
+    ({"amount": "25 €"}, "amount", "The United States store takes USD, not €"),
+    ({"amount": "-25"}, "amount", "more than zero"),
     ({"recipient_email": "sam@"}, "recipient_email", None),
     ({"recipient_email": ""}, "recipient_email", None),
     ({"sender_name": ""}, "sender_name", "Enter a name."),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from giftcard.db.engine import Database
 from giftcard.db.migrate import alembic_config, upgrade
 from giftcard.db.tables import payments, refunds, store_orders
 from giftcard.demo import store
-from giftcard.money import format_minor
+from giftcard.money import REGIONS, format_minor
 from giftcard.services import Services
 from giftcard.verify import verify
 from tests.conftest import api_key, issue
@@ -528,15 +529,17 @@ async def test_a_chosen_amount_is_checked_beside_its_field_and_nothing_is_paid(
     page = await open_checkout(client)
     order_id = hidden_value(page, "order_id")
     refusals = {
-        "10.505": "USD amounts have at most 2 decimal places",
+        "10.505": "USD has 2 decimals: write it like $10,505.00 or $10.50.",
         "30.00": f"That is more than your gift card balance of {usd(2500)}.",
         "20.00": f"That is more than the order total of {usd(1800)}.",
-        "-5": "is not an amount",
-        "1e3": "is not an amount",
-        "12,50": "is not an amount",
-        "0": "The amount must be more than zero.",
+        "-5": "The amount must be more than zero: write it like $10.50.",
+        "1e3": "'1e3' is not an amount: write it like $10.50.",
+        "12,50": "'12,50' is not how the United States store writes amounts: write it like "
+        "$1,250.00 or $12.50.",
+        "5 €": "The United States store takes USD, not €: write it like $5.00.",
+        "0": "The amount must be more than zero: write it like $10.50.",
         "": "Enter the amount to use from your gift card balance.",
-        "9" * 40: "Write the amount as a number",
+        "9" * 40: "That is too long for an amount: write it like $10.50.",
     }
 
     for typed, message in refusals.items():
@@ -575,7 +578,7 @@ async def test_the_japan_store_takes_whole_yen(
 
     refused = await place(client, page, "amount", "1000.5")
     assert refused.status_code == 422
-    assert "JPY amounts have no decimal places" in (
+    assert "JPY has no decimals: write it like ¥1,000." in (
         field_error(refused.text, "use_balance_amount") or ""
     )
 
@@ -588,6 +591,73 @@ async def test_the_japan_store_takes_whole_yen(
         "held": 0,
         "total": 2000,
     }
+
+
+@pytest.mark.parametrize(
+    ("region", "balance", "typed", "paid"),
+    [
+        ("US", 5000, "$5.00", 500),
+        ("US", 5000, "5", 500),
+        ("DE", 5000, "10,50", 1050),
+        ("DE", 5000, "10,50 €", 1050),
+        ("FR", 5000, "10,50€", 1050),
+        ("JP", 5000, "¥1,000", 1000),
+        ("IN", 300_000, "₹1,000", 100_000),
+    ],
+)
+async def test_a_chosen_amount_is_read_as_the_shoppers_store_writes_it(
+    client: httpx.AsyncClient,
+    services: Services,
+    region: str,
+    balance: int,
+    typed: str,
+    paid: int,
+) -> None:
+    """A shopper types the amount the way their store shows money, with or without its
+    sign, and the balance pays exactly that; the hint beside the field shows the way."""
+    store_region = REGIONS[region]
+    shown = partial(format_minor, currency=store_region.currency, locale=store_region.locale)
+    email = await shopper_with_balance(client, services, balance, region)
+    await add(client, "poster")
+    page = await open_checkout(client)
+    poster = store.PRODUCTS["poster"].price(store_region.currency)
+    assert f"write it like {shown(1050 if store_region.exponent else 500)}." in page
+
+    order = await follow(client, await place(client, page, "amount", typed))
+
+    assert summary(order.text)["Paid with gift card balance"] == text_of(shown(paid))
+    assert summary(order.text)["Charged to test card"] == text_of(shown(poster - paid))
+    assert (await balance_of(client, email))["available"] == balance - paid
+
+
+async def test_a_german_shopper_is_told_how_germany_writes_an_amount(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """In the Germany store the hint shows 28,00 € and 10,50 €, never 28.00; what could
+    be read two ways, or is in another currency, is refused in German notation and pays
+    nothing."""
+    email = await shopper_with_balance(client, services, 5000, "DE")
+    await add(client, "poster")
+    page = await open_checkout(client)
+    hint = "Up to 28,00\u00a0€; write it like 10,50\u00a0€."
+    assert hint in page
+    refusals = {
+        "1,234": "EUR has 2 decimals: write it like 1.234,00 € or 1,23 €.",
+        "10.50": "'10.50' is not how the Germany store writes amounts: write it like "
+        "1.050,00 € or 10,50 €.",
+        "$5": "The Germany store takes EUR, not $: write it like 5,00 €.",
+        # One thousand two hundred and thirty-four euros, not one point two.
+        "1.234": "That is more than your gift card balance of 50,00 €.",
+    }
+
+    for typed, message in refusals.items():
+        refused = await place(client, page, "amount", typed)
+
+        assert refused.status_code == 422, (typed, refused.text)
+        assert field_error(refused.text, "use_balance_amount") == message, typed
+        assert f'value="{typed}"' in refused.text
+    assert (await balance_of(client, email))["available"] == 5000
+    assert await count_rows(services, payments) == 0
 
 
 async def test_not_using_the_balance_charges_the_test_card_in_full(

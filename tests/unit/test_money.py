@@ -22,6 +22,7 @@ from giftcard.money import (
     currency_exponent,
     format_major_plain,
     format_minor,
+    parse_amount,
     parse_major,
     region,
 )
@@ -203,6 +204,197 @@ def test_parse_major_refuses_an_unknown_currency() -> None:
 def test_parse_major_inverts_format_major_plain(amount_minor: int, currency: str) -> None:
     """Every accepted amount written by format_major_plain parses back to itself."""
     assert parse_major(format_major_plain(amount_minor, currency), currency) == amount_minor
+
+
+# --- amounts as a store's people write them ----------------------------------------------
+
+NNBSP = "\u202f"  # French groups thousands with a narrow no-break space.
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "expected"),
+    [
+        # Germany and France: the comma is the decimal sign, the point or a space groups.
+        ("10,50", "DE", 1050),
+        ("10,50 €", "DE", 1050),
+        ("10,50€", "DE", 1050),
+        (f"10,50{NBSP}€", "DE", 1050),
+        ("€ 10,50", "DE", 1050),
+        ("10,50 EUR", "DE", 1050),
+        ("10,5", "DE", 1050),
+        ("10", "DE", 1000),
+        ("1.234,56", "DE", 123_456),
+        ("1.234", "DE", 123_400),  # a point between thousands groups: 1234, not 1.234
+        ("1 234,56", "DE", 123_456),
+        ("1.234.567,89 €", "DE", 123_456_789),
+        ("10,50", "FR", 1050),
+        ("1.234,56", "FR", 123_456),
+        (f"1{NNBSP}234,56", "FR", 123_456),
+        ("1 234,56 €", "FR", 123_456),
+        (f"1{NBSP}234,56", "FR", 123_456),
+        # The dollar stores, and pounds: the point is the decimal sign, the comma groups.
+        ("$5.00", "US", 500),
+        ("5", "US", 500),
+        ("5.5", "US", 550),
+        ("0.01", "US", 1),
+        (" $1,234.56 ", "US", 123_456),
+        ("1234.56", "US", 123_456),
+        ("5 USD", "US", 500),
+        ("usd 5", "US", 500),
+        ("US$5", "US", 500),
+        ("$1,234.56", "CA", 123_456),
+        ("CA$5", "CA", 500),
+        ("$1,234.56", "AU", 123_456),
+        ("£5", "GB", 500),
+        ("5 GBP", "GB", 500),
+        # Japan: no decimals; the yen sign as Babel writes it, as a fullwidth keyboard
+        # types it (digits too), and "円" after the number.
+        ("¥500", "JP", 500),
+        ("¥1,000,000", "JP", 1_000_000),
+        ("500円", "JP", 500),
+        ("￥５００", "JP", 500),
+        # India: lakh grouping, and thousands grouping too.
+        ("₹1,00,000", "IN", 10_000_000),
+        ("₹100,000", "IN", 10_000_000),
+        ("Rs. 500", "IN", 50_000),
+        # The largest amount accepted, in each notation.
+        ("10.000.000,00 €", "DE", AMOUNT_MINOR_MAX),
+        ("$10,000,000", "US", AMOUNT_MINOR_MAX),
+        ("¥1,000,000,000", "JP", AMOUNT_MINOR_MAX),
+    ],
+)
+def test_parse_amount_reads_amounts_as_each_store_writes_them(
+    text: str, code: str, expected: int
+) -> None:
+    """Each store's people write amounts their own way, with or without their currency's
+    sign; each reads as the exact amount in minor units."""
+    assert parse_amount(text, code) == expected
+    assert parse_amount(text, REGIONS[code]) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "words"),
+    [
+        # The brief's own case: in Germany 1,234 is one point two three four euros.
+        ("1,234", "DE", f"EUR has 2 decimals: write it like 1.234,00{NBSP}€ or 1,23{NBSP}€."),
+        ("10,505", "DE", "EUR has 2 decimals: write it like 10.505,00"),
+        ("12.345,678", "DE", f"EUR has 2 decimals: write it like 12.345,67{NBSP}€."),
+        ("10,500", "FR", "EUR has 2 decimals"),
+        ("1.234", "US", "USD has 2 decimals: write it like $1,234.00 or $1.23."),
+        ("25.001", "GB", "GBP has 2 decimals"),
+        ("¥500.5", "JP", "JPY has no decimals: write it like ¥500."),
+        ("¥1.234", "JP", "JPY has no decimals: write it like ¥1,234 or ¥1."),
+        # A grouping sign in the wrong place could be either reading: both are offered.
+        (
+            "10.50",
+            "DE",
+            f"'10.50' is not how the Germany store writes amounts: write it "
+            f"like 1.050,00{NBSP}€ or 10,50{NBSP}€.",
+        ),
+        ("28.00", "FR", f"write it like 2{NNBSP}800,00{NBSP}€ or 28,00{NBSP}€."),
+        (
+            "10,50",
+            "US",
+            "is not how the United States store writes amounts: write it like $1,050.00 or $10.50.",
+        ),
+        ("10 50", "US", "is not how the United States store writes amounts"),
+        # Another currency's sign names the store's.
+        ("$5", "DE", f"The Germany store takes EUR, not $: write it like 5,00{NBSP}€."),
+        ("5 €", "GB", "The United Kingdom store takes GBP, not €: write it like £5.00."),
+        ("5 EUR", "US", "The United States store takes USD, not EUR"),
+        ("US$5", "CA", "The Canada store takes CAD, not US$"),
+        ("¥500", "IN", "The India store takes INR, not ¥"),
+        ("5 CHF", "DE", "The Germany store takes EUR, not CHF"),
+        # Negative, zero, empty, too large.
+        ("-5", "US", "more than zero: write it like $10.50."),
+        ("-5,00 €", "DE", f"more than zero: write it like 10,50{NBSP}€."),
+        ("\u22125", "US", "more than zero"),
+        ("$-5", "US", "more than zero"),
+        ("0", "US", "more than zero"),
+        ("0,00 €", "DE", "more than zero"),
+        ("", "DE", f"Enter an amount: write it like 10,50{NBSP}€."),
+        ("   ", "JP", "Enter an amount: write it like ¥500."),
+        ("$10,000,000.01", "US", "too large; the most accepted is $10,000,000.00."),
+        ("¥1,000,000,001", "JP", "too large"),
+        # Not numbers at all, or numbers Decimal would read but people do not write.
+        ("abc", "US", "'abc' is not an amount: write it like $10.50."),
+        ("1e5", "US", "is not an amount"),
+        ("NaN", "US", "is not an amount"),
+        ("Infinity", "DE", "is not an amount"),
+        ("1_000", "US", "is not an amount"),
+        ("١٢", "US", "is not an amount"),  # Arabic-Indic digits
+        ("5²", "US", "is not an amount"),
+        ("$", "US", "is not an amount"),
+        ("$5$", "US", "is not an amount"),
+        (",", "DE", "is not an amount"),
+        ("1,2,3", "DE", "is not an amount"),
+        ("5" * 33, "US", "too long"),
+    ],
+)
+def test_parse_amount_refuses_with_the_store_s_own_format(text: str, code: str, words: str) -> None:
+    """What cannot be read as exactly one amount of the store is refused, never rounded,
+    in a sentence that shows how that store writes an amount."""
+    error = _refused(parse_amount, text, code)
+    assert words in error.detail
+    assert error.param == "amount"
+
+
+def test_parse_amount_names_the_field_and_refuses_an_unknown_store() -> None:
+    """A refusal names the field it was given; an unknown store is refused as a region."""
+    assert _refused(parse_amount, "10.50", "DE", param="use_balance_amount").param == (
+        "use_balance_amount"
+    )
+    assert _refused(parse_amount, "10,50", "XX").param == "region"
+
+
+def test_parse_amount_reads_zero_only_when_asked() -> None:
+    """Zero is refused unless the caller allows it (it has its own sentence for it)."""
+    assert parse_amount("0,00 €", "DE", allow_zero=True) == 0
+    assert _refused(parse_amount, "0,00 €", "DE").detail.startswith("The amount must be")
+
+
+def test_parse_amount_refuses_what_is_not_text() -> None:
+    """A non-string never reaches the number parser."""
+    assert _refused(parse_amount, 10.5, "US").param == "amount"
+    assert _refused(parse_amount, None, "US").param == "amount"
+
+
+@pytest.mark.parametrize(
+    ("code", "up_to", "expected"),
+    [
+        ("US", None, "$10.50"),
+        ("DE", None, f"10,50{NBSP}€"),
+        ("FR", 999_999, f"10,50{NBSP}€"),
+        ("JP", None, "¥500"),
+        ("IN", None, "₹10.50"),
+        ("DE", 800, f"8,00{NBSP}€"),  # never more than the field accepts
+        ("US", 0, "$10.50"),  # nothing to use: the format still shows
+    ],
+)
+def test_example_amount_writes_the_store_s_notation(
+    code: str, up_to: int | None, expected: str
+) -> None:
+    """The example beside an amount field is in the store's notation, with decimals that
+    show its decimal sign, and no more than the field accepts; it reads back as itself."""
+    shown = money.example_amount(code, up_to=up_to)
+    assert shown == expected
+    assert format_minor(
+        parse_amount(shown, code), REGIONS[code].currency, REGIONS[code].locale
+    ) == (expected)
+
+
+@given(
+    st.integers(min_value=1, max_value=AMOUNT_MINOR_MAX),
+    st.sampled_from(list(REGIONS.values())),
+)
+def test_parse_amount_reads_back_what_format_minor_shows(amount_minor: int, store: Region) -> None:
+    """Whatever a store shows its people, copied into an amount field of that store,
+    reads back as the same amount."""
+    shown = format_minor(amount_minor, store.currency, store.locale)
+    assert parse_amount(shown, store.code) == amount_minor
+    # And without its currency's sign, which is how most people type it.
+    bare = shown.replace("\u00a0", "").strip("$£€¥₹")
+    assert parse_amount(bare, store.code) == amount_minor
 
 
 # --- formatting -------------------------------------------------------------------------

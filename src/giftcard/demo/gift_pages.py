@@ -32,9 +32,9 @@ from giftcard.http import services
 from giftcard.money import (
     AMOUNT_INPUT_LENGTH_MAX,
     REGIONS,
-    format_major_plain,
+    example_amount,
     gift_amount_range,
-    parse_major,
+    parse_amount,
 )
 from giftcard.web.security import checked_form, require_shopper, text_field
 from giftcard.web.templating import money_for, redirect
@@ -150,11 +150,10 @@ def _gift_request(
     values: dict[str, str], shopper: CustomerPrincipal, now: datetime
 ) -> gifts.GiftRequest:
     region = shopper.customer.region
-    currency = REGIONS[region].currency
     if not values["amount"].strip():
         raise validation_error("Enter the gift card's amount.", "amount")
     return gifts.GiftRequest(
-        amount=parse_major(values["amount"], currency),
+        amount=parse_amount(values["amount"], region),
         region=region,
         recipient_email=values["recipient_email"],
         recipient_name=values["recipient_name"],
@@ -195,8 +194,7 @@ def _gift_page(
             "form_id": form_id or new_form_id(),
             "time_zones": TIME_ZONES[region],
             "amount_hint": f"From {money(smallest, store.currency)} to "
-            f"{money(largest, store.currency)}, written like "
-            f"{format_major_plain(2500 if store.exponent else 5000, store.currency)}.",
+            f"{money(largest, store.currency)}; write it like {example_amount(store)}.",
             "message_length_max": gifts.MESSAGE_LENGTH_MAX,
             "currency": store.currency,
         },

@@ -32,8 +32,8 @@ from giftcard.http import services
 from giftcard.money import (
     AMOUNT_INPUT_LENGTH_MAX,
     REGIONS,
-    format_major_plain,
-    parse_major,
+    example_amount,
+    parse_amount,
 )
 from giftcard.payments import PaymentStatus, Refund, UseBalance
 from giftcard.web import security
@@ -198,7 +198,7 @@ async def _checkout_page(
     balance = await redemption.balance(services(request).db, shopper.customer)
     max_use = min(balance.available, priced.total)
     shown = {"use_balance": "max", **(values or {})}
-    from_balance = _balance_part(shown, priced, max_use)
+    from_balance = _balance_part(shown, priced, max_use, shopper.customer.region)
     return store_page(
         request,
         "store_checkout.html",
@@ -207,7 +207,7 @@ async def _checkout_page(
             "cart": priced,
             "balance": balance,
             "max_use": max_use,
-            "example_amount": format_major_plain(max_use or priced.total, priced.currency),
+            "example_amount": example_amount(shopper.customer.region, up_to=max_use),
             "order_id": order_id,
             "values": shown,
             "from_balance": from_balance,
@@ -240,7 +240,9 @@ def _empty_cart(request: Request) -> Response:
     )
 
 
-def _balance_part(values: dict[str, str], priced: store.PricedCart, max_use: int) -> int | None:
+def _balance_part(
+    values: dict[str, str], priced: store.PricedCart, max_use: int, region: str
+) -> int | None:
     """What the balance would pay with these choices, for the order summary; None while
     a chosen amount is not one that checkout would take."""
     if values.get("use_balance") == "none":
@@ -248,16 +250,21 @@ def _balance_part(values: dict[str, str], priced: store.PricedCart, max_use: int
     if values.get("use_balance") != "amount":
         return max_use
     try:
-        amount = parse_major(values.get("use_balance_amount", ""), priced.currency)
+        amount = parse_amount(values.get("use_balance_amount", ""), region)
     except GiftcardError:
         return None
     return amount if amount <= max_use else None
 
 
 def _use_balance(
-    form: FormData, priced: store.PricedCart, available: int, money: Callable[[int, str], str]
+    form: FormData,
+    priced: store.PricedCart,
+    available: int,
+    region: str,
+    money: Callable[[int, str], str],
 ) -> UseBalance:
-    """What the shopper chose to pay from their balance; refused with the field to fix."""
+    """What the shopper chose to pay from their balance, a chosen amount read as the
+    shopper's store writes money; refused with the field to fix."""
     choice = text_field(form, "use_balance", length_max=10)
     if choice == "max":
         return "max"
@@ -270,7 +277,7 @@ def _use_balance(
         raise validation_error(
             "Enter the amount to use from your gift card balance.", "use_balance_amount"
         )
-    amount = parse_major(text, priced.currency, param="use_balance_amount")
+    amount = parse_amount(text, region, param="use_balance_amount")
     if amount > available:
         raise validation_error(
             f"That is more than your gift card balance of {money(available, priced.currency)}.",
@@ -328,7 +335,9 @@ async def place_order(request: Request) -> Response:
     balance = await redemption.balance(svc.db, shopper.customer)
     recalculate = text_field(form, "action", length_max=20) == "recalculate"
     try:
-        use_balance = _use_balance(form, priced, balance.available, money_for(shopper))
+        use_balance = _use_balance(
+            form, priced, balance.available, shopper.customer.region, money_for(shopper)
+        )
         if recalculate:
             # Without JavaScript, the summary's split is shown again for the new choice;
             # nothing is paid until Place order.
@@ -463,7 +472,6 @@ def _refund_page(
 ) -> Response:
     """The refund step of an order: the amount to refund, then (with `split`) what the
     shopper is asked to confirm."""
-    currency = detail.order.currency
     return store_page(
         request,
         "store_refund.html",
@@ -473,7 +481,7 @@ def _refund_page(
             "split": split,
             "values": {"amount": amount_text},
             "errors": errors or {},
-            "example_amount": format_major_plain(detail.refundable, currency),
+            "example_amount": example_amount(shopper.customer.region, up_to=detail.refundable),
             "refund_destination": REFUND_DESTINATION[shopper.customer.refund_preference],
         },
         status=status,
@@ -502,15 +510,16 @@ async def refund_form(request: Request, order_id: str) -> Response:
         request,
         shopper,
         detail,
-        amount_text=format_major_plain(detail.refundable, detail.order.currency),
+        amount_text=money_for(shopper)(detail.refundable, detail.order.currency),
     )
 
 
-def _refund_amount(form: FormData, detail: store.OrderDetail, money: Money) -> int:
+def _refund_amount(form: FormData, detail: store.OrderDetail, region: str, money: Money) -> int:
+    """The amount to refund, read as the shopper's store writes money."""
     text = text_field(form, "amount", length_max=AMOUNT_INPUT_LENGTH_MAX + 1)
     if not text.strip():
         raise validation_error("Enter the amount to refund.", "amount")
-    amount = parse_major(text, detail.order.currency, param="amount")
+    amount = parse_amount(text, region, param="amount")
     store.check_refund_amount(detail, amount, money(detail.refundable, detail.order.currency))
     return amount
 
@@ -529,7 +538,7 @@ async def refund(request: Request, order_id: str) -> Response:
     money = money_for(shopper)
     amount_text = text_field(form, "amount", length_max=AMOUNT_INPUT_LENGTH_MAX + 1)
     try:
-        amount = _refund_amount(form, detail, money)
+        amount = _refund_amount(form, detail, shopper.customer.region, money)
     except GiftcardError as error:
         return _refund_page(
             request,
@@ -559,7 +568,7 @@ async def refund(request: Request, order_id: str) -> Response:
             request,
             shopper,
             again,
-            amount_text=format_major_plain(max(again.refundable, 0), again.order.currency),
+            amount_text=money_for(shopper)(max(again.refundable, 0), again.order.currency),
             errors={
                 "amount": "Part of this order was refunded meanwhile. It can still refund "
                 f"{money(again.refundable, again.order.currency)}."

@@ -38,12 +38,13 @@ from giftcard.customers import Customer, customer_from_row
 from giftcard.db.engine import Database
 from giftcard.db.tables import adjustments, customers
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
-from giftcard.money import AMOUNT_MINOR_MAX, format_minor, parse_major
+from giftcard.money import AMOUNT_MINOR_MAX, example_amount, format_minor, parse_amount
 from giftcard.unit_of_work import UnitOfWork
 
 NOTE_LENGTH_MAX = 2000
-# A signed amount in major units as typed; the number itself is read by money.parse_major.
-_SIGNED_MAJOR = re.compile(r"\s*(?P<sign>[-+\u2212]?)\s*(?P<number>.*?)\s*", re.S)
+# A signed amount as typed; the amount itself is read by money.parse_amount.
+_SIGNED_AMOUNT = re.compile(r"\s*(?P<sign>[-+\u2212\u2013]?)\s*(?P<number>.*?)\s*", re.S)
+_MINUS_SIGNS = "-\u2212\u2013"
 PAGE_SIZE_DEFAULT = 20
 PAGE_SIZE_MAX = 100
 
@@ -231,22 +232,26 @@ async def _apply(
     return posted.transaction_id
 
 
-def parse_signed_major(text: str, currency: str) -> int:
-    """A signed amount in major units as people type it (`-5.00`, `+12.50`, `12.5`, the
-    typographic minus too) as minor units of `currency`. More decimals than the currency
-    has are refused, never rounded."""
-    match = _SIGNED_MAJOR.fullmatch(text) if isinstance(text, str) else None
+def parse_signed_major(text: str, region: str) -> int:
+    """A signed amount as the people of the customer's store (`region`) write money, its
+    sign first (`-5,00 €` or `+12,50` in Germany, `-$5.00` or `12.5` in the US; the
+    typographic minus and the en dash phones turn a minus into too), as minor units of the
+    store's currency. More decimals than the currency has are refused, never rounded."""
+    match = _SIGNED_AMOUNT.fullmatch(text) if isinstance(text, str) else None
+    credit = example_amount(region)
+    like = f"like {credit} to credit the customer or -{credit} to deduct"
     if match is None or not match["number"]:
+        raise validation_error(f"Enter an amount, {like}.", "amount")
+    if any(minus in match["number"] for minus in _MINUS_SIGNS):
+        # "$-5" would otherwise be refused as "not more than zero", which is wrong here.
+        raise validation_error(f"Put the sign first, {like}.", "amount")
+    minor = parse_amount(match["number"], region, param="amount", allow_zero=True)
+    if minor == 0:
         raise validation_error(
-            "Enter an amount, like 12.50 to credit the customer or -5.00 to deduct.", "amount"
+            f"An adjustment of zero changes nothing: enter an amount {like}.", "amount"
         )
-    if set(match["number"]) <= set("0.") and "0" in match["number"]:
-        raise validation_error(
-            "An adjustment of zero changes nothing: enter an amount like 12.50 or -5.00.",
-            "amount",
-        )
-    minor = parse_major(match["number"], currency, param="amount")
-    return -minor if match["sign"] in ("-", "\u2212") else minor
+    # The sign group matches "" when there is none, and "" is in every string.
+    return -minor if match["sign"] and match["sign"] in _MINUS_SIGNS else minor
 
 
 async def create(
@@ -263,7 +268,7 @@ async def create(
 ) -> Adjustment:
     """Adjust a customer's balance: applied at once up to `approval_minor` either way,
     otherwise stored `pending_approval`. The amount is `amount` in minor units, or
-    `amount_major` as typed in the console, read in the customer's currency."""
+    `amount_major` as typed in the console, read as the customer's store writes money."""
     if (amount is None) == (amount_major is None):
         raise ValueError("give amount or amount_major")
     if amount is not None:
@@ -283,7 +288,7 @@ async def create(
         signed = (
             amount
             if amount is not None
-            else check_amount(parse_signed_major(amount_major or "", customer.currency))
+            else check_amount(parse_signed_major(amount_major or "", customer.region))
         )
         applies_now = abs(signed) <= approval_minor
         transaction_id = None

@@ -133,6 +133,7 @@ async def _customer_page(
         "gift_status_words": GIFT_STATUS_WORDS,
         "approval_minor": svc.settings.adjustment_approval_minor,
         "exponent": money.currency_exponent(found.customer.currency),
+        "amount_example": money.example_amount(found.customer.region),
         "values": values or {},
         "errors": errors or {},
     }
