@@ -760,7 +760,7 @@ async def test_refund_returns_the_balance_part_to_the_balance_and_the_rest_to_th
 
     step = await client.get(f"/store/orders/{number}/refund")
     assert heading(step.text) == "Refund your order"
-    assert hidden_value(step.text, "amount") == "48.00"
+    assert hidden_value(step.text, "amount") == usd(4800)
     assert '<label for="amount">Amount to refund</label>' in step.text
     review = await web_post(client, f"/store/orders/{number}/refund", {"amount": "48.00"})
     assert review.status_code == 200
@@ -829,7 +829,7 @@ async def test_a_partial_refund_gives_the_balance_its_part_first_then_the_card(
     assert (await balance_of(client, email))["available"] == 2500
 
     step = await client.get(f"/store/orders/{number}/refund")
-    assert hidden_value(step.text, "amount") == "18.00"
+    assert hidden_value(step.text, "amount") == usd(1800)
     rest = await follow(client, await refund(client, number))
 
     assert flash(rest.text) == f"Refunded {usd(1800)}: {usd(1800)} to your test card."
@@ -841,11 +841,11 @@ async def test_a_partial_refund_gives_the_balance_its_part_first_then_the_card(
     ("typed", "message"),
     [
         ("48.01", f"That is more than the {usd(4800)} this order can still refund."),
-        ("10.505", "USD amounts have at most 2 decimal places"),
-        ("0", "The amount must be more than zero."),
-        ("-5", "is not an amount"),
+        ("10.505", "USD has 2 decimals: write it like $10,505.00 or $10.50."),
+        ("0", "The amount must be more than zero: write it like $10.50."),
+        ("-5", "The amount must be more than zero: write it like $10.50."),
         ("", "Enter the amount to refund."),
-        ("9" * 40, "Write the amount as a number"),
+        ("9" * 40, "That is too long for an amount: write it like $10.50."),
     ],
 )
 async def test_a_refund_amount_is_checked_beside_its_field_and_nothing_is_refunded(

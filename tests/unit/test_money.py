@@ -504,3 +504,14 @@ def test_module_exports_what_it_documents() -> None:
     """__all__ names only attributes that exist, so `from giftcard.money import *` works."""
     for name in money.__all__:
         assert hasattr(money, name)
+
+
+def test_every_store_has_a_time_zone_its_pages_show_times_in() -> None:
+    from zoneinfo import ZoneInfo
+
+    from giftcard.money import REGIONS
+    from giftcard.web.templating import STORE_TIME_ZONES
+
+    assert STORE_TIME_ZONES.keys() == REGIONS.keys()
+    for zone in STORE_TIME_ZONES.values():
+        assert ZoneInfo(zone).key == zone

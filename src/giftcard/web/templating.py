@@ -62,7 +62,12 @@ STORE_TIME_ZONES = {
     "DE": "Europe/Berlin",
     "FR": "Europe/Paris",
     "JP": "Asia/Tokyo",
+    "CA": "America/Toronto",
+    "AU": "Australia/Sydney",
+    "IN": "Asia/Kolkata",
 }
+if STORE_TIME_ZONES.keys() != REGIONS.keys():
+    raise RuntimeError("every store needs the time zone its pages show times in")
 
 
 def error_headers(error: GiftcardError) -> dict[str, str] | None:
