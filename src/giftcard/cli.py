@@ -407,7 +407,9 @@ def _write_csv(path: Path, issued: Sequence[cards.IssuedCard]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["serial", "code", "amount", "currency", "region", "kind", "valid_through"])
+        # SPEC §8 names the last column expires_at; it holds the last day the card is good
+        # (what a printed card says), not the moment after it.
+        writer.writerow(["serial", "code", "amount", "currency", "region", "kind", "expires_at"])
         for item in issued:
             card = item.card
             writer.writerow(
