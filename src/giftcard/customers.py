@@ -109,6 +109,8 @@ class Session:
     expires_at: datetime
     customer: Customer | None
     staff: StaffPrincipal | None
+    # The session's row, to end it (`log_out`) without looking its token up again.
+    session_id: int
 
 
 def secret_hash(secret: str) -> bytes:
@@ -284,13 +286,14 @@ async def log_in(db: Database, *, email: str, password: str, ttl_s: int, clock: 
         db, customer_id=customer_id, staff_id=staff_id, ttl_s=ttl_s, clock=clock
     )
     if customer_row is not None:
-        return Session(token, expires_at, customer_from_row(customer_row), None)
+        return Session(token, expires_at, customer_from_row(customer_row), None, session_id)
     assert staff_row is not None
     return Session(
         token,
         expires_at,
         None,
         StaffPrincipal(staff_row.id, staff_row.email, Role(staff_row.role), session_id),
+        session_id,
     )
 
 
@@ -299,10 +302,10 @@ async def open_customer_session(
 ) -> Session:
     """A new session for a customer who has just proved who they are (by signing up),
     without checking the password a second time."""
-    token, expires_at, _ = await _open_session(
+    token, expires_at, session_id = await _open_session(
         db, customer_id=customer.id, staff_id=None, ttl_s=ttl_s, clock=clock
     )
-    return Session(token, expires_at, customer, None)
+    return Session(token, expires_at, customer, None, session_id)
 
 
 async def _open_session(

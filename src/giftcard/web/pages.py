@@ -169,8 +169,7 @@ async def login(request: Request) -> Response:
         if session.customer is None:
             # These pages are a shopper's; staff use the support console. The session
             # just made for the staff member is closed again at once.
-            assert session.staff is not None
-            await customers.log_out(svc.db, session.staff.session_id, clock=svc.clock)
+            await customers.log_out(svc.db, session.session_id, clock=svc.clock)
             raise GiftcardError(
                 ErrorCode.FORBIDDEN,
                 "This is a staff account: staff log in to the support console at "

@@ -49,7 +49,7 @@ async def login(request: Request) -> Response:
         )
         if opened.staff is None:
             # A shopper's account: the session just made for it is closed again at once.
-            await _close(request, opened.token)
+            await customers.log_out(svc.db, opened.session_id, clock=svc.clock)
             raise GiftcardError(
                 ErrorCode.FORBIDDEN,
                 "This is a shopper's account. The support console is for staff; shoppers "
@@ -72,13 +72,6 @@ async def login(request: Request) -> Response:
     response = redirect(request, next_path)
     session.start_session(request, response, opened.token)
     return response
-
-
-async def _close(request: Request, token: str) -> None:
-    svc = services(request)
-    who = await customers.authenticate(svc.db, token, clock=svc.clock)
-    if who is not None and not isinstance(who, customers.ApiKeyPrincipal):
-        await customers.log_out(svc.db, who.session_id, clock=svc.clock)
 
 
 @router.post("/logout", response_class=HTMLResponse)
