@@ -8,6 +8,7 @@ before the refusal is raised. A code is never recorded: only its last four symbo
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -393,67 +394,76 @@ def _action(
     )
 
 
-async def freeze(
-    uow: UnitOfWork, actor: audit.Actor, card_id: int, *, reason: str, note: str | None = None
+# How a card change is applied inside the caller's transaction (cards.freeze, ...), and
+# what its audit entry adds about the card it left.
+CardChange = Callable[..., Awaitable[Card]]
+ChangeDetail = Callable[[Card], dict[str, Any]]
+
+
+async def _change(
+    uow: UnitOfWork,
+    actor: audit.Actor,
+    card_id: int,
+    action: str,
+    apply: CardChange,
+    detail: ChangeDetail,
+    *,
+    reason: str,
+    note: str | None,
 ) -> Card:
-    """Put a hold on a card: it keeps its value and cannot be redeemed until unfrozen."""
+    """One card change and its audit entry, in one transaction."""
     reason, note = check_reason(reason, note)
 
     async def work(connection: AsyncConnection) -> Card:
         now = uow.clock.now()
-        card = await cards.freeze(connection, card_id, reason=reason, actor=actor.actor, now=now)
+        card = await apply(connection, card_id, reason=reason, actor=actor.actor, now=now)
         await audit.record(
-            connection, actor, _action("card.freeze", card_id, reason, note, {}), now=now
+            connection, actor, _action(action, card_id, reason, note, detail(card)), now=now
         )
         return card
 
     return await uow.run(work)
+
+
+async def freeze(
+    uow: UnitOfWork, actor: audit.Actor, card_id: int, *, reason: str, note: str | None = None
+) -> Card:
+    """Put a hold on a card: it keeps its value and cannot be redeemed until unfrozen."""
+    return await _change(
+        uow, actor, card_id, "card.freeze", cards.freeze, lambda card: {}, reason=reason, note=note
+    )
 
 
 async def unfreeze(
     uow: UnitOfWork, actor: audit.Actor, card_id: int, *, reason: str, note: str | None = None
 ) -> Card:
     """Release a hold: the card returns to the state it had before it was frozen."""
-    reason, note = check_reason(reason, note)
-
-    async def work(connection: AsyncConnection) -> Card:
-        now = uow.clock.now()
-        card = await cards.unfreeze(connection, card_id, reason=reason, actor=actor.actor, now=now)
-        await audit.record(
-            connection,
-            actor,
-            _action("card.unfreeze", card_id, reason, note, {"state": card.state.value}),
-            now=now,
-        )
-        return card
-
-    return await uow.run(work)
+    return await _change(
+        uow,
+        actor,
+        card_id,
+        "card.unfreeze",
+        cards.unfreeze,
+        lambda card: {"state": card.state.value},
+        reason=reason,
+        note=note,
+    )
 
 
 async def cancel(
     uow: UnitOfWork, actor: audit.Actor, card_id: int, *, reason: str, note: str | None = None
 ) -> Card:
     """Cancel a card for good; a funded card's value goes back to the store."""
-    reason, note = check_reason(reason, note)
-
-    async def work(connection: AsyncConnection) -> Card:
-        now = uow.clock.now()
-        card = await cards.cancel(connection, card_id, reason=reason, actor=actor.actor, now=now)
-        await audit.record(
-            connection,
-            actor,
-            _action(
-                "card.cancel",
-                card_id,
-                reason,
-                note,
-                {"funded": card.activated_at is not None, "amount": card.amount},
-            ),
-            now=now,
-        )
-        return card
-
-    return await uow.run(work)
+    return await _change(
+        uow,
+        actor,
+        card_id,
+        "card.cancel",
+        cards.cancel,
+        lambda card: {"funded": card.activated_at is not None, "amount": card.amount},
+        reason=reason,
+        note=note,
+    )
 
 
 async def replace(
