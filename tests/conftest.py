@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from giftcard import passwords
+from giftcard import ids, passwords
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.config import Settings
@@ -29,6 +29,14 @@ pytest_plugins = ["tests.services"]
 TEST_SECRET_KEY = b"test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 
 passwords.use_fast_hashing_for_tests()
+ids.use_secret(TEST_SECRET_KEY)
+
+
+@pytest.fixture(autouse=True)
+def public_ids() -> None:
+    """Ids enciphered under the test servers' key, so that a test can read and write the
+    ids its servers hand out (a test that builds services with another key changes it)."""
+    ids.use_secret(TEST_SECRET_KEY)
 
 
 def _with_database(url: str, name: str) -> str:

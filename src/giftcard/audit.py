@@ -271,7 +271,7 @@ PAGE_SIZE_MAX = 100
 # Rows read per query while exporting: the export streams, never holding the whole log.
 EXPORT_CHUNK = 1000
 FILTER_LENGTH_MAX = 200
-_ACTOR_ID = re.compile(r"(?:stf_|staff:)([0-9]{1,18})|api_key:([0-9]{1,18})", re.ASCII)
+_ACTOR_ID = re.compile(r"staff:([0-9]{1,18})|api_key:([0-9]{1,18})", re.ASCII)
 # `card.freeze`, or a prefix ending in a dot: `card.` (every card action).
 _ACTION = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*\.?", re.ASCII)
 _OUTCOME = re.compile(r"[a-z_]{1,64}", re.ASCII)
@@ -351,13 +351,17 @@ def _blank(text: str | None, param: str) -> str | None:
 
 
 def parse_actor(text: str) -> str:
-    """`stf_3` or `staff:3` → `staff:3`; `api_key:2` (the key's number, as `giftcard keys
-    list` shows it) stays itself."""
+    """A staff member's id (`stf_…`) or `staff:3` → `staff:3`; `api_key:2` (the key's
+    number, as `giftcard keys list` shows it) stays itself."""
+    staff_id = ids.read(ids.STAFF, text)
+    if staff_id is not None:
+        return f"staff:{staff_id}"
     found = _ACTOR_ID.fullmatch(text)
     if found is None:
         raise validation_error(
-            "actor must be a staff member's id like stf_3 (or staff:3), or an API key like "
-            "api_key:2 with the number `giftcard keys list` shows.",
+            "actor must be a staff member's id (stf_…, as the staff list shows it) or "
+            "staff:3 as entries name them, or an API key like api_key:2 with the number "
+            "`giftcard keys list` shows.",
             "actor",
         )
     staff_number, key_number = found.groups()
@@ -373,7 +377,7 @@ def parse_target(text: str) -> str:
         return text
     raise validation_error(
         "This looks like a gift card code, which the log never holds: look the code up "
-        "first, then filter by the card's id (card_12).",
+        "first, then filter by the card's id (card_…).",
         "target",
     )
 
@@ -454,7 +458,9 @@ def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
         else:
             conditions.append(column.action == filters.action)
     if filters.target is not None:
-        conditions.append(column.target == filters.target)
+        # Entries recorded before ids were enciphered name rows as `card_12`: either
+        # spelling finds both.
+        conditions.append(column.target.in_(ids.spellings(filters.target)))
     if filters.outcome is not None:
         conditions.append(column.outcome == filters.outcome)
     if filters.since is not None:

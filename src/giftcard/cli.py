@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import DBAPIError
 
-from giftcard import access, audit, cards, customers
+from giftcard import access, audit, cards, customers, ids
 from giftcard import verify as verify_ledger
 from giftcard.clock import SystemClock
 from giftcard.codes import format_code
@@ -75,9 +75,11 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as error:
         raise _fail(str(error)) from None
+    ids.use_secret(settings.secret_key)
+    return settings
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:

@@ -424,7 +424,9 @@ async def get_customer(db: Database, customer_id: int) -> Customer:
             await connection.execute(select(customers).where(customers.c.id == customer_id))
         ).one_or_none()
     if row is None:
-        raise GiftcardError(ErrorCode.NOT_FOUND, f"No customer cus_{customer_id}.")
+        raise GiftcardError(
+            ErrorCode.NOT_FOUND, f"No customer {ids.format_id(ids.CUSTOMER, customer_id)}."
+        )
     return customer_from_row(row)
 
 
@@ -819,8 +821,9 @@ async def set_staff_password(
 def _staff_email_taken(email: str, owner: Identity | None) -> GiftcardError:
     """Said to the operator creating staff, who may know who has the address."""
     if owner is not None and owner.customer_id is not None:
+        account = ids.format_id(ids.CUSTOMER, owner.customer_id)
         detail = (
-            f"{email} is the email of a customer account (cus_{owner.customer_id}). "
+            f"{email} is the email of a customer account ({account}). "
             "A staff member needs an address of their own."
         )
     elif owner is not None:

@@ -31,7 +31,7 @@ from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard import ledger
+from giftcard import ids, ledger
 from giftcard.clock import Clock
 from giftcard.customers import Customer, RefundPreference, customer_from_row
 from giftcard.db.engine import Database, is_unique_violation
@@ -237,7 +237,9 @@ async def _customer(connection: AsyncConnection, customer_id: int) -> Customer:
     ).one_or_none()
     if row is None:
         raise GiftcardError(
-            ErrorCode.NOT_FOUND, f"No customer cus_{customer_id}.", param="customer_id"
+            ErrorCode.NOT_FOUND,
+            f"No customer {ids.format_id(ids.CUSTOMER, customer_id)}.",
+            param="customer_id",
         )
     return customer_from_row(row)
 
@@ -338,7 +340,9 @@ async def _get(connection: AsyncConnection, payment_id: int, *, lock: bool = Fal
         query = query.with_for_update()
     row = (await connection.execute(query)).one_or_none()
     if row is None:
-        raise GiftcardError(ErrorCode.NOT_FOUND, f"No payment pay_{payment_id}.")
+        raise GiftcardError(
+            ErrorCode.NOT_FOUND, f"No payment {ids.format_id(ids.PAYMENT, payment_id)}."
+        )
     if row.refunded_amount == 0:
         # Every refund is of a positive amount: none was made.
         return payment_from_row(row)
@@ -409,7 +413,9 @@ async def list_refunds(
             await connection.execute(select(payments.c.currency).where(payments.c.id == payment_id))
         ).one_or_none()
         if payment is None:
-            raise GiftcardError(ErrorCode.NOT_FOUND, f"No payment pay_{payment_id}.")
+            raise GiftcardError(
+                ErrorCode.NOT_FOUND, f"No payment {ids.format_id(ids.PAYMENT, payment_id)}."
+            )
         return await _refunds(
             connection, payment_id, payment.currency, limit=limit, starting_after=starting_after
         )

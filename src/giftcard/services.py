@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from giftcard import idempotency, payments
+from giftcard import idempotency, ids, payments
 from giftcard.clock import Clock, SystemClock
 from giftcard.config import Settings
 from giftcard.db.engine import Database
@@ -30,6 +30,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
+        ids.use_secret(settings.secret_key)
         db = Database(
             settings.database_url,
             pool_size=settings.database_pool_size,

@@ -108,7 +108,9 @@ def test_an_agent_answers_already_redeemed_adjusts_with_approval_freezes_and_aud
     answer = page.get_by_test_id("answer")
     expect(answer).to_contain_text("Redeemed")
     expect(answer).to_contain_text(customer_email)
-    expect(page.locator("main")).to_contain_text(re.compile(r"journal transaction txn_\d+"))
+    expect(page.locator("main")).to_contain_text(
+        re.compile(r"journal transaction txn_[0-9a-z]{13}")
+    )
     expect(page.locator("main")).to_contain_text(usd(CARD_AMOUNT))
 
     # The customer's account, from the card.
@@ -135,7 +137,7 @@ def test_an_agent_answers_already_redeemed_adjusts_with_approval_freezes_and_aud
     expect(waiting).to_contain_text(usd(ADJUSTMENT))
     expect(waiting).to_contain_text("Customer was charged twice")
     with approver.navigation("approved"):
-        waiting.get_by_role("button", name=re.compile(r"^Approve adj_\d+$")).click()
+        waiting.get_by_role("button", name=re.compile(r"^Approve adj_[0-9a-z]{13}$")).click()
     expect(approver.flash()).to_contain_text("Approved")
 
     with agent.navigation("customer-after-approval"):

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from giftcard import ids
 from giftcard.customers import Role, create_staff, mask_email
 from giftcard.db.tables import customers, identities, outbox_messages, password_resets
 from giftcard.mail.compose import compose
@@ -195,7 +196,9 @@ async def test_a_new_email_moves_the_identity_and_tells_the_old_address(
     assert (await client.get("/v1/me", headers=shopper.auth)).json()["email"] == email
     assert (await log_in(client, email, PASSWORD)).status_code == 201
     assert (await log_in(client, shopper.email, PASSWORD)).status_code == 401
-    owned = await rows(services, identities, identities.c.customer_id == int(shopper.id[4:]))
+    owned = await rows(
+        services, identities, identities.c.customer_id == ids.parse_id(ids.CUSTOMER, shopper.id)
+    )
     assert [row.email for row in owned] == [email]
     # A reset link sent to the old address no longer works.
     assert all(row.used_at is not None for row in await rows(services, password_resets))
@@ -300,13 +303,17 @@ async def test_a_customer_left_without_an_identity_gets_one_with_a_new_email(
     shopper = await sign_up(client)
     async with services.db.transaction() as connection:
         await connection.execute(
-            delete(identities).where(identities.c.customer_id == int(shopper.id[4:]))
+            delete(identities).where(
+                identities.c.customer_id == ids.parse_id(ids.CUSTOMER, shopper.id)
+            )
         )
     email = new_email()
 
     changed = await change_email(client, shopper, email)
 
     assert changed.status_code == 200, changed.text
-    owned = await rows(services, identities, identities.c.customer_id == int(shopper.id[4:]))
+    owned = await rows(
+        services, identities, identities.c.customer_id == ids.parse_id(ids.CUSTOMER, shopper.id)
+    )
     assert [row.email for row in owned] == [email]
     assert (await log_in(client, email, PASSWORD)).status_code == 201

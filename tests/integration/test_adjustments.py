@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from giftcard import ids
 from giftcard.db.tables import adjustments, journal_transactions
 from giftcard.services import Services
 from giftcard.verify import verify
@@ -96,7 +97,7 @@ async def test_a_small_credit_is_applied_at_once_through_the_ledger(
     assert body["reason"] == "goodwill"
     assert body["note"] == NOTE
     assert body["customer_id"] == shopper.id
-    assert body["created_by"] == f"staff:{agent.id.removeprefix('stf_')}"
+    assert body["created_by"] == f"staff:{ids.parse_id(ids.STAFF, agent.id)}"
     assert body["transaction_id"].startswith("txn_")
     assert body["decided_by"] is None
     assert await balance(client, shopper) == 12500
@@ -109,7 +110,8 @@ async def test_a_small_credit_is_applied_at_once_through_the_ledger(
         actor = (
             await connection.execute(
                 select(journal_transactions.c.actor).where(
-                    journal_transactions.c.id == int(body["transaction_id"].removeprefix("txn_"))
+                    journal_transactions.c.id
+                    == ids.parse_id(ids.TRANSACTION, body["transaction_id"])
                 )
             )
         ).scalar_one()
@@ -174,7 +176,7 @@ async def test_a_second_staff_member_approves_and_it_is_applied(
     assert approved.status_code == 200, approved.text
     body = approved.json()
     assert body["status"] == "applied"
-    assert body["decided_by"] == f"staff:{approver.id.removeprefix('stf_')}"
+    assert body["decided_by"] == f"staff:{ids.parse_id(ids.STAFF, approver.id)}"
     assert body["decision_note"] == "Checked the order"
     assert body["transaction_id"].startswith("txn_")
     assert await balance(client, shopper) == 0

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard import audit
+from giftcard import audit, ids
 from giftcard.clock import FrozenClock
 from giftcard.services import Services
 from tests.conftest import TEST_SECRET_KEY, api_key, assert_problem, sign_up, staff_member
@@ -112,10 +112,10 @@ async def test_pages_follow_one_another_without_gaps_or_repeats(
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
-        ({"actor": "stf_7"}, ["aud_6", "aud_4", "aud_2", "aud_1"]),
+        ({"actor": ids.format_id(ids.STAFF, 7)}, ["aud_6", "aud_4", "aud_2", "aud_1"]),
         ({"actor": "staff:7"}, ["aud_6", "aud_4", "aud_2", "aud_1"]),
         ({"actor": "api_key:2"}, ["aud_5", "aud_3"]),
-        ({"actor": "stf_8"}, []),
+        ({"actor": ids.format_id(ids.STAFF, 8)}, []),
         ({"action": "card.lookup"}, ["aud_4", "aud_1"]),
         ({"action": "card."}, ["aud_6", "aud_4", "aud_2", "aud_1"]),
         ({"action": "card"}, []),
@@ -124,7 +124,10 @@ async def test_pages_follow_one_another_without_gaps_or_repeats(
         ({"target": "cus_3"}, ["aud_5"]),
         ({"target": "card_"}, []),
         ({"outcome": "code_not_found"}, ["aud_4"]),
-        ({"outcome": "ok", "actor": "stf_7", "target": "card_1"}, ["aud_6", "aud_2", "aud_1"]),
+        (
+            {"outcome": "ok", "actor": ids.format_id(ids.STAFF, 7), "target": "card_1"},
+            ["aud_6", "aud_2", "aud_1"],
+        ),
     ],
 )
 async def test_each_filter_narrows_the_log(
@@ -252,7 +255,7 @@ async def test_the_export_is_csv_oldest_first_and_recorded_with_its_filters(
     # The export's own entry, after the entries it holds.
     [entry] = (await read(client, agent.auth, action="audit_log.export"))["data"]
     assert entry["id"] == "aud_7"
-    assert entry["actor"] == f"staff:{agent.id.removeprefix('stf_')}"
+    assert entry["actor"] == f"staff:{ids.parse_id(ids.STAFF, agent.id)}"
     assert entry["detail"] == {"filters": {"action": "card."}, "rows": 4, "last_id": 6}
     assert entry["request_id"] == response.headers["request-id"]
     # The next export holds the first one's entry.

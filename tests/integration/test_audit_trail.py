@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from giftcard import codes
+from giftcard import codes, ids
 from giftcard.db.tables import audit_log, cards
 from giftcard.db.tables import gifts as gifts_table
 from giftcard.demo.seed import DEMO_CARD_AMOUNTS, seed_database
@@ -117,7 +117,7 @@ async def test_an_admin_staff_member_issuing_and_activating_is_named_in_the_log(
     assert activated.status_code == 200, activated.text
 
     issued, activation = await entries(services)
-    staff_number = int(admin.id.removeprefix("stf_"))
+    staff_number = ids.parse_id(ids.STAFF, admin.id)
     assert (issued.action, issued.actor, issued.actor_role) == (
         "card.issue",
         f"staff:{staff_number}",
@@ -197,7 +197,7 @@ async def test_a_gift_bought_leaves_one_entry_with_the_address_masked(
         row = (
             await connection.execute(
                 select(gifts_table.c.code_seed, gifts_table.c.card_id).where(
-                    gifts_table.c.id == int(gift["id"].removeprefix("gift_"))
+                    gifts_table.c.id == ids.parse_id(ids.GIFT, gift["id"])
                 )
             )
         ).one()
@@ -205,7 +205,7 @@ async def test_a_gift_bought_leaves_one_entry_with_the_address_masked(
         "amount": 2500,
         "currency": "USD",
         "recipient": "a•••@example.com",
-        "card": f"card_{row.card_id}",
+        "card": ids.format_id(ids.CARD, row.card_id),
     }
     text = await log_text(services)
     assert "ada.lovelace" not in text
@@ -222,7 +222,9 @@ async def test_a_refused_gift_leaves_no_entry(
     )
     assert bad_address.status_code == 422
     no_buyer = await client.post(
-        "/v1/gifts", json={**GIFT, "purchaser_customer_id": "cus_999"}, headers=merchant
+        "/v1/gifts",
+        json={**GIFT, "purchaser_customer_id": ids.format_id(ids.CUSTOMER, 999)},
+        headers=merchant,
     )
     assert_problem(no_buyer, 404, "not_found", param="purchaser_customer_id")
     assert await entries(services) == []
@@ -286,7 +288,12 @@ async def test_an_operator_managing_access_is_in_the_log_without_keys_or_passwor
     assert key_created.target == key_revoked.target == f"api_key:{key_id}"
     assert detail(key_created) == {"role": "merchant", "name": "web shop"}
     assert detail(key_revoked) == {"role": "merchant", "name": "web shop"}
-    assert staff_created.target == password_set.target == disabled.target == f"stf_{staff_id}"
+    assert (
+        staff_created.target
+        == password_set.target
+        == disabled.target
+        == ids.format_id(ids.STAFF, staff_id)
+    )
     assert detail(staff_created) == {"role": "support"}
     # The session opened above ended with the new password; none was left to disable.
     assert detail(password_set) == {"sessions_ended": 1}
@@ -358,7 +365,7 @@ async def test_cards_issued_from_the_command_line_are_one_entry_per_batch(
     assert (entry.action, *operator(entry)) == ("card.issue", "cli", "operator", None)
     async with services.db.transaction(write=False) as connection:
         numbers = (await connection.execute(select(cards.c.id).order_by(cards.c.id))).scalars()
-        card_ids = [f"card_{number}" for number in numbers]
+        card_ids = [ids.format_id(ids.CARD, number) for number in numbers]
     assert entry.target == card_ids[0]
     assert detail(entry) == {
         "count": 25,

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import httpx
 
+from giftcard import ids
 from giftcard.clock import FrozenClock
 from giftcard.codes import ALPHABET, generate_serial
 from giftcard.services import Services
@@ -75,16 +76,18 @@ async def test_issue_digital_card_shape_and_read_back_without_code(
     code = card["code"].replace("-", "")
     assert code not in fetched.text
     assert card["code"] not in fetched.text
-    number = int(card["id"].removeprefix("card_"))
+    number = ids.parse_id(ids.CARD, card["id"])
     for bad in [
-        f"card_{number + 1}",
+        ids.format_id(ids.CARD, number + 1),
+        f"card_{number}",  # this card's sequential id of old names nothing now
         "card_0",
         "card_999999999999999999",
         "card_" + "9" * 40,
         "card_abc",
         "card_",
         "card_-1",
-        f"cus_{number}",
+        ids.format_id(ids.CUSTOMER, number),
+        card["id"].replace("card_", "cus_"),
         str(number),
         "card_%D9%A1",
     ]:

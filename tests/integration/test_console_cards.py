@@ -256,7 +256,9 @@ async def test_replace_shows_the_new_code_once(
     # Shown in the page only: no cookie carries it anywhere.
     cookies = " ".join(replaced.headers.get_list("set-cookie"))
     assert codes.normalize_code(new_code) not in cookies.upper().replace("-", "")
-    new_link = re.search(r'href="(/support/cards/card_\d+)">card_\d+</a> \(serial', replaced.text)
+    new_link = re.search(
+        r'href="(/support/cards/card_[0-9a-z]{13})">card_[0-9a-z]{13}</a> \(serial', replaced.text
+    )
     assert new_link is not None
     for later in (path, new_link.group(1)):
         shown = await browser.get(later)

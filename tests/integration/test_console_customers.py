@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from giftcard import ids
 from giftcard.api.app import create_app
 from giftcard.db.tables import audit_log, outbox_messages
 from giftcard.services import Services
@@ -108,16 +109,16 @@ async def test_the_customer_page_shows_balance_history_cards_and_forms(
     assert shopper.email in words
     assert "Available $25.00" in words
     assert "redemption +$25.00 $25.00" in words
-    assert re.search(r'href="/support/cards/card_\d+"', page.text)
+    assert re.search(r'href="/support/cards/card_[0-9a-z]{13}"', page.text)
     assert gift.json()["id"] in words
     assert f'action="/support/gifts/{gift.json()["id"]}/recipient"' in page.text
     assert f'action="/support/customers/{shopper.id}/adjustments"' in page.text
     for label in ('for="amount"', 'for="reason"', 'for="note"'):
         assert label in page.text
     assert page.text.count('<div class="table-wrap">') >= 2
-    missing = await browser.get("/support/customers/cus_999999")
+    missing = await browser.get("/support/customers/" + ids.format_id(ids.CUSTOMER, 999999))
     assert missing.status_code == 404
-    assert "No customer cus_999999" in text_of(missing.text)
+    assert f"No customer {ids.format_id(ids.CUSTOMER, 999999)}" in text_of(missing.text)
 
 
 async def adjust(
@@ -241,7 +242,7 @@ async def test_a_large_adjustment_waits_and_a_second_agent_approves_it(
     page = await browser.get(asked.headers["location"])
     assert flash_of(page.text).startswith("Waiting for a second staff member's approval.")
     assert "Waiting for approval" in text_of(page.text)
-    [adjustment_id] = re.findall(r'data-adjustment="(adj_\d+)"', page.text)
+    [adjustment_id] = re.findall(r'data-adjustment="(adj_[0-9a-z]{13})"', page.text)
 
     own = await browser.get("/support/approvals")
     assert "You asked for this one, so another staff member must approve it" in text_of(own.text)
@@ -280,7 +281,7 @@ async def test_an_agent_withdraws_their_own_and_another_rejects(
     await console_log_in(second_browser, services)
     first = await browser.get((await adjust(browser, shopper, "200")).headers["location"])
     second = await browser.get((await adjust(browser, shopper, "300")).headers["location"])
-    ids_ = re.findall(r'data-adjustment="(adj_\d+)"', second.text)
+    ids_ = re.findall(r'data-adjustment="(adj_[0-9a-z]{13})"', second.text)
     assert first.status_code == 200
 
     withdrawn = await console_post(browser, f"/support/approvals/{ids_[1]}/reject")
@@ -311,7 +312,7 @@ async def test_the_history_pages_with_older_and_newest(
     await console_log_in(browser, services)
 
     first = await browser.get(f"/support/customers/{shopper.id}")
-    older = re.search(r'href="([^"]+starting_after=txn_\d+)#history">Older', first.text)
+    older = re.search(r'href="([^"]+starting_after=txn_[0-9a-z]{13})#history">Older', first.text)
     assert older, "no Older link"
     second = await browser.get(older.group(1))
 

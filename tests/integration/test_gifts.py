@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from giftcard import codes, gifts
+from giftcard import codes, gifts, ids
 from giftcard.clock import FrozenClock
 from giftcard.customers import Role, create_staff
 from giftcard.db.tables import (
@@ -69,7 +69,7 @@ async def counts(services: Services) -> tuple[int, int, int]:
 
 
 async def messages_of(services: Services, gift_id: str) -> list[OutboxMessage]:
-    number = int(gift_id.removeprefix("gift_"))
+    number = ids.parse_id(ids.GIFT, gift_id)
     async with services.db.transaction(write=False) as connection:
         rows = (
             await connection.execute(
@@ -144,7 +144,7 @@ async def test_a_gift_is_an_active_funded_card_with_its_email_queued(
 
     gift = await buy(client, merchant, purchaser_customer_id=buyer.id)
 
-    assert re.fullmatch(r"gift_\d+", gift["id"])
+    assert re.fullmatch(r"gift_[0-9a-z]{13}", gift["id"])
     assert gift["status"] == "scheduled"
     assert gift["card"]["last4"]
     assert gift["card"]["serial"]
@@ -307,8 +307,18 @@ BAD_INPUT = [
     ({"region": "XX"}, 422, "validation_error", "region"),
     ({"region": "JP", "amount": 99}, 422, "validation_error", "amount"),
     ({"currency": "EUR"}, 409, "currency_mismatch", "currency"),
-    ({"purchaser_customer_id": "cus_999999"}, 404, "not_found", "purchaser_customer_id"),
-    ({"purchaser_customer_id": "card_1"}, 404, "not_found", "purchaser_customer_id"),
+    (
+        {"purchaser_customer_id": ids.format_id(ids.CUSTOMER, 999999)},
+        404,
+        "not_found",
+        "purchaser_customer_id",
+    ),
+    (
+        {"purchaser_customer_id": ids.format_id(ids.CARD, 1)},
+        404,
+        "not_found",
+        "purchaser_customer_id",
+    ),
     ({"surprise": True}, 422, "validation_error", "surprise"),
 ]
 
@@ -478,8 +488,10 @@ async def test_a_cancelled_or_frozen_card_is_not_resent_nor_announced(
     invalid_state, queuing nothing; once a hold is lifted the gift can be resent."""
     merchant = await api_key(services, "merchant")
     admin = await api_key(services, "admin")
+    bought = []
     for state in ("frozen", "cancelled"):
         gift = await buy(client, merchant)
+        bought.append(gift["id"])
         [message] = await messages_of(services, gift["id"])
         async with services.db.transaction() as connection:
             await connection.execute(
@@ -498,7 +510,7 @@ async def test_a_cancelled_or_frozen_card_is_not_resent_nor_announced(
             update(cards).where(cards.c.state == "frozen").values(state="active")
         )
     # The first gift's card was the frozen one: its hold lifted, it is resent.
-    unfrozen = await client.post("/v1/gifts/gift_1/resend", headers=admin)
+    unfrozen = await client.post(f"/v1/gifts/{bought[0]}/resend", headers=admin)
     assert unfrozen.status_code == 200, unfrozen.text
 
 
@@ -629,7 +641,11 @@ async def test_me_gifts_lists_the_buyer_s_gifts_newest_first_in_pages(
         cursor = body["data"][-1]["id"]
     assert seen == list(reversed(made))
     assert pages == 3
-    bad = await client.get("/v1/me/gifts", params={"starting_after": "txn_1"}, headers=buyer.auth)
+    bad = await client.get(
+        "/v1/me/gifts",
+        params={"starting_after": ids.format_id(ids.TRANSACTION, 1)},
+        headers=buyer.auth,
+    )
     assert_problem(bad, 422, "validation_error", param="starting_after")
     limit = await client.get("/v1/me/gifts", params={"limit": 101}, headers=buyer.auth)
     assert_problem(limit, 422, "validation_error")

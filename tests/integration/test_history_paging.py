@@ -123,7 +123,9 @@ async def test_a_cursor_from_another_list_is_refused(
         "/v1/me/transactions", params={"starting_after": alice_item}, headers=bob.auth
     )
     made_up = await client.get(
-        "/v1/me/transactions", params={"starting_after": "txn_987654321"}, headers=bob.auth
+        "/v1/me/transactions",
+        params={"starting_after": ids.format_id(ids.TRANSACTION, 987654321)},
+        headers=bob.auth,
     )
     own = await client.get(
         "/v1/me/transactions", params={"starting_after": bob_items[0]}, headers=bob.auth

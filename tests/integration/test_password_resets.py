@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import event, select
 
-from giftcard import account_mail
+from giftcard import account_mail, ids
 from giftcard.clock import FrozenClock
 from giftcard.customers import Role, create_staff
 from giftcard.db.tables import metadata, outbox_messages, password_resets
@@ -57,7 +57,9 @@ async def messages(services: Services, kind: MessageKind) -> list[OutboxMessage]
 async def newest_token(services: Services, shopper: Shopper) -> str:
     """The token of the shopper's newest link, derived as the sender derives it."""
     found = await rows(
-        services, password_resets, password_resets.c.customer_id == int(shopper.id[4:])
+        services,
+        password_resets,
+        password_resets.c.customer_id == ids.parse_id(ids.CUSTOMER, shopper.id),
     )
     newest = max(found, key=lambda row: row.id)
     return account_mail.reset_token(TEST_SECRET_KEY, newest.token_seed)
@@ -107,7 +109,7 @@ async def test_known_unknown_and_staff_addresses_get_the_same_202(
     assert known.json()["status"] == "accepted"
     assert known.headers["cache-control"] == "no-store"
     resets = await rows(services, password_resets)
-    assert [row.customer_id for row in resets] == [int(shopper.id[4:])]
+    assert [row.customer_id for row in resets] == [ids.parse_id(ids.CUSTOMER, shopper.id)]
     assert resets[0].expires_at == services.clock.now() + timedelta(hours=1)
     sent = await messages(services, MessageKind.PASSWORD_RESET)
     assert [(m.recipient, m.ref_id) for m in sent] == [(shopper.email, resets[0].id)]

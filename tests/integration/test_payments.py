@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from giftcard import payments
+from giftcard import ids, payments
 from giftcard.clock import FrozenClock
 from giftcard.db.tables import payments as payments_table
 from giftcard.db.tables import refunds as refunds_table
@@ -247,7 +247,15 @@ async def test_unknown_or_malformed_customer_is_not_found(
     then it is 404 not_found on customer_id and no payment exists."""
     merchant = await api_key(services, "merchant")
     shopper = await funded(client, merchant, 5000)
-    for customer_id in ["cus_987654", "cus_abc", "nope", "pay_1", "cus_", ""]:
+    for customer_id in [
+        ids.format_id(ids.CUSTOMER, 987654),
+        "cus_987654",
+        "cus_abc",
+        "nope",
+        "pay_1",
+        "cus_",
+        "",
+    ]:
         response = await pay(client, merchant, shopper, 1000, customer_id=customer_id)
         assert_problem(response, 404, "not_found", param="customer_id", why=customer_id)
     assert await balance(client, shopper) == usd(5000)
@@ -1141,7 +1149,14 @@ async def test_unknown_payment_is_not_found(client: httpx.AsyncClient, services:
     merchant = await api_key(services, "merchant")
     shopper = await funded(client, merchant, 5000)
     payment = await paid(client, merchant, shopper, 1000, capture=False)
-    for payment_id in ["pay_987654", "pay_x", "cus_1", "1", "pay_" + "9" * 30]:
+    for payment_id in [
+        ids.format_id(ids.PAYMENT, 987654),
+        "pay_987654",
+        "pay_x",
+        "cus_1",
+        "1",
+        "pay_" + "9" * 30,
+    ]:
         for method, suffix, json in [
             ("GET", "", None),
             ("POST", "/capture", None),

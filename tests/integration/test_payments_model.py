@@ -46,6 +46,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from giftcard import ids
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.config import Settings
@@ -101,7 +102,7 @@ MISTAKES: dict[str, tuple[str, dict[str, Any] | None, tuple[int, str]]] = {
     "negative use": ("/v1/payments", _order(use_balance=-1), (422, "validation_error")),
     "unknown customer": (
         "/v1/payments",
-        _order(customer_id="cus_999999999"),
+        _order(customer_id=ids.format_id(ids.CUSTOMER, 999999999)),
         (404, "not_found"),
     ),
     "capture unknown": (f"{UNKNOWN_PAYMENT}/capture", None, (404, "not_found")),

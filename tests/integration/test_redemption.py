@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from babel.dates import format_date
 
-from giftcard import cards
+from giftcard import cards, ids
 from giftcard.clock import FrozenClock
 from giftcard.codes import ALPHABET, format_code, generate_code
 from giftcard.services import Services
@@ -31,7 +31,7 @@ def normalized(code: str) -> str:
 
 
 def card_number(card: dict[str, Any]) -> int:
-    return int(card["id"].removeprefix("card_"))
+    return ids.parse_id(ids.CARD, card["id"])
 
 
 async def redeem(

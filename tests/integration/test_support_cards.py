@@ -249,7 +249,7 @@ async def test_a_mistyped_or_malformed_code_is_refused_before_any_database_work(
         {},
         {"code": "x", "serial": "412345678903"},
         {"last4": "ABCD"},
-        {"customer_id": "cus_1"},
+        {"customer_id": ids.format_id(ids.CUSTOMER, 1)},
         {"serial": 412345678903},
         {"code": "x", "extra": 1},
     ],
@@ -484,7 +484,9 @@ async def test_a_long_reason_is_kept_whole(
 async def test_an_unknown_card_is_404_and_callers_are_checked(
     client: httpx.AsyncClient, services: Services, agent: StaffMember, action: str
 ) -> None:
-    assert_problem(await change(client, agent.auth, "card_999999", action), 404, "not_found")
+    assert_problem(
+        await change(client, agent.auth, ids.format_id(ids.CARD, 999999), action), 404, "not_found"
+    )
     assert_problem(await change(client, agent.auth, "gift_1", action), 404, "not_found")
     assert_problem(await change(client, {}, "card_1", action), 401, "unauthorized")
     merchant = await api_key(services, "merchant")

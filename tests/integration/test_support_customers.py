@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from giftcard import ids
 from giftcard.access import disable_staff, revoke_api_key
 from giftcard.customers import Role, create_api_key
 from giftcard.db.tables import audit_log
@@ -64,7 +65,7 @@ async def test_a_whole_address_finds_exactly_that_customer_with_balance(
     assert customer["name"] == "Ada"
     assert customer["balance"] == {"currency": "USD", "available": 2500, "held": 0, "total": 2500}
     [entry] = await audit_entries(services, "customer.search")
-    assert entry.actor == f"staff:{agent.id.removeprefix('stf_')}"
+    assert entry.actor == f"staff:{ids.parse_id(ids.STAFF, agent.id)}"
     assert entry.actor_role == "support"
     assert entry.target == shopper.email
     assert json.loads(entry.detail) == {"exact": True, "found": 1}
@@ -225,7 +226,7 @@ async def test_a_cursor_from_another_customer_or_nothing_is_refused(
     other = await funded(client, services)
     key = await api_key(services, "support")
     theirs = (await client.get("/v1/me/transactions", headers=other.auth)).json()["data"][0]["id"]
-    for cursor in (theirs, "txn_999999", "cus_1"):
+    for cursor in (theirs, ids.format_id(ids.TRANSACTION, 999999), "txn_999999", "cus_1"):
         refused = await client.get(
             f"/v1/support/customers/{one.id}/transactions",
             params={"starting_after": cursor},

@@ -105,7 +105,7 @@ async def test_sending_now_buys_the_gift_for_the_shopper_and_confirms_it(
 
     assert sent.status_code == 303, sent.text
     location = sent.headers["location"]
-    assert re.fullmatch(r"/store/gifts/gift_\d+", location)
+    assert re.fullmatch(r"/store/gifts/gift_[0-9a-z]{13}", location)
     confirmation = await client.get(location)
     assert confirmation.status_code == 200
     words = text_of(confirmation.text)

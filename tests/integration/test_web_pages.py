@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from giftcard import codes, customers
+from giftcard import codes, customers, ids
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.customers import RefundPreference
@@ -577,7 +577,7 @@ async def test_money_held_for_an_order_in_progress_is_shown_beside_the_balance(
     held = await client.post(
         "/v1/payments",
         json={
-            "customer_id": f"cus_{customer_id}",
+            "customer_id": ids.format_id(ids.CUSTOMER, customer_id),
             "order_id": "order-held",
             "amount": 2000,
             "currency": "USD",
@@ -656,7 +656,7 @@ async def test_a_payments_history_line_says_what_it_is_now_and_names_its_order(
     (card,) = await issue(client, admin, amount=10000)
     email = await web_sign_up(browser)
     await web_redeem(browser, card["code"])
-    customer = f"cus_{await customer_id_of(services, email)}"
+    customer = ids.format_id(ids.CUSTOMER, await customer_id_of(services, email))
 
     async def pay(order_id: str, amount: int, *, capture: bool) -> str:
         paid = await client.post(
@@ -741,7 +741,7 @@ async def test_history_pages_ten_at_a_time(
     first = await browser.get(ACCOUNT)
     assert first.text.count("<tr>") == 11  # the head row and ten
     older = re.search(
-        r'href="(/account/gift-cards\?starting_after=txn_\d+)#history">Older', first.text
+        r'href="(/account/gift-cards\?starting_after=txn_[0-9a-z]{13})#history">Older', first.text
     )
     assert older, "no Older link"
     second = await browser.get(older.group(1))

@@ -29,7 +29,7 @@ class FilterQuery:
             str | None,
             Query(
                 max_length=audit.FILTER_LENGTH_MAX,
-                description="A staff member (stf_3) or an API key (api_key:2).",
+                description="A staff member's id (stf_…) or an API key (api_key:2).",
             ),
         ] = None,
         action: Annotated[
@@ -41,7 +41,7 @@ class FilterQuery:
         ] = None,
         target: Annotated[
             str | None,
-            Query(max_length=audit.FILTER_LENGTH_MAX, description="An id: card_12, cus_3."),
+            Query(max_length=audit.FILTER_LENGTH_MAX, description="An id: card_…, cus_…."),
         ] = None,
         outcome: Annotated[
             str | None,

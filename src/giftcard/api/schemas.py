@@ -38,7 +38,7 @@ class CustomerCreate(Input):
 
 
 class CustomerOut(BaseModel):
-    id: str = Field(examples=["cus_1"])
+    id: str = Field(examples=["cus_7qnwnh0ssvgr2"])
     email: str
     name: str | None
     region: str
@@ -52,7 +52,7 @@ class SessionCreate(Input):
 
 
 class StaffOut(BaseModel):
-    id: str = Field(examples=["stf_1"])
+    id: str = Field(examples=["stf_e3myp58hq6qa9"])
     email: str
     role: Literal["support", "admin"]
 
@@ -112,7 +112,7 @@ class RedemptionCreate(Input):
 
 
 class RedemptionOut(BaseModel):
-    id: str = Field(examples=["txn_1"])
+    id: str = Field(examples=["txn_a959bdz8znmwy"])
     amount: int
     currency: str
     balance: BalanceOut
@@ -147,7 +147,7 @@ class CardCreate(Input):
 
 
 class CardOut(BaseModel):
-    id: str = Field(examples=["card_1"])
+    id: str = Field(examples=["card_4cgqp4yq52jvr"])
     serial: str
     last4: str
     kind: Literal["digital", "physical"]
@@ -189,7 +189,7 @@ class ProblemType(BaseModel):
 
 
 class PaymentCreate(Input):
-    customer_id: Annotated[StrictStr, Field(max_length=40, examples=["cus_1"])]
+    customer_id: Annotated[StrictStr, Field(max_length=40, examples=["cus_7qnwnh0ssvgr2"])]
     order_id: Annotated[StrictStr, Field(min_length=1, max_length=255, examples=["order-1001"])]
     amount: AmountMinor
     currency: Currency
@@ -211,7 +211,7 @@ class RefundCreate(Input):
 
 
 class RefundOut(BaseModel):
-    id: str = Field(examples=["re_1"])
+    id: str = Field(examples=["re_06njz9sxhzkc7"])
     payment_id: str
     amount: int
     currency: str
@@ -226,7 +226,7 @@ class RefundList(BaseModel):
 
 
 class PaymentOut(BaseModel):
-    id: str = Field(examples=["pay_1"])
+    id: str = Field(examples=["pay_3x40av93afn8q"])
     status: Literal["authorized", "captured", "voided", "expired", "refunded"]
     customer_id: str
     order_id: str
@@ -291,7 +291,7 @@ class GiftCreate(Input):
                 max_length=40,
                 description="The customer who bought the gift: they see it in GET /v1/me/gifts "
                 "and may resend it.",
-                examples=["cus_1"],
+                examples=["cus_7qnwnh0ssvgr2"],
             ),
         ]
         | None
@@ -299,7 +299,7 @@ class GiftCreate(Input):
 
 
 class GiftOut(BaseModel):
-    id: str = Field(examples=["gift_1"])
+    id: str = Field(examples=["gift_8ajmcqp12vpdf"])
     card: CardRef
     status: Literal["scheduled", "sent", "failed", "redeemed"]
     amount: int
@@ -334,7 +334,7 @@ class AuditEntryOut(BaseModel):
     actor: str = Field(examples=["staff:3", "api_key:2"])
     actor_role: str = Field(examples=["support"])
     action: str = Field(examples=["card.freeze"])
-    target: str | None = Field(examples=["card_12"])
+    target: str | None = Field(examples=["card_4cgqp4yq52jvr"])
     reason: str | None
     note: str | None
     outcome: str = Field(description="ok, or the error code the action was refused with.")
@@ -416,7 +416,9 @@ class CardLookupCreate(Input):
     last4: Annotated[StrictStr, Field(max_length=16, examples=["R3TW"])] | None = Field(
         default=None, description="The code's last four, among the cards `customer_id` redeemed"
     )
-    customer_id: Annotated[StrictStr, Field(max_length=40, examples=["cus_1"])] | None = None
+    customer_id: (
+        Annotated[StrictStr, Field(max_length=40, examples=["cus_7qnwnh0ssvgr2"])] | None
+    ) = None
 
 
 class CardEventOut(BaseModel):
@@ -428,7 +430,7 @@ class CardEventOut(BaseModel):
     actor: str = Field(examples=["customer:12"])
     reason: str | None
     created_at: datetime
-    transaction_id: str | None = Field(examples=["txn_88"])
+    transaction_id: str | None = Field(examples=["txn_a959bdz8znmwy"])
     customer_id: str | None
     related_card_id: str | None = Field(
         description="On `replaced`: the new card; on a replacement's `issued`: the card it "
@@ -437,14 +439,14 @@ class CardEventOut(BaseModel):
 
 
 class RedeemedIntoOut(BaseModel):
-    id: str = Field(examples=["cus_12"])
+    id: str = Field(examples=["cus_7qnwnh0ssvgr2"])
     email: str
     name: str | None
     balance: BalanceOut = Field(description="The customer's balance now")
 
 
 class CreditOut(BaseModel):
-    transaction_id: str = Field(examples=["txn_88"])
+    transaction_id: str = Field(examples=["txn_a959bdz8znmwy"])
     created_at: datetime
     amount: int
     currency: str
@@ -454,7 +456,7 @@ class CreditOut(BaseModel):
 
 
 class LookupGiftOut(BaseModel):
-    id: str = Field(examples=["gift_3"])
+    id: str = Field(examples=["gift_8ajmcqp12vpdf"])
     recipient_email: str
     recipient_name: str | None
     status: Literal["scheduled", "sent", "failed", "redeemed"]
@@ -507,7 +509,7 @@ class SupportCustomerList(BaseModel):
 
 
 class RedeemedCardOut(BaseModel):
-    id: str = Field(examples=["card_1"])
+    id: str = Field(examples=["card_4cgqp4yq52jvr"])
     serial: str
     last4: str
     amount: int
@@ -516,7 +518,7 @@ class RedeemedCardOut(BaseModel):
 
 
 class PaymentSummaryOut(BaseModel):
-    id: str = Field(examples=["pay_1"])
+    id: str = Field(examples=["pay_3x40av93afn8q"])
     order_id: str
     status: str
     amount: int
@@ -561,7 +563,7 @@ class AdjustmentDecision(Input):
 
 
 class AdjustmentOut(BaseModel):
-    id: str = Field(examples=["adj_1"])
+    id: str = Field(examples=["adj_32ek9njs3nvnz"])
     status: Literal["applied", "pending_approval", "rejected"]
     amount: int
     currency: str

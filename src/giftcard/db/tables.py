@@ -1,9 +1,9 @@
 """The schema. Alembic migrations create it; this module describes it for queries.
 
-Conventions: integer primary keys (exposed with a prefix, e.g. `cus_12`), money as
-BIGINT minor units beside an ISO currency, timestamps in UTC. The database backs the
-code up with CHECK constraints and unique keys: they are the last line of defence,
-not the first.
+Conventions: integer primary keys (shown enciphered behind a prefix, `cus_7qnwnh0ssvgr2`:
+see ids.py), money as BIGINT minor units beside an ISO currency, timestamps in UTC. The
+database backs the code up with CHECK constraints and unique keys: they are the last line
+of defence, not the first.
 """
 
 from __future__ import annotations
@@ -541,7 +541,7 @@ audit_log = Table(
     Column("actor_role", String(16), nullable=False),
     # e.g. card.lookup, card.freeze, adjustment.create, adjustment.approve
     Column("action", String(64), nullable=False),
-    # the public id of what it acted on (card_12, cus_3, adj_4), or a search's words
+    # the public id of what it acted on (card_…, cus_…, adj_…), or a search's words
     Column("target", String(200), nullable=True),
     # an adjustment's reason code, or the free-text reason of a card's freeze, cancel, ...
     Column("reason", String(500), nullable=True),

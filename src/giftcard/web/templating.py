@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from giftcard import ids
 from giftcard.customers import CustomerPrincipal
 from giftcard.errors import GiftcardError, TooManyAttempts
 from giftcard.money import REGIONS, format_minor
@@ -30,13 +31,14 @@ def make_templates(*folders: Path) -> Jinja2Templates:
     kept elsewhere (the demo store's) extend the site's `base.html` and its macros."""
     # StrictUndefined: a name missing from a page's context is an error in the tests, not
     # an empty string on the page (a form without its CSRF token, say).
-    return Jinja2Templates(
-        env=Environment(
-            loader=FileSystemLoader([*folders, TEMPLATES_FOLDER]),
-            autoescape=True,
-            undefined=StrictUndefined,
-        )
+    env = Environment(
+        loader=FileSystemLoader([*folders, TEMPLATES_FOLDER]),
+        autoescape=True,
+        undefined=StrictUndefined,
     )
+    # A row's public id, as the API names it: `format_id("card", card.id)`.
+    env.globals["format_id"] = ids.format_id
+    return Jinja2Templates(env=env)
 
 
 templates = make_templates()

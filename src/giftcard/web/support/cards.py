@@ -106,7 +106,6 @@ async def _card_page(
         "answer": redeemed_answer(found),
         "actions": available_actions(found.card, svc.clock.now()),
         "card_path": card_path,
-        "format_id": ids.format_id,
         "values": values or {},
         "errors": errors or {},
         "problem": problem,
@@ -237,7 +236,6 @@ async def replace(request: Request, card_id: str) -> Response:
             "new": new.card,
             "code": codes.format_code(new.code),
             "card_path": card_path,
-            "format_id": ids.format_id,
         },
     )
 

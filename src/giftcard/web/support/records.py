@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -29,10 +28,7 @@ REPORT_PAGE = HOME + "/report"
 CONSOLE_PAGE_SIZE = 50
 FILTER_FIELDS = ("actor", "action", "target", "outcome", "since", "until")
 # Ids that have a console page of their own.
-_LINKED_TARGETS = {
-    re.compile(r"card_[0-9]{1,18}"): HOME + "/cards/",
-    re.compile(r"cus_[0-9]{1,18}"): HOME + "/customers/",
-}
+_LINKED_TARGETS = {ids.CARD: HOME + "/cards/", ids.CUSTOMER: HOME + "/customers/"}
 SERIES_LABELS = (
     ("issued", "Issued"),
     ("redeemed", "Redeemed"),
@@ -46,9 +42,10 @@ def target_link(target: str | None) -> str | None:
     """The console page of an entry's target, when it is a card or a customer."""
     if target is None:
         return None
-    for pattern, base in _LINKED_TARGETS.items():
-        if pattern.fullmatch(target):
-            return base + target
+    for prefix, base in _LINKED_TARGETS.items():
+        number = ids.read(prefix, target)
+        if number is not None:
+            return base + ids.format_id(prefix, number)
     return None
 
 
