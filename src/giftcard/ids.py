@@ -38,6 +38,17 @@ REFUND = "re"
 GIFT = "gift"
 ADJUSTMENT = "adj"
 AUDIT_ENTRY = "aud"
+_NOUNS = {
+    CUSTOMER: "customer",
+    CARD: "card",
+    TRANSACTION: "transaction",
+    STAFF: "staff member",
+    PAYMENT: "payment",
+    REFUND: "refund",
+    GIFT: "gift",
+    ADJUSTMENT: "adjustment",
+    AUDIT_ENTRY: "audit entry",
+}
 # Numbered in the open: see the module's note.
 SEQUENTIAL = frozenset({AUDIT_ENTRY})
 ENCIPHERED = frozenset({CUSTOMER, CARD, TRANSACTION, STAFF, PAYMENT, REFUND, GIFT, ADJUSTMENT})
@@ -144,7 +155,9 @@ def parse_id(prefix: str, text: str, *, param: str = "id") -> int:
     number = _number(prefix, text)
     if number is None:
         raise GiftcardError(
-            ErrorCode.NOT_FOUND, f"No such {prefix} id: {_shape(prefix)}.", param=param
+            ErrorCode.NOT_FOUND,
+            f"No such {_NOUNS[prefix]}: its id is {_shape(prefix)}.",
+            param=param,
         )
     return number
 
@@ -157,7 +170,9 @@ def parse_cursor(prefix: str, text: str | None) -> int | None:
     if number is None:
         raise GiftcardError(
             ErrorCode.VALIDATION_ERROR,
-            f"starting_after must be a {prefix} id from a previous page ({_shape(prefix)}).",
+            f"starting_after must be the id of {_with_article(_NOUNS[prefix])} from a "
+            "previous page "
+            f"({_shape(prefix)}).",
             param="starting_after",
         )
     return number
@@ -193,7 +208,11 @@ def legacy_number(prefix: str, text: str) -> int | None:
     return int(digits)
 
 
+def _with_article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
 def _shape(prefix: str) -> str:
     if prefix in SEQUENTIAL:
-        return f"expected {prefix}_<number>"
-    return f"expected {prefix}_ and {BODY_LENGTH} letters and digits"
+        return f"{prefix}_ and a number"
+    return f"{prefix}_ and {BODY_LENGTH} letters and digits"
