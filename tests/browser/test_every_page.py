@@ -341,9 +341,9 @@ def tour_as_shopper(tour: Tour, email: str, card: dict[str, str], spare: dict[st
 
 
 def tour_as_staff(tour: Tour, shopper_email: str, card: dict[str, str]) -> None:
-    """A support agent: logs in, looks up the shopper's card, opens the shopper, finds
-    them by email, replaces a lost card, and reads approvals, the audit log and the
-    liability report."""
+    """A support agent: logs in, looks up the shopper's card, opens the shopper and
+    resends their gift, finds them by email, replaces a lost card, and reads approvals,
+    the audit log and the liability report."""
     tab = tour.open("staff")
     page = tab.page
     console = page.get_by_role("navigation", name="Support console")
@@ -366,6 +366,7 @@ def tour_as_staff(tour: Tour, shopper_email: str, card: dict[str, str]) -> None:
         page.get_by_role("link", name=re.compile(rf"^Open {re.escape(shopper_email)}")).click()
     tour.shows(tab, shopper_email)
     expect(page.locator("#balance")).to_be_visible()
+    resend_from_the_console(tab)
 
     with tab.navigation("customers"):
         nav("Customers").click()
@@ -399,6 +400,30 @@ def tour_as_staff(tour: Tour, shopper_email: str, card: dict[str, str]) -> None:
         nav("Liability").click()
     tour.shows(tab, "Liability report")
     expect(page.locator("svg[role='img']")).to_be_visible()
+
+
+def resend_from_the_console(tab: Tab) -> None:
+    """On the customer page, once the gift the shopper sent has gone out, the agent
+    resends it: the answer is at the top of the Gifts section, on screen and focused,
+    not at the top of the page."""
+    page = tab.page
+    customer_page = urlsplit(page.url).path
+    resend = page.get_by_role("button", name=re.compile(r"^Resend the email of "))
+    deadline = time.monotonic() + MAIL_WAIT_S
+    while resend.count() == 0:
+        assert time.monotonic() < deadline, f"the gift was not sent after {MAIL_WAIT_S}s"
+        time.sleep(0.5)
+        tab.goto(customer_page, None)
+    # Not photographed on arrival: a full-page screenshot scrolls the page to the top.
+    with tab.navigation(None):
+        resend.click()
+    expect(page).to_have_url(re.compile(re.escape(customer_page) + "#gift-answer$"))
+    answer = page.locator("#gifts").get_by_role("status")
+    expect(answer).to_contain_text("is on its way again")
+    expect(answer).to_be_in_viewport()
+    expect(answer).to_be_focused()
+    expect(page.locator("main > .notice")).to_have_count(0)
+    page.screenshot(path=tab.shots.next_path("customer-gift-resent"))
 
 
 @pytest.mark.parametrize("device", ["desktop", "phone"])
