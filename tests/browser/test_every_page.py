@@ -94,6 +94,8 @@ API_PREFIX = "/v1/"
 STAFF_PASSWORD = "a staff passphrase"
 CARD_AMOUNT = 2500
 GIFT_AMOUNT = 1500
+# Above the default approval threshold of $100.00.
+ADJUSTMENT = 15000
 PUBLIC_URL = "http://shop.example.test"
 MAIL_WAIT_S = 30
 DOCS_RENDER_TIMEOUT_MS = 30_000
@@ -341,9 +343,9 @@ def tour_as_shopper(tour: Tour, email: str, card: dict[str, str], spare: dict[st
 
 
 def tour_as_staff(tour: Tour, shopper_email: str, card: dict[str, str]) -> None:
-    """A support agent: logs in, looks up the shopper's card, opens the shopper and
-    resends their gift, finds them by email, replaces a lost card, and reads approvals,
-    the audit log and the liability report."""
+    """A support agent: logs in, looks up the shopper's card, opens the shopper, resends
+    their gift and adjusts their balance, finds them by email, replaces a lost card, and
+    reads the adjustment waiting for approval, the audit log and the liability report."""
     tab = tour.open("staff")
     page = tab.page
     console = page.get_by_role("navigation", name="Support console")
@@ -367,6 +369,14 @@ def tour_as_staff(tour: Tour, shopper_email: str, card: dict[str, str]) -> None:
     tour.shows(tab, shopper_email)
     expect(page.locator("#balance")).to_be_visible()
     resend_from_the_console(tab)
+    # More than one agent may give alone: it waits under Approvals for a second agent.
+    tab.field("Amount in USD").fill(f"{ADJUSTMENT / 100:.2f}")
+    page.get_by_label("Reason", exact=True).select_option("goodwill")
+    tab.field("Note").fill("Customer was charged twice")
+    with tab.navigation("adjustment-pending"):
+        tab.button("Adjust balance").click()
+    tour.shows(tab, shopper_email)
+    expect(tab.flash()).to_contain_text("approval")
 
     with tab.navigation("customers"):
         nav("Customers").click()
@@ -392,6 +402,8 @@ def tour_as_staff(tour: Tour, shopper_email: str, card: dict[str, str]) -> None:
     with tab.navigation("approvals"):
         nav("Approvals").click()
     tour.shows(tab, "Adjustments waiting for approval")
+    waiting = page.locator("section[data-adjustment]").filter(has_text=shopper_email)
+    expect(waiting).to_contain_text(usd(ADJUSTMENT))
     with tab.navigation("audit-log"):
         nav("Audit log").click()
     tour.shows(tab, "Audit log")
