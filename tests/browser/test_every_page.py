@@ -124,7 +124,6 @@ def test_every_get_route_is_toured_or_excused(tmp_path: Path) -> None:
 @dataclass
 class Served:
     live: Live
-    env: dict[str, str]
     database: Path
     mail_dir: Path
     staff_email: str
@@ -151,7 +150,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             stdin=STAFF_PASSWORD,
         )  # fmt: skip
         assert made.returncode == 0, made.stdout + made.stderr
-        yield Served(live, env, database, mail_dir, staff_email)
+        yield Served(live, database, mail_dir, staff_email)
 
 
 @pytest.fixture(scope="module")
