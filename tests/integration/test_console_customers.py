@@ -19,6 +19,7 @@ from giftcard.db.tables import audit_log, outbox_messages
 from giftcard.services import Services
 from tests.conftest import Shopper, api_key
 from tests.integration.test_support_customers import funded
+from tests.integration.test_web_gifts import mark_sent
 from tests.web import console_log_in, console_post, csrf_of, field_error, text_of
 
 
@@ -46,6 +47,26 @@ def flash_of(page: str) -> str:
     found = re.search(r'<div class="notice[^"]*" role="status".*?</div>', page, re.S)
     assert found, "no flash on the page"
     return text_of(found.group(0))
+
+
+def gift_answer(page: str) -> str:
+    """The answer to a gift form, checked to sit at the top of the Gifts section (where
+    the address's fragment points and the page's script puts the focus), not at the top
+    of the page."""
+    section = re.search(r'<section [^>]*id="gifts">(.*?)</section>', page, re.S)
+    assert section, "no Gifts section"
+    notice = re.search(
+        r'<h2 id="gifts-title">[^<]*</h2>\s*<div class="notice[^"]*"([^>]*)>(.*?)</div>',
+        section.group(1),
+        re.S,
+    )
+    assert notice, "the answer is not at the top of the Gifts section"
+    assert 'id="gift-answer"' in notice.group(1)
+    assert 'role="status"' in notice.group(1)
+    assert 'tabindex="-1"' in notice.group(1)
+    assert "data-focus" in notice.group(1)
+    assert not re.search(r'<main[^>]*>\s*<div class="notice', page), "an answer at the top too"
+    return text_of(notice.group(2))
 
 
 async def test_a_visitor_is_sent_to_log_in(browser: httpx.AsyncClient, services: Services) -> None:
@@ -359,9 +380,9 @@ async def test_the_gift_forms_resend_and_correct_the_recipient(
         {"recipient_email": "sam@example.com", "recipient_name": "", "customer_id": shopper.id},
     )
     assert fixed.status_code == 303
-    assert fixed.headers["location"] == f"/support/customers/{shopper.id}#gifts"
+    assert fixed.headers["location"] == f"/support/customers/{shopper.id}#gift-answer"
     page = await browser.get(fixed.headers["location"])
-    assert flash_of(page.text).startswith(
+    assert gift_answer(page.text).startswith(
         f"Gift {gift_id} now goes to sam@example.com (was sam@exmaple.com)."
     )
     async with services.db.transaction(write=False) as connection:
@@ -379,5 +400,19 @@ async def test_the_gift_forms_resend_and_correct_the_recipient(
         browser, f"/support/gifts/{gift_id}/resend", {"customer_id": shopper.id}
     )
     assert refused.status_code == 303
+    assert refused.headers["location"] == f"/support/customers/{shopper.id}#gift-answer"
     refused_page = await browser.get(refused.headers["location"])
-    assert "Nothing was sent." in flash_of(refused_page.text)
+    assert "Nothing was sent." in gift_answer(refused_page.text)
+
+    # Once sent, it is resent, and the answer is again where the agent is.
+    await mark_sent(services)
+    resent = await console_post(
+        browser, f"/support/gifts/{gift_id}/resend", {"customer_id": shopper.id}
+    )
+    assert resent.headers["location"] == f"/support/customers/{shopper.id}#gift-answer"
+    resent_page = (await browser.get(resent.headers["location"])).text
+    assert gift_answer(resent_page) == (
+        f"The gift card email to sam@example.com is on its way again. "
+        f"Gift {gift_id} carries the same code as before."
+    )
+    assert text_of(resent_page).count("on its way again") == 1

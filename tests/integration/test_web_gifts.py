@@ -72,8 +72,36 @@ async def only_gift(services: Services) -> Row[Any]:
 
 
 def flash(page: str) -> str:
-    found = re.search(r'<div class="notice[^"]*" role="status">(.*?)</div>', page, re.S)
+    """The words of the page's confirmation, wherever it is shown."""
+    found = re.search(r'<div class="notice[^"]*" role="status"[^>]*>(.*?)</div>', page, re.S)
     return text_of(found.group(1)) if found else ""
+
+
+def top_flash(page: str) -> str:
+    """The words of a confirmation shown at the top of the page, above everything else."""
+    top = r'<main[^>]*>\s*<div class="notice[^"]*" role="status">(.*?)</div>'
+    found = re.search(top, page, re.S)
+    return text_of(found.group(1)) if found else ""
+
+
+def answer_beside(page: str, gift_id: str) -> str:
+    """The words of the answer in the row right under gift `gift_id`'s row, checked to
+    be the one the address's fragment names and the one the page's script focuses."""
+    rows = re.search(
+        rf'<tr data-gift="{re.escape(gift_id)}"[^>]*>(?:(?!</tr>).)*</tr>\s*'
+        r'(<tr class="row-notice">.*?</tr>)',
+        page,
+        re.S,
+    )
+    if rows is None:
+        return ""
+    notice = re.search(r'<div class="notice[^"]*"([^>]*)>(.*?)</div>', rows.group(1), re.S)
+    assert notice, "the row under the gift holds no notice"
+    assert f'id="resent-{gift_id}"' in notice.group(1)
+    assert 'role="status"' in notice.group(1)
+    assert 'tabindex="-1"' in notice.group(1)
+    assert "data-focus" in notice.group(1)
+    return text_of(notice.group(2))
 
 
 async def test_the_form_needs_a_shopper_and_says_the_balance_cannot_pay(
@@ -315,8 +343,8 @@ async def test_gifts_you_ve_sent_lists_them_and_resends_a_sent_one(
     assert re.search(r'data-testid="gift-status">Sent<', account.text)
     assert f"/account/gifts/{gift_id}/resend" in account.text
     too_soon = await web_post(client, f"/account/gifts/{gift_id}/resend")
-    assert "send it again in 15 minutes" in flash(
-        (await client.get(too_soon.headers["location"])).text
+    assert "send it again in 15 minutes" in answer_beside(
+        (await client.get(too_soon.headers["location"])).text, gift_id
     )
     assert await counts(services) == (1, 1, 1)
     assert isinstance(services.clock, FrozenClock)
@@ -324,7 +352,7 @@ async def test_gifts_you_ve_sent_lists_them_and_resends_a_sent_one(
     resent = await web_post(client, f"/account/gifts/{gift_id}/resend")
     assert resent.status_code == 303, resent.text
     after = await client.get(resent.headers["location"])
-    assert "on its way again" in flash(after.text)
+    assert "on its way again" in answer_beside(after.text, gift_id)
     assert re.search(r'data-testid="gift-status">Scheduled<', after.text)
     assert await counts(services) == (1, 1, 2)
 
@@ -335,9 +363,47 @@ async def test_gifts_you_ve_sent_lists_them_and_resends_a_sent_one(
         refused = await web_post(other, f"/account/gifts/{gift_id}/resend")
         assert refused.status_code == 303
         shown = await other.get(refused.headers["location"])
-        assert flash(shown.text) == f"No gift {gift_id}. Nothing was sent."
+        # Not this shopper's gift, so no row to answer beside: the answer is at the top.
+        assert top_flash(shown.text) == f"No gift {gift_id}. Nothing was sent."
         assert (await other.get(gift_path)).status_code == 404
     assert await counts(services) == (1, 1, 2)
+
+
+async def test_a_resend_is_answered_under_its_own_gift_not_at_the_top(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Given three sent gifts, when the buyer resends the middle one, then the redirect's
+    fragment takes the browser to the answer, which sits in the row right under that gift
+    (focused by the page's script), once on the page, and nothing is at the top; the
+    other gifts' rows carry no answer."""
+    await web_sign_up(client)
+    bought = []
+    for recipient in ("ana", "ben", "cy"):
+        data = form_data(await open_form(client), recipient_email=f"{recipient}@example.com")
+        sent = await client.post("/store/gift", data=data)
+        assert sent.status_code == 303, sent.text
+        bought.append(sent.headers["location"].rsplit("/", 1)[1])
+    await mark_sent(services)
+    assert isinstance(services.clock, FrozenClock)
+    services.clock.advance(gifts_module.BUYER_RESEND_INTERVAL)
+    middle = bought[1]
+
+    resent = await web_post(client, f"/account/gifts/{middle}/resend")
+
+    assert resent.status_code == 303, resent.text
+    assert resent.headers["location"] == f"/account/gift-cards#resent-{middle}"
+    page = (await client.get(resent.headers["location"])).text
+    answer = answer_beside(page, middle)
+    assert answer == (
+        "The gift card email to ben@example.com is on its way again. "
+        "It carries the same code as before."
+    )
+    assert text_of(page).count("is on its way again") == 1
+    assert top_flash(page) == ""
+    for other in (bought[0], bought[2]):
+        assert answer_beside(page, other) == ""
+    # Shown once: the next visit has no answer anywhere.
+    assert "on its way again" not in (await client.get("/account/gift-cards")).text
 
 
 async def test_a_redeemed_gift_reads_redeemed_without_a_resend_button(

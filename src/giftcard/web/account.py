@@ -4,6 +4,7 @@ and the account settings: changing the email or password."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -24,9 +25,13 @@ HISTORY_PAGE_SIZE = 10
 GIFTS_SHOWN_MAX = 20
 # Far longer than any code however it is typed; longer input is cut, then refused.
 CODE_INPUT_LENGTH_MAX = 100
+# Far longer than any gift's id: what a flash repeats of an address's id is cut to this.
+GIFT_ID_LENGTH_MAX = 64
 
 # The id of the confirmation beside the refund preference form.
 REFUNDS_SAVED = "refunds-saved"
+# A resend's answer sits in the row under its gift, whose id is this prefix and the gift's.
+GIFT_NOTICE_PREFIX = "resent-"
 
 PREFERENCE_WORDS = {
     RefundPreference.GIFT_CARD_BALANCE: "your gift card balance",
@@ -53,6 +58,7 @@ async def _account_page(
     sent_gifts = await gifts.list_for_purchaser(
         svc.db, shopper.customer.id, clock=svc.clock, limit=GIFTS_SHOWN_MAX
     )
+    flash = _placed_beside(security.take_flash(request), sent_gifts.items)
     values = dict(values or {})
     pending = security.pending_code(request)
     if pending is not None and "code" not in values:
@@ -79,8 +85,21 @@ async def _account_page(
         "code_from_link": pending is not None,
         "sent_gifts": sent_gifts.items,
         "gift_status_words": GIFT_STATUS_WORDS,
+        "flash": flash,
+        "gift_notice_prefix": GIFT_NOTICE_PREFIX,
     }
     return page(request, "account.html", context, status=status, headers=headers)
+
+
+def _placed_beside(flash: dict[str, Any] | None, shown: list[gifts.Gift]) -> dict[str, Any] | None:
+    """The flash, kept beside the gift it answers when that gift is on the page; otherwise
+    (another shopper's gift, or one no longer among the newest) shown at the top, so that
+    no answer is lost."""
+    if flash is None or flash.get("place") != "gift":
+        return flash
+    if any(gift.public_id == flash.get("gift") for gift in shown):
+        return flash
+    return {key: value for key, value in flash.items() if key not in ("place", "gift")}
 
 
 @router.get(ACCOUNT_PAGE, response_class=HTMLResponse)
@@ -152,10 +171,14 @@ GIFT_STATUS_WORDS = {
 
 @router.post("/account/gifts/{gift_id}/resend", response_class=HTMLResponse)
 async def resend_gift(request: Request, gift_id: str) -> Response:
-    """The buyer sends a gift's email again: same code, new email, now."""
+    """The buyer sends a gift's email again: same code, new email, now. The answer is
+    shown in the row under the gift, and the address takes the browser straight there,
+    so a shopper with many gifts keeps their place in the list."""
     await checked_form(request)
     shopper = await require_shopper(request)
     svc = services(request)
+    asked_for = gift_id[:GIFT_ID_LENGTH_MAX]
+    beside = ACCOUNT_PAGE + "#" + GIFT_NOTICE_PREFIX + quote(asked_for, safe="")
     try:
         gift = await gifts.resend(
             svc.unit_of_work(),
@@ -166,14 +189,22 @@ async def resend_gift(request: Request, gift_id: str) -> Response:
     except GiftcardError as error:
         return redirect(
             request,
-            ACCOUNT_PAGE + "#gifts",
-            flash={"level": "error", "title": error_words(error), "text": "Nothing was sent."},
+            beside,
+            flash={
+                "level": "error",
+                "place": "gift",
+                "gift": asked_for,
+                "title": error_words(error),
+                "text": "Nothing was sent.",
+            },
         )
     return redirect(
         request,
-        ACCOUNT_PAGE + "#gifts",
+        ACCOUNT_PAGE + "#" + GIFT_NOTICE_PREFIX + quote(gift.public_id, safe=""),
         flash={
             "level": "success",
+            "place": "gift",
+            "gift": gift.public_id,
             "title": f"The gift card email to {gift.recipient_email} is on its way again.",
             "text": "It carries the same code as before.",
         },

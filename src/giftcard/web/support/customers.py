@@ -29,6 +29,8 @@ router = APIRouter(prefix=HOME, include_in_schema=False)
 CUSTOMERS = HOME + "/customers"
 APPROVALS = HOME + "/approvals"
 HISTORY_PAGE_SIZE = 20
+# The id of the answer to a gift form, at the top of the customer page's Gifts section.
+GIFT_ANSWER = "gift-answer"
 QUEUE_PAGE_SIZE = 50
 
 REASON_CHOICES = [(reason.value, label) for reason, label in adjustments.REASON_LABELS.items()]
@@ -206,9 +208,16 @@ async def adjust(request: Request, customer_id: str) -> Response:
 
 
 def _back_to(form_value: str) -> str:
-    """Where a gift form returns: the customer page it was sent from, else the search."""
+    """Where a gift form returns: the answer in the Gifts section of the customer page
+    it was sent from, else the search."""
     number = ids.parse_cursor(ids.CUSTOMER, form_value) if form_value else None
-    return customer_href(number) + "#gifts" if number is not None else CUSTOMERS
+    return customer_href(number) + "#" + GIFT_ANSWER if number is not None else CUSTOMERS
+
+
+def _gift_flash(back: str, **flash: str) -> dict[str, str]:
+    """A gift form's answer. On the customer page it is shown in the Gifts section, where
+    the agent is (a flash at the top would take the focus, and the agent, up there)."""
+    return {**flash, "place": "gifts"} if back != CUSTOMERS else flash
 
 
 @router.post("/gifts/{gift_id}/resend", response_class=HTMLResponse)
@@ -222,19 +231,21 @@ async def resend_gift(request: Request, gift_id: str) -> Response:
             svc.unit_of_work(), actor(request, staff), ids.parse_id(ids.GIFT, gift_id)
         )
     except GiftcardError as error:
+        back = _safe_back(form)
         return redirect(
             request,
-            _safe_back(form),
-            flash={"level": "error", "title": error.detail, "text": "Nothing was sent."},
+            back,
+            flash=_gift_flash(back, level="error", title=error.detail, text="Nothing was sent."),
         )
     return redirect(
         request,
         back,
-        flash={
-            "level": "success",
-            "title": f"The gift card email to {gift.recipient_email} is on its way again.",
-            "text": f"Gift {gift.public_id} carries the same code as before.",
-        },
+        flash=_gift_flash(
+            back,
+            level="success",
+            title=f"The gift card email to {gift.recipient_email} is on its way again.",
+            text=f"Gift {gift.public_id} carries the same code as before.",
+        ),
     )
 
 
@@ -281,15 +292,17 @@ async def correct_recipient(request: Request, gift_id: str) -> Response:
         if corrected.rekeyed
         else "Its email will go there when it is due; the code is unchanged."
     )
+    back = _safe_back(form)
     return redirect(
         request,
-        _safe_back(form),
-        flash={
-            "level": "success",
-            "title": f"Gift {gift.public_id} now goes to {gift.recipient_email} "
+        back,
+        flash=_gift_flash(
+            back,
+            level="success",
+            title=f"Gift {gift.public_id} now goes to {gift.recipient_email} "
             f"(was {corrected.previous_email}).",
-            "text": text,
-        },
+            text=text,
+        ),
     )
 
 
