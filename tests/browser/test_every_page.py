@@ -526,5 +526,6 @@ def test_a_resent_gift_is_confirmed_under_its_own_row(tabs: Tabs, served: Served
     under = page.locator(f"#gifts tr[data-gift='{gift_id}'] + tr.row-notice [role='status']")
     expect(under).to_have_count(1)
     expect(page.locator("main > .notice")).to_have_count(0)
-    expect(row.get_by_test_id("gift-status")).to_have_text("Scheduled")
+    # Queued again; the server's sender may already have sent it.
+    expect(row.get_by_test_id("gift-status")).to_have_text(re.compile(r"^\s*(Scheduled|Sent)\s*$"))
     page.screenshot(path=tab.shots.next_path("gift-resent"))
