@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run shell test lint typecheck unit integration e2e browser bench lock clean
+.PHONY: run shell test lint typecheck unit integration e2e browser bench audit lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,33 @@ test: lint typecheck
 # scratch databases removed afterwards; PostgreSQL is skipped when 127.0.0.1:5432 is down.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# The pinned dependencies (constraints.txt) against known vulnerabilities, with pip-audit in
+# a virtual environment of its own, so that its dependencies never move the project's pins.
+# It asks PyPI's JSON API about each pinned version; --strict fails on any version it could
+# not ask about, so an unreachable service is a failure, never a silent pass.
+PIP_AUDIT_VERSION := 2.10.1
+AUDIT_VENV := build/audit-venv
+AUDIT_STAMP := $(AUDIT_VENV)/.pip-audit-$(PIP_AUDIT_VERSION)
+
+$(AUDIT_STAMP):
+	rm -rf $(AUDIT_VENV)
+	$(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install --quiet 'pip-audit==$(PIP_AUDIT_VERSION)'
+	touch $(AUDIT_STAMP)
+
+audit: $(AUDIT_STAMP)
+	@status=0; $(AUDIT_VENV)/bin/pip-audit --requirement constraints.txt --no-deps \
+		--disable-pip --strict --progress-spinner off >build/audit.txt 2>&1 || status=$$?; \
+	cat build/audit.txt; \
+	if grep -q 'could not be audited' build/audit.txt; then \
+		echo "make audit FAILED: pip-audit could not look every pinned version up: its"; \
+		echo "vulnerability service is unreachable from this machine, so nothing was checked."; \
+	elif [ $$status -ne 0 ]; then \
+		echo "make audit FAILED: a pinned dependency above has a known vulnerability; raise"; \
+		echo "its pin in constraints.txt (make lock) to a fixed release."; \
+	fi; \
+	exit $$status
 
 # Re-resolve every dependency to its newest release and pin the result.
 lock:
