@@ -3,6 +3,8 @@ the running services and the address the request came from."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from starlette.requests import Request
 
 from giftcard.services import Services
@@ -13,7 +15,22 @@ def services(request: Request) -> Services:
     return found
 
 
+# An IPv6 subscriber is usually given a whole /64 (RFC 6177): counted address by address,
+# one client could rotate through 2**64 of them and never meet a limit.
+IPV6_SUBSCRIBER_PREFIX = 64
+
+
 def client_address(request: Request) -> str:
-    """The caller's address, as the server saw it (behind a trusted proxy, the address the
-    proxy reported)."""
-    return request.client.host if request.client else "unknown"
+    """The caller's address as the abuse limits count it: the address the server saw
+    (behind a trusted proxy, the one the proxy reported); for IPv6, its /64 network."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        network = ipaddress.IPv6Network((address, IPV6_SUBSCRIBER_PREFIX), strict=False)
+        return str(network)
+    return str(address)
