@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run shell test lint typecheck unit integration e2e browser bench lock clean
+.PHONY: run shell test lint typecheck unit integration e2e browser bench soak lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ test: lint typecheck
 # scratch databases removed afterwards; PostgreSQL is skipped when 127.0.0.1:5432 is down.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# The bank test's workload for SOAK_MINUTES against two servers of three workers sharing a
+# private PostgreSQL (crash-restarted now and then) and Redis, each server killed with
+# SIGKILL every few seconds; the result in build/soak.json. `make soak SOAK_MINUTES=1` to try.
+SOAK_MINUTES ?= 10
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.faults.soak --minutes '$(SOAK_MINUTES)' --out build/soak.json
 
 # Re-resolve every dependency to its newest release and pin the result.
 lock:
