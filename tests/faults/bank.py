@@ -76,6 +76,8 @@ class BankSettings:
     # several seconds more: each worker process imports the whole application.)
     kill_after_s: tuple[float, float] = (0.5, 4.0)
     kills: bool = True
+    # The load goes on past `duration_s` until this many kills, for at most as long again.
+    kills_min: int = 0
     # Crash-restarts of PostgreSQL (when the run has a private cluster), spread out.
     postgres_restarts: int = 0
     # Share of answered operations sent once more, as if their answer had been lost.
@@ -228,21 +230,36 @@ class Bank:
     # -- sending ------------------------------------------------------------------------
 
     def _server(self) -> KillableServer:
-        return self.random.choice(self.servers)
+        """A server that is up, as a load balancer's health check would pick; any of
+        them while none is (a request then waits in a starting server's backlog)."""
+        up = [server for server in self.servers if server.up]
+        return self.random.choice(up or self.servers)
+
+    def _back(self, server: KillableServer) -> None:
+        """The server answers again: from now on its clients have no crash to blame."""
+        if not server.up:
+            server.up = True
+            self.backs.append(time.monotonic())
 
     async def _send(self, operation: Operation) -> httpx.Response | None:
         """One attempt; None when it must be retried."""
         self.stats.attempts += 1
         operation.attempts += 1
+        server = self._server()
+        epoch = server.epoch
         try:
             response = await self.http.post(
-                self._server().base_url + operation.path,
+                server.base_url + operation.path,
                 json=operation.body,
                 headers=operation.headers,
             )
         except httpx.TransportError as error:
             self.stats.retried_errors[type(error).__name__] += 1
             return None
+        if server.epoch == epoch:
+            # A request that waited in the backlog of a starting server may be answered
+            # before the server's /readyz is: the server is back from that moment.
+            self._back(server)
         if response.status_code >= 500 or response.status_code == 429:
             self.stats.retried_errors[f"HTTP {response.status_code}"] += 1
             return None
@@ -423,7 +440,8 @@ class Bank:
                 return
             await server.kill()
             self.stats.kills += 1
-            self.backs.append(await server.start())
+            await server.start()
+            self._back(server)
 
     async def _restart_postgres(self, postgres: PrivatePostgres) -> None:
         count = self.settings.postgres_restarts
@@ -450,6 +468,11 @@ class Bank:
         clients = [asyncio.create_task(self._client()) for _ in range(self.settings.clients)]
         try:
             await asyncio.sleep(self.settings.duration_s)
+            # Past the duration, until enough kills were made, within a bound.
+            for _ in range(int(self.settings.duration_s)):
+                if self.stats.kills >= self.settings.kills_min:
+                    break
+                await asyncio.sleep(1)
             self.stopping.set()
             # A killer in its sleep returns at once; one restarting a server finishes that.
             await asyncio.gather(*background)
@@ -534,13 +557,14 @@ async def run_workload(
     check the database against the model and with `giftcard verify`."""
     started = time.monotonic()
     killable = [
-        KillableServer(env, log_dir / f"server-{number}.log", workers=workers)
+        KillableServer(env, log_dir / f"server-{number}", workers=workers)
         for number in range(servers)
     ]
     try:
         # One after the other: the first migrates the database, the others find it done.
         for server in killable:
             await server.start()
+            server.up = True
         admin = create_api_key(env)
         bank = Bank(killable, admin, settings, postgres=postgres)
         await bank.setup()

@@ -44,15 +44,23 @@ class KillableServer:
     """`giftcard serve` on one port for its whole life, whatever the kills: clients keep
     one address, as they would behind a load balancer or a service name."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, *, workers: int) -> None:
-        self.env = dict(env)
-        self.log_path = log_path
+    def __init__(self, env: Mapping[str, str], name: Path, *, workers: int) -> None:
+        """`name` is the path its log and metrics folder are named after."""
+        metrics = name.with_name(f"{name.name}-metrics")
+        metrics.mkdir(parents=True, exist_ok=True)
+        # A folder of its own: a killed server cannot delete the one it would make.
+        self.env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        self.log_path = name.with_name(f"{name.name}.log")
         self.workers = workers
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.kills = 0
         self.starts = 0
+        # Whether clients may be sent to it: from its first answer until it is killed.
+        self.up = False
+        # Counts kills; an answer sent before the last kill says nothing about the present.
+        self.epoch = 0
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
@@ -113,6 +121,8 @@ class KillableServer:
         process = self.process
         if process is None:
             return
+        self.up = False
+        self.epoch += 1
         self.check_alive()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
