@@ -1,8 +1,9 @@
 """`make soak`: the bank workload of tests/faults/test_bank.py for minutes rather than
-seconds, against two servers of several workers each that share one PostgreSQL (a private
+seconds, against two servers of two workers each that share one PostgreSQL (a private
 cluster, crash-restarted now and then) and one Redis (the abuse limits), each server
-killed with SIGKILL every few seconds. The result goes to build/soak.json: date,
-machine, duration, kills, operations, acknowledged, errors, result.
+killed with SIGKILL every few seconds; past the minutes asked for until 100 kills were
+made (for at most as long again). The result goes to build/soak.json: date, machine,
+duration, kills, operations, acknowledged, errors, result.
 
 Run: .venv/bin/python -m tests.faults.soak [--minutes 10] [--out build/soak.json]
 Redis is GIFTCARD_TEST_REDIS_URL, else 127.0.0.1:6379, else a throw-away one.
@@ -31,7 +32,7 @@ from tests.services import resolve_redis_url
 
 MINUTES_DEFAULT = 10.0
 SERVERS = 2
-WORKERS = 3
+WORKERS = 2
 CLIENTS = 12
 CUSTOMERS = 10
 # Seconds between PostgreSQL crash-restarts, on average.
@@ -82,7 +83,8 @@ async def soak(minutes: float) -> dict[str, Any]:
             clients=CLIENTS,
             customers=CUSTOMERS,
             cards=int(max(400, 8 * duration_s)),
-            kill_after_s=(4.0, 8.0),
+            kill_after_s=(0.5, 3.0),
+            kills_min=KILLS_WANTED,
             postgres_restarts=max(1, round(duration_s / POSTGRES_RESTART_EVERY_S)),
         )
         outcome = await run_workload(
