@@ -55,9 +55,9 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-# The bank test's workload for SOAK_MINUTES against two servers of three workers sharing a
-# private PostgreSQL (crash-restarted now and then) and Redis, each server killed with
-# SIGKILL every few seconds; the result in build/soak.json. `make soak SOAK_MINUTES=1` to try.
+# The bank test's workload for SOAK_MINUTES (and on until 100 kills) against two servers of
+# two workers sharing a private PostgreSQL (crash-restarted now and then) and Redis, each
+# killed with SIGKILL every few seconds; the result in build/soak.json.
 SOAK_MINUTES ?= 10
 
 soak: $(STAMP)
