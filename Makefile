@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run shell test lint typecheck unit integration e2e browser bench audit lock clean
+.PHONY: run shell test lint typecheck unit integration e2e browser bench soak audit lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,14 @@ audit: $(AUDIT_STAMP)
 		echo "its pin in constraints.txt (make lock) to a fixed release."; \
 	fi; \
 	exit $$status
+
+# The bank test's workload for SOAK_MINUTES (and on until 100 kills) against two servers of
+# two workers sharing a private PostgreSQL (crash-restarted now and then) and Redis, each
+# killed with SIGKILL every few seconds; the result in build/soak.json.
+SOAK_MINUTES ?= 10
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.faults.soak --minutes '$(SOAK_MINUTES)' --out build/soak.json
 
 # Re-resolve every dependency to its newest release and pin the result.
 lock:

@@ -1,0 +1,1 @@
+"""Fault tests: the service under SIGKILL and a database restart, checked against a model."""
