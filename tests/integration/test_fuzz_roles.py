@@ -42,6 +42,7 @@ from tests.integration.test_openapi import (
     LIMIT_GENEROUS,
     _answer,
     _fuzz_runs,
+    answers_as_each,
 )
 
 # Every role, by the secret it sends: API keys, and the sessions of a shopper and of
@@ -166,27 +167,13 @@ def test_generated_requests_from_the_other_roles_get_documented_answers(
     """Given generated requests, valid and invalid, to one operation, sent by a support
     key, an admin key and a support staff member in turn, every answer has a documented
     status, content type and body shape, and none is a server error."""
-    operation = roles.schema[path][method]
-    answers: dict[str, list[str]] = {role: [] for role in ROLES_HERE}
-
-    def run_as(role: str) -> None:
-        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-        @hypothesis.settings(
-            max_examples=EXAMPLES_PER_ROLE_MAX,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            database=None,
-        )
-        def exchange(case: schemathesis.Case) -> None:
-            headers = {"Authorization": f"Bearer {roles.secret(role, method, path)}"}
-            response = case.call_and_validate(headers=headers, checks=CHECKS)
-            answers[role].append(_answer(response))
-
-        exchange()
-
-    for role in ROLES_HERE:
-        run_as(role)
-
+    answers = answers_as_each(
+        roles.schema[path][method],
+        mode,
+        ROLES_HERE,
+        lambda role: roles.secret(role, method, path),
+        examples=EXAMPLES_PER_ROLE_MAX,
+    )
     assert all(answers.values()), answers
 
 

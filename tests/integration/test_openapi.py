@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,6 +313,38 @@ ROLES = ("merchant", "shopper", "staff")
 DOOR_REFUSALS = frozenset({"401 unauthorized", "403 forbidden"})
 
 
+def answers_as_each(
+    operation: Any,
+    mode: Any,
+    roles: Iterable[str],
+    secret: Callable[[str], str],
+    *,
+    examples: int = EXAMPLES_PER_ROLE_MAX,
+) -> dict[str, list[str]]:
+    """Each role's answers (`_answer`) to generated requests to `operation`, sent with
+    the secret `secret(role)`; each checked against the document as it comes."""
+    answers: dict[str, list[str]] = {role: [] for role in roles}
+
+    def run_as(role: str) -> None:
+        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+        @hypothesis.settings(
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        def exchange(case: schemathesis.Case) -> None:
+            headers = {"Authorization": f"Bearer {secret(role)}"}
+            response = case.call_and_validate(headers=headers, checks=CHECKS)
+            answers[role].append(_answer(response))
+
+        exchange()
+
+    for role in answers:
+        run_as(role)
+    return answers
+
+
 def _answer(response: Any) -> str:
     """`<status> <problem code>` for a problem document, else the status alone (from a
     schemathesis response, whose headers map each name to its list of values)."""
@@ -407,27 +439,9 @@ def test_generated_requests_get_documented_answers(
     is a server error; and some role gets past authentication and authorization, so that
     the answers come from the operation and not only from the door."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", fuzzing.app)
-    operation = schema[path][method]
-    statuses: dict[str, list[str]] = {role: [] for role in ROLES}
-
-    def run_as(role: str) -> None:
-        @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
-        @hypothesis.settings(
-            max_examples=EXAMPLES_PER_ROLE_MAX,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            database=None,
-        )
-        def exchange(case: schemathesis.Case) -> None:
-            headers = {"Authorization": f"Bearer {fuzzing.secret(role, method, path)}"}
-            response = case.call_and_validate(headers=headers, checks=CHECKS)
-            statuses[role].append(_answer(response))
-
-        exchange()
-
-    for role in ROLES:
-        run_as(role)
-
+    statuses = answers_as_each(
+        schema[path][method], mode, ROLES, lambda role: fuzzing.secret(role, method, path)
+    )
     assert all(statuses.values()), statuses
     assert any(
         answer not in DOOR_REFUSALS for answers in statuses.values() for answer in answers
