@@ -94,18 +94,21 @@ def _wait_ready(server: Server, deadline: float) -> None:
     pytest.fail(f"the server was not ready in time ({last_error}):\n{server.log_tail()}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's own process group (it and its workers), then SIGKILL."""
+def stop_process_group(
+    process: subprocess.Popen[Any], *, timeout_s: float = SERVER_STOP_TIMEOUT_S
+) -> None:
+    """SIGTERM to the process's own group (a server and its workers, or make and all it
+    started), then SIGKILL when it has not ended in time."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+        process.wait(timeout=timeout_s)
 
 
 @contextlib.contextmanager
@@ -130,7 +133,7 @@ def running_server(
         _wait_ready(server, time.monotonic() + SERVER_START_TIMEOUT_S)
         yield server
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
 def issue_cards(

@@ -9,7 +9,6 @@ import contextlib
 import csv
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -21,7 +20,13 @@ import pytest
 from sqlalchemy import text
 
 from giftcard.db.engine import Database
-from tests.e2e.server import CLI_TIMEOUT_S, SERVER_START_TIMEOUT_S, base_env, run_cli
+from tests.e2e.server import (
+    CLI_TIMEOUT_S,
+    SERVER_START_TIMEOUT_S,
+    base_env,
+    run_cli,
+    stop_process_group,
+)
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,18 +102,6 @@ def _wait_ready(base_url: str, process: subprocess.Popen[str], log: Path) -> Non
     pytest.fail(f"make run was not ready in time:\n{log.read_text()}")
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    """SIGTERM to make's own process group (make, the server, its workers), then SIGKILL."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_S)
-
-
 def test_make_run_on_a_busy_port_then_on_the_port_it_is_given(tmp_path: Path) -> None:
     database = tmp_path / "demo.db"
     env = base_env(f"sqlite:///{database}", GIFTCARD_LOG_FORMAT="text")
@@ -133,7 +126,7 @@ def test_make_run_on_a_busy_port_then_on_the_port_it_is_given(tmp_path: Path) ->
     try:
         _wait_ready(f"http://127.0.0.1:{port}", process, log)
     finally:
-        _stop(process)
+        stop_process_group(process, timeout_s=STOP_TIMEOUT_S)
     printed = log.read_text()
     assert f"Serving on http://127.0.0.1:{port}/" in printed
     assert re.search(r"^  code +[0-9A-Z]{4}-", printed, re.M), printed

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.server import GIFTCARD
+from tests.e2e.server import GIFTCARD, stop_process_group
 from tests.services import find_postgres_bindirs, free_port
 
 SERVER_START_TIMEOUT_S = 60.0
@@ -147,15 +147,7 @@ class KillableServer:
         process, self.process = self.process, None
         if process is None:
             return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+        stop_process_group(process, timeout_s=SERVER_STOP_TIMEOUT_S)
         self._reap_group(process.pid)
 
 
