@@ -210,3 +210,67 @@ async def test_a_server_with_no_room_for_another_client_gets_a_503_not_a_500(
     finally:
         await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         await admin.close()
+
+
+async def _terminate_every_other_backend(postgres_url: str, database_url: str) -> int:
+    """What a database restart does to the connections a pool keeps: end them all."""
+    import asyncpg
+
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        ended: list[Any] = await admin.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            make_url(database_url).database,
+        )
+    finally:
+        await admin.close()
+    return len(ended)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_transaction_whose_pooled_connection_was_lost_runs_again_on_a_new_one(
+    services: Services, database_url: str, postgres_url: str, no_backoff: None
+) -> None:
+    """Given pooled connections that the server ended (as a restart of PostgreSQL does),
+    then a transaction finds its connection lost before its first statement, runs again on
+    a new connection and makes its change once."""
+    db = services.db
+
+    async def hold(connection: AsyncConnection) -> None:
+        await connection.execute(text("SELECT pg_sleep(0.05)"))
+
+    await asyncio.gather(*(db.run(hold) for _ in range(4)))  # the pool keeps four
+    assert await _terminate_every_other_backend(postgres_url, database_url) >= 1
+    calls = 0
+
+    async def change(connection: AsyncConnection) -> None:
+        nonlocal calls
+        calls += 1
+        await connection.execute(text("UPDATE ledger_accounts SET currency = currency WHERE false"))
+
+    await db.run(change)
+    assert calls == 2
+    async with db.transaction(write=False) as connection:
+        assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_connection_lost_after_a_statement_is_not_run_again(
+    services: Services, database_url: str, postgres_url: str, no_backoff: None
+) -> None:
+    """A connection lost after the transaction's first statement may have done work
+    whose fate is unknown: that transaction is not run again."""
+    calls = 0
+
+    async def work(connection: AsyncConnection) -> None:
+        nonlocal calls
+        calls += 1
+        await connection.execute(text("SELECT 1"))
+        await _terminate_every_other_backend(postgres_url, database_url)
+        await connection.execute(text("SELECT 2"))
+
+    with pytest.raises(DBAPIError) as lost:
+        await services.db.run(work)
+    assert lost.value.connection_invalidated
+    assert calls == 1

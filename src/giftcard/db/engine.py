@@ -50,6 +50,10 @@ RETRY_BACKOFF_MAX_S = 1.0
 # (cannot_connect_now): these come before the first statement. (A connection lost
 # mid-transaction is not among them: whether its commit happened is unknown.)
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "53300", "57P03"})
+# Where a transaction's connection counts the statements it has finished: a connection
+# found lost before the first of them (one the pool kept across a database restart) did
+# nothing, and the transaction is run again on a new one.
+_STATEMENTS = "giftcard_statements"
 
 
 def async_url(database_url: str) -> str:
@@ -135,7 +139,9 @@ class Database:
         }
         if isolation:
             options["isolation_level"] = isolation
-        return create_async_engine(self.url, **options)
+        engine = create_async_engine(self.url, **options)
+        _count_statements(engine)
+        return engine
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -167,11 +173,14 @@ class Database:
         """Run `work` in one transaction, again if the database says it may (bounded,
         with jittered back-off). `work` must not have effects outside the database."""
         for attempt in range(1, RETRY_ATTEMPTS_MAX + 1):
+            statements = [0]
             try:
                 async with self.transaction(write=write) as connection:
+                    connection.info[_STATEMENTS] = statements
                     return await work(connection)
             except DBAPIError as error:
-                if not is_retryable(error):
+                lost_unused = error.connection_invalidated and statements[0] == 0
+                if not (is_retryable(error) or lost_unused):
                     raise
                 if attempt == RETRY_ATTEMPTS_MAX:
                     raise GiftcardError(
@@ -184,11 +193,23 @@ class Database:
                     "retrying transaction",
                     extra={
                         "attempt": attempt,
-                        "sqlstate": "sqlite_busy" if is_sqlite_busy(error) else _sqlstate(error),
+                        "sqlstate": "connection_lost"
+                        if lost_unused
+                        else "sqlite_busy"
+                        if is_sqlite_busy(error)
+                        else _sqlstate(error),
                     },
                 )
                 await asyncio.sleep(random.uniform(0, delay_s))
         raise AssertionError("unreachable")
+
+
+def _count_statements(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def _finished(connection: Connection, *_args: Any) -> None:
+        counter = connection.info.get(_STATEMENTS)
+        if counter is not None:
+            counter[0] += 1
 
 
 def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
