@@ -10,6 +10,7 @@ import errno
 import functools
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -193,22 +194,28 @@ def serve(
             "store or send someone a gift card by email."
         )
     worker_count = workers or os.cpu_count() or 1
-    if worker_count > 1:
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="giftcard-metrics-")
-        )
+    # The workers' metrics meet in a folder of this run's own, removed when it ends (one
+    # named in PROMETHEUS_MULTIPROC_DIR is the operator's, and stays).
+    metrics_folder = None
+    if worker_count > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        metrics_folder = tempfile.mkdtemp(prefix="giftcard-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
     typer.echo(f"Serving on http://{host}:{port}/ with {worker_count} worker(s)")
     typer.echo(announcement(settings))
-    uvicorn.run(
-        "giftcard.api.app:serving_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=worker_count,
-        log_config=None,
-        access_log=False,
-        **proxy,
-    )
+    try:
+        uvicorn.run(
+            "giftcard.api.app:serving_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=worker_count,
+            log_config=None,
+            access_log=False,
+            **proxy,
+        )
+    finally:
+        if metrics_folder is not None:
+            shutil.rmtree(metrics_folder, ignore_errors=True)
 
 
 def address_trouble(host: str, port: int) -> str | None:

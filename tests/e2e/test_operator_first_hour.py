@@ -25,6 +25,7 @@ from tests.e2e.server import (
     SERVER_START_TIMEOUT_S,
     base_env,
     run_cli,
+    running_server,
     stop_process_group,
 )
 from tests.services import free_port
@@ -199,3 +200,18 @@ def test_a_past_expiry_is_refused_by_its_option_before_any_progress(tmp_path: Pa
     assert "Issuing" not in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_a_server_of_several_workers_leaves_no_metrics_folder_behind(tmp_path: Path) -> None:
+    """The workers' shared metrics folder is the run's own and goes when the server
+    stops, so that runs do not pile folders up in the temporary directory."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**base_env(f"sqlite:///{tmp_path / 'giftcard.db'}"), "TMPDIR": str(temporary)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+    with running_server(env, tmp_path / "server.log", workers=2) as server:
+        assert httpx.get(f"{server.base_url}/metrics", timeout=10).status_code == 200
+        assert [path.name[:17] for path in temporary.iterdir()] == ["giftcard-metrics-"]
+
+    assert list(temporary.iterdir()) == []
