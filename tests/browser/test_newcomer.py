@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -26,7 +25,12 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.browser.browsing import Tab, Tabs, new_email, sign_up, summary_value, usd
-from tests.e2e.server import HTTP_TIMEOUT_S
+from tests.e2e.server import (
+    HTTP_TIMEOUT_S,
+    Server,
+    stop_process_group,
+    wait_ready,
+)
 from tests.services import free_port
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +40,6 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 BUSY_FAIL_TIMEOUT_S = 30
 SERVER_START_TIMEOUT_S = 60
 SERVER_STOP_TIMEOUT_S = 20
-READY_POLL_INTERVAL_S = 0.2
 ANY_CODE = re.compile(r"\b[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}\b")
 PRINTED_CODE = re.compile(r"^\s+code\s+(\S{4}-\S{4}-\S{4}-\S{4})\s+\$25\.00$", re.MULTILINE)
 PRINTED_API_KEY = re.compile(r"^\s+API key\s+(\S+) \(admin\)$", re.MULTILINE)
@@ -86,41 +89,13 @@ def make_running(port: int, folder: Path, env: dict[str, str]) -> Iterator[Path]
             start_new_session=True,
         )
     try:
-        wait_ready(process, f"http://127.0.0.1:{port}", log_path)
+        wait_ready(
+            Server(f"http://127.0.0.1:{port}", process, log_path),
+            time.monotonic() + SERVER_START_TIMEOUT_S,
+        )
         yield log_path
     finally:
-        stop_group(process)
-
-
-def wait_ready(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"make run exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            answer = httpx.get(f"{base_url}/readyz", timeout=2)
-            if answer.status_code == 200:
-                return
-            last = f"/readyz answered {answer.status_code}"
-        except httpx.HTTPError as error:
-            last = repr(error)
-        time.sleep(READY_POLL_INTERVAL_S)
-    pytest.fail(f"make run did not serve in time ({last}):\n{log_path.read_text()[-3000:]}")
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    for signal_number in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal_number)
-        try:
-            process.wait(timeout=SERVER_STOP_TIMEOUT_S)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    # make is gone; a worker it left behind in the group would hold the port.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process, timeout_s=SERVER_STOP_TIMEOUT_S)
 
 
 @contextlib.contextmanager

@@ -78,7 +78,8 @@ class Server:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
-def _wait_ready(server: Server, deadline: float) -> None:
+def wait_ready(server: Server, deadline: float) -> None:
+    """Until `/readyz` answers 200; fails the test when the process ends or time runs out."""
     last_error = "no answer yet"
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -98,17 +99,19 @@ def stop_process_group(
     process: subprocess.Popen[Any], *, timeout_s: float = SERVER_STOP_TIMEOUT_S
 ) -> None:
     """SIGTERM to the process's own group (a server and its workers, or make and all it
-    started), then SIGKILL when it has not ended in time."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+    started), then SIGKILL when it has not ended in time; and SIGKILL to whatever it left
+    in its group (a worker would hold the port)."""
+    if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=timeout_s)
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -130,7 +133,7 @@ def running_server(
         )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        _wait_ready(server, time.monotonic() + SERVER_START_TIMEOUT_S)
+        wait_ready(server, time.monotonic() + SERVER_START_TIMEOUT_S)
         yield server
     finally:
         stop_process_group(process)

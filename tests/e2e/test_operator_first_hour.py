@@ -16,17 +16,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import text
 
 from giftcard.db.engine import Database
 from tests.e2e.server import (
     CLI_TIMEOUT_S,
     SERVER_START_TIMEOUT_S,
+    Server,
     base_env,
     run_cli,
     running_server,
     stop_process_group,
+    wait_ready,
 )
 from tests.services import free_port
 
@@ -91,18 +92,6 @@ def test_serve_refuses_a_host_that_is_not_this_machines(tmp_path: Path) -> None:
     assert not database.exists()
 
 
-def _wait_ready(base_url: str, process: subprocess.Popen[str], log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"make run exited with {process.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    pytest.fail(f"make run was not ready in time:\n{log.read_text()}")
-
-
 def test_make_run_on_a_busy_port_then_on_the_port_it_is_given(tmp_path: Path) -> None:
     database = tmp_path / "demo.db"
     env = base_env(f"sqlite:///{database}", GIFTCARD_LOG_FORMAT="text")
@@ -125,7 +114,10 @@ def test_make_run_on_a_busy_port_then_on_the_port_it_is_given(tmp_path: Path) ->
             start_new_session=True,
         )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", process, log)
+        wait_ready(
+            Server(f"http://127.0.0.1:{port}", process, log),
+            time.monotonic() + SERVER_START_TIMEOUT_S,
+        )
     finally:
         stop_process_group(process, timeout_s=STOP_TIMEOUT_S)
     printed = log.read_text()
