@@ -94,6 +94,9 @@ class Settings:
     database_isolation: str | None = None
     limit_redeem_failures_account: str = "10/15minutes"
     limit_redeem_failures_address: str = "50/15minutes"
+    # Codes that pass the check symbol and match no card, for the whole service: the one
+    # bound on a guesser with any number of addresses (README, Security).
+    limit_redeem_misses_service: str = "400/hour"
     limit_signups_address: str = "20/hour"
     limit_login_failures_account: str = "10/15minutes"
     limit_login_failures_address: str = "100/15minutes"
@@ -160,6 +163,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         limit_redeem_failures_address=_limit(
             env, "GIFTCARD_LIMIT_REDEEM_FAILURES_ADDRESS", "50/15minutes"
         ),
+        limit_redeem_misses_service=_limit(env, "GIFTCARD_LIMIT_REDEEM_MISSES_SERVICE", "400/hour"),
         limit_signups_address=_limit(env, "GIFTCARD_LIMIT_SIGNUPS_ADDRESS", "20/hour"),
         limit_login_failures_account=_limit(
             env, "GIFTCARD_LIMIT_LOGIN_FAILURES_ACCOUNT", "10/15minutes"

@@ -1,6 +1,14 @@
 """Abuse limits (SPEC §8): refused redemptions per account and per address, sign-ups per
 address, failed log-ins per email from one address and per address, password reset
-links asked for per address and per email.
+links asked for per address and per email; and, for the whole service, the codes tried
+that match no card.
+
+The per-requester limits bound a guesser by its addresses; one with thousands of them
+would still check thousands of times as many codes. The service-wide limit bounds every
+guesser together: it counts only what could have found a card, a code that passes its
+check symbol and is looked up in vain, so shoppers' typos (which the check symbol
+catches) never spend it. When it is full, redemptions are paused for everyone until the
+window frees a unit: a guesser with many addresses can pause them, never find a code.
 
 Count first, give back on success. Every attempt reserves one unit on each of its rules
 before it runs, in one atomic step that every worker and server sees; when any rule is
@@ -27,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -118,6 +127,7 @@ class AbuseLimits:
         self.clock = clock
         self.redeem_account = Rule.parse("redeem-account", settings.limit_redeem_failures_account)
         self.redeem_address = Rule.parse("redeem-address", settings.limit_redeem_failures_address)
+        self.redeem_service = Rule.parse("redeem-service", settings.limit_redeem_misses_service)
         self.signup_address = Rule.parse("signup-address", settings.limit_signups_address)
         self.login_account = Rule.parse("login-account", settings.limit_login_failures_account)
         self.login_address = Rule.parse("login-address", settings.limit_login_failures_address)
@@ -125,6 +135,7 @@ class AbuseLimits:
             "password-reset-address", settings.limit_password_resets_address
         )
         self.reset_email = Rule.parse("password-reset-email", settings.limit_password_resets_email)
+        self._paused_warning = _PausedWarning()
 
     @classmethod
     def build(cls, settings: Settings, db: Database, clock: Clock) -> AbuseLimits:
@@ -137,17 +148,42 @@ class AbuseLimits:
         )
         return cls(settings, store, clock)
 
-    def redeem_attempt(self, customer_id: int, address: str) -> AbstractAsyncContextManager[None]:
+    @asynccontextmanager
+    async def redeem_attempt(
+        self, customer_id: int, address: str, *, looks_up_a_code: bool
+    ) -> AsyncIterator[None]:
         """Run one redemption inside this block: refused at once while the account or
-        the address is locked; its units are given back unless it ends in a
-        :class:`RedemptionError`, whatever that error is."""
-        slots = (
-            Slot(self.redeem_account, f"customer:{customer_id}"),
-            Slot(self.redeem_address, address),
+        the address is locked; their units are given back unless it ends in a
+        :class:`RedemptionError`, whatever that error is. An attempt that `looks_up_a_code`
+        (its code passes the check symbol) also takes a unit of the service-wide limit,
+        refused with :class:`RedemptionsPaused` while it is full, and kept only when the
+        code matched no card."""
+        requester = await self._reserve(
+            (
+                Slot(self.redeem_account, f"customer:{customer_id}"),
+                Slot(self.redeem_address, address),
+            ),
+            detail=_REDEEM_LOCKED_DETAIL,
         )
-        return self._attempt(
-            slots, detail=_REDEEM_LOCKED_DETAIL, counts=lambda e: isinstance(e, RedemptionError)
-        )
+        service = None
+        if looks_up_a_code:
+            try:
+                service = await self._reserve_service()
+            except BaseException:
+                # Refused before anything was looked at: it does not count for the requester.
+                await self._give_back(requester)
+                raise
+        try:
+            yield
+        except BaseException as error:
+            if not isinstance(error, RedemptionError):
+                await self._give_back(requester)
+            if service is not None and not _matched_no_card(error):
+                await self._give_back(service)
+            raise
+        await self._give_back(requester)
+        if service is not None:
+            await self._give_back(service)
 
     def login_attempt(self, email: str, address: str) -> AbstractAsyncContextManager[None]:
         """Run one log-in inside this block: refused at once while this email is locked at
@@ -203,6 +239,19 @@ class AbuseLimits:
         except Refused as refused:
             raise TooManyAttempts(detail, retry_after_s=refused.retry_after_s) from None
 
+    async def _reserve_service(self) -> Reservation:
+        try:
+            return await self.store.reserve(
+                [(_key(Slot(self.redeem_service, "service")), self.redeem_service)],
+                token=uuid.uuid4().hex,
+                now=self.clock.now(),
+            )
+        except Refused as refused:
+            self._paused_warning.emit(self.redeem_service)
+            raise RedemptionsPaused(
+                _REDEEM_PAUSED_DETAIL, retry_after_s=refused.retry_after_s
+            ) from None
+
     async def _give_back(self, reservation: Reservation) -> None:
         """The attempt has already happened; a store that fails now costs the requester
         one unit until the window moves past it, which is better than failing a request
@@ -213,6 +262,38 @@ class AbuseLimits:
             log.warning(
                 "could not give back an abuse-limit reservation; it will expire", exc_info=True
             )
+
+
+class RedemptionsPaused(TooManyAttempts):
+    """The service-wide limit on codes that match no card is full: redemptions wait for
+    everyone, not only for this requester."""
+
+
+class _PausedWarning:
+    """One log line a minute, per process, while redemptions are paused: enough for an
+    operator to see it, too few for a guesser to flood the log with."""
+
+    INTERVAL_S = 60.0
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    def emit(self, rule: Rule) -> None:
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL_S:
+            return
+        self._last = now
+        log.warning(
+            "redemptions are paused: %d codes that match no card were tried within %d "
+            "seconds (GIFTCARD_LIMIT_REDEEM_MISSES_SERVICE); every redemption is refused "
+            "until the oldest leaves that window",
+            rule.attempts_max,
+            rule.window_s,
+        )
+
+
+def _matched_no_card(error: BaseException) -> bool:
+    return isinstance(error, RedemptionError) and error.code is ErrorCode.CODE_NOT_FOUND
 
 
 def _is_invalid_credentials(error: BaseException) -> bool:
@@ -232,6 +313,10 @@ def _seconds_until(moment: datetime, now: datetime) -> int:
 
 _REDEEM_LOCKED_DETAIL = (
     "Too many unsuccessful attempts to redeem a code. Please wait before trying again."
+)
+_REDEEM_PAUSED_DETAIL = (
+    "Redemptions are paused for a while because many codes that do not exist were tried. "
+    "Your code has not been checked; please try again later."
 )
 _LOGIN_LOCKED_DETAIL = "Too many failed log-ins for this account. Please wait before trying again."
 _SIGNUP_LOCKED_DETAIL = "Too many accounts were created from this address. Please try later."

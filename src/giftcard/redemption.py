@@ -23,7 +23,7 @@ from giftcard.customers import Customer
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards, ledger_accounts
 from giftcard.errors import ErrorCode, RedemptionError
-from giftcard.limits import AbuseLimits
+from giftcard.limits import AbuseLimits, RedemptionsPaused
 from giftcard.metrics import REDEMPTIONS
 from giftcard.money import REGIONS, format_minor
 from giftcard.unit_of_work import UnitOfWork
@@ -146,14 +146,23 @@ async def redeem_limited(
 ) -> Redemption:
     """:func:`redeem` under the abuse limits of SPEC §8, as every door calls it: refused
     at once while the account or address is locked, before the code is looked at; every
-    refusal counts, whatever its error, and a success gives its units back."""
-    async with limits.redeem_attempt(customer.id, address):
-        try:
-            result = await redeem(uow, customer, raw_code, secret_key=secret_key, actor=actor)
-        except RedemptionError as error:
-            REDEMPTIONS.labels(outcome=error.code.value).inc()
-            raise
-    return result
+    refusal counts, whatever its error, and a success gives its units back. A code that
+    passes its check symbol is also counted against the service-wide limit on codes that
+    match no card, and refused while that is full, for everyone."""
+    try:
+        codes.check_code(raw_code)
+        looks_up_a_code = True
+    except RedemptionError:
+        looks_up_a_code = False
+    try:
+        async with limits.redeem_attempt(customer.id, address, looks_up_a_code=looks_up_a_code):
+            return await redeem(uow, customer, raw_code, secret_key=secret_key, actor=actor)
+    except RedemptionError as error:
+        REDEMPTIONS.labels(outcome=error.code.value).inc()
+        raise
+    except RedemptionsPaused:
+        REDEMPTIONS.labels(outcome="paused").inc()
+        raise
 
 
 def _count_redeemed() -> None:

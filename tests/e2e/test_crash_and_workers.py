@@ -52,6 +52,7 @@ def _env(database_url: str) -> dict[str, str]:
         # The test is about crashes: lock-outs would only add 429s.
         GIFTCARD_LIMIT_REDEEM_FAILURES_ACCOUNT="10000/15minutes",
         GIFTCARD_LIMIT_REDEEM_FAILURES_ADDRESS="10000/15minutes",
+        GIFTCARD_LIMIT_REDEEM_MISSES_SERVICE="10000/15minutes",
         GIFTCARD_DATABASE_POOL_SIZE="25",
     )
 

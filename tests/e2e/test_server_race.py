@@ -34,6 +34,7 @@ async def test_fifty_redemptions_of_one_code_over_http_credit_it_once(
         # The race is about the ledger: lock-outs would turn refusals into 429s.
         GIFTCARD_LIMIT_REDEEM_FAILURES_ACCOUNT="10000/15minutes",
         GIFTCARD_LIMIT_REDEEM_FAILURES_ADDRESS="10000/15minutes",
+        GIFTCARD_LIMIT_REDEEM_MISSES_SERVICE="10000/15minutes",
         GIFTCARD_DATABASE_POOL_SIZE="25",
     )
     with running_server(env, tmp_path / "server.log") as server:

@@ -451,6 +451,7 @@ def settings(settings: Settings) -> Settings:
         demo_store=True,
         limit_redeem_failures_account=LIMIT_GENEROUS,
         limit_redeem_failures_address=LIMIT_GENEROUS,
+        limit_redeem_misses_service=LIMIT_GENEROUS,
         limit_signups_address=LIMIT_GENEROUS,
         limit_login_failures_account=LIMIT_GENEROUS,
         limit_login_failures_address=LIMIT_GENEROUS,

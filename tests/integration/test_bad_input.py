@@ -31,6 +31,7 @@ def settings(settings: Settings) -> Settings:
         settings,
         limit_redeem_failures_account="10000/15minutes",
         limit_redeem_failures_address="10000/15minutes",
+        limit_redeem_misses_service="10000/15minutes",
         limit_signups_address="10000/hour",
         limit_login_failures_account="10000/15minutes",
         limit_login_failures_address="10000/15minutes",

@@ -38,6 +38,7 @@ def race_settings(settings: Settings) -> Settings:
         database_pool_size=CONCURRENCY,
         limit_redeem_failures_account="10000/15minutes",
         limit_redeem_failures_address="10000/15minutes",
+        limit_redeem_misses_service="10000/15minutes",
         limit_signups_address="10000/hour",
     )
 

@@ -120,6 +120,7 @@ def roles(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         secret_key=TEST_SECRET_KEY,
         limit_redeem_failures_account=LIMIT_GENEROUS,
         limit_redeem_failures_address=LIMIT_GENEROUS,
+        limit_redeem_misses_service=LIMIT_GENEROUS,
         limit_signups_address=LIMIT_GENEROUS,
         limit_login_failures_account=LIMIT_GENEROUS,
         limit_login_failures_address=LIMIT_GENEROUS,

@@ -539,3 +539,125 @@ async def test_redis_down_refuses_limited_requests_with_503(
             assert await total_balance(client, shopper) == 0
     finally:
         await svc.close()
+
+
+GENEROUS = "10000/15minutes"
+
+
+def address(number: int) -> str:
+    """A distinct client address for each number, as many guessers' would be."""
+    return f"198.18.{number // 250}.{number % 250 + 1}"
+
+
+async def test_codes_matching_no_card_pause_redemptions_for_everyone(
+    lab: Lab, clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a service-wide limit of 3 codes that match no card an hour, and per-requester
+    limits that never bind: mistyped, malformed, already redeemed and other stores' codes
+    are answered on their merits without spending it, and so are successful redemptions;
+    three unknown codes from three addresses fill it. Then a VALID code from a fourth
+    address and a new account is refused 429 like any other (paused, not checked), the
+    card stays active and the pause is logged once; it did not count against that
+    requester, and once the hour has moved past the oldest unknown code the same code is
+    redeemed."""
+    svc = await lab.start(
+        limit_redeem_failures_account=GENEROUS,
+        limit_redeem_failures_address=GENEROUS,
+        limit_redeem_misses_service="3/hour",
+    )
+    admin = await api_key(svc)
+    home = lab.client(svc, HOME)
+    cards = await issue(home, admin, amount=500, count=5)
+    [british] = await issue(home, admin, amount=500, region="GB")
+    shopper = await sign_up(home)
+
+    for card in cards[:4]:
+        assert (await redeem(home, shopper, card["code"])).status_code == 201
+    merits = [
+        (await redeem(home, shopper, code)).json()["code"]
+        for code in (
+            mistyped(cards[4]["code"]),
+            "0000",
+            cards[0]["code"],
+            british["code"],
+        )
+        for _ in range(2)
+    ]
+    assert Counter(merits) == {
+        "code_mistyped": 2,
+        "code_malformed": 2,
+        "code_already_redeemed": 2,
+        "region_mismatch": 2,
+    }
+
+    for number in range(3):
+        guesser = lab.client(svc, address(number))
+        answer = await redeem(guesser, await sign_up(guesser), generate_code())
+        assert_problem(answer, 404, "code_not_found")
+        clock.advance(timedelta(minutes=10))
+
+    owner_client = lab.client(svc, address(99))
+    owner = await sign_up(owner_client)
+    with caplog.at_level("WARNING", logger="giftcard.limits"):
+        paused = await redeem(owner_client, owner, cards[4]["code"])
+        again = await redeem(owner_client, owner, generate_code())
+    retry_after_s = assert_locked(paused, window_s=3600)
+    assert retry_after_s == 3600 - 30 * 60
+    assert_locked(again, window_s=3600)
+    assert "paused" in paused.json()["detail"]
+    assert paused.json()["detail"] == again.json()["detail"]
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "redemptions are paused" in caplog.records[0].getMessage()
+    assert await card_state(home, admin, cards[4]) == "active"
+
+    clock.advance(timedelta(seconds=retry_after_s))
+    redeemed = await redeem(owner_client, owner, cards[4]["code"])
+    assert redeemed.status_code == 201, redeemed.text
+    assert await total_balance(owner_client, owner) == 500
+    await lab.assert_counted_in_storage()
+
+
+async def test_a_paused_service_does_not_count_against_the_requester(lab: Lab) -> None:
+    """Given an account limit of 1 and a service-wide limit of 1: once another shopper's
+    unknown code has filled the service's, this account's paused attempts are refused
+    but not counted, so when the service has room it still has its own one refusal."""
+    svc = await lab.start(
+        limit_redeem_failures_account="1/15minutes",
+        limit_redeem_failures_address=GENEROUS,
+        limit_redeem_misses_service="1/hour",
+    )
+    home = lab.client(svc, HOME)
+    away = lab.client(svc, ELSEWHERE)
+    admin = await api_key(svc)
+    [card] = await issue(home, admin, amount=300)
+    shopper = await sign_up(home)
+    assert_problem(await redeem(away, await sign_up(away), generate_code()), 404, "code_not_found")
+
+    for _ in range(3):
+        assert_locked(await redeem(home, shopper, card["code"]), window_s=3600)
+    # A code the check symbol refuses does not look anything up, so it is answered on
+    # its merits while redemptions are paused, and spends the account's one refusal.
+    assert_problem(await redeem(home, shopper, mistyped(card["code"])), 422, "code_mistyped")
+    assert_locked(await redeem(home, shopper, mistyped(card["code"])))
+
+
+@ALL_ISOLATIONS
+async def test_a_burst_from_many_addresses_checks_exactly_the_service_limit(lab: Lab) -> None:
+    """Given four workers on one database and store, a service-wide limit of 12, and 60
+    unknown codes sent at once from 60 addresses and accounts (so that no requester's own
+    limit binds), exactly 12 are looked up (404) and 48 refused (429): the service-wide
+    unit is reserved before the lookup, atomically, across the workers."""
+    workers = await lab.workers(limit_redeem_misses_service="12/hour")
+    guessers = []
+    for number in range(60):
+        http = lab.client(workers[number % WORKERS], address(number))
+        guessers.append((http, await sign_up(http)))
+    await open_connections(workers, 10)
+
+    responses = await asyncio.wait_for(
+        asyncio.gather(*(redeem(http, shopper, generate_code()) for http, shopper in guessers)),
+        BURST_TIMEOUT_S,
+    )
+
+    assert Counter(r.status_code for r in responses) == {404: 12, 429: 48}
+    await lab.assert_counted_in_storage()

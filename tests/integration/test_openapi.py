@@ -384,6 +384,7 @@ def fuzzing(database_url: str) -> Iterator[Fuzzing]:
         secret_key=TEST_SECRET_KEY,
         limit_redeem_failures_account=LIMIT_GENEROUS,
         limit_redeem_failures_address=LIMIT_GENEROUS,
+        limit_redeem_misses_service=LIMIT_GENEROUS,
         limit_signups_address=LIMIT_GENEROUS,
         limit_login_failures_account=LIMIT_GENEROUS,
         limit_login_failures_address=LIMIT_GENEROUS,

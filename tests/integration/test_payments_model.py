@@ -143,6 +143,7 @@ def settings_for_model(settings: Settings) -> Settings:
         session_ttl_s=100 * 365 * 86400,
         limit_redeem_failures_account="100000/15minutes",
         limit_redeem_failures_address="100000/15minutes",
+        limit_redeem_misses_service="100000/15minutes",
         limit_signups_address="100000/hour",
     )
 

@@ -53,6 +53,7 @@ def test_short_secret_key_is_refused() -> None:
     [
         ("GIFTCARD_LIMIT_REDEEM_FAILURES_ACCOUNT", "ten per minute"),
         ("GIFTCARD_LIMIT_SIGNUPS_ADDRESS", "5/fortnight"),
+        ("GIFTCARD_LIMIT_REDEEM_MISSES_SERVICE", "400"),
         ("GIFTCARD_SESSION_TTL", "-5"),
         ("GIFTCARD_SESSION_TTL", "1w"),
         ("GIFTCARD_REQUEST_BODY_MAX_BYTES", "12"),
