@@ -315,8 +315,8 @@ _REDEEM_LOCKED_DETAIL = (
     "Too many unsuccessful attempts to redeem a code. Please wait before trying again."
 )
 _REDEEM_PAUSED_DETAIL = (
-    "Redemptions are paused for a while because many codes that do not exist were tried. "
-    "Your code has not been checked; please try again later."
+    "Redemptions are paused for a while because many codes that do not exist were tried; "
+    "your code has not been checked. Please try later."
 )
 _LOGIN_LOCKED_DETAIL = "Too many failed log-ins for this account. Please wait before trying again."
 _SIGNUP_LOCKED_DETAIL = "Too many accounts were created from this address. Please try later."

@@ -10,7 +10,10 @@ time, so that they land on different workers:
 - one address, one account;
 - one address, many accounts (as many as the address may sign up, which is measured
   too), more than enough to fill the address's limit;
-- many addresses, each with many accounts.
+- four addresses, each with many accounts;
+- a horde of ten more addresses with several accounts each, none of which reaches its
+  own limits: what stops it is the service-wide limit on codes that match no card,
+  which every guess so far has been counted against.
 
 The test does not wait out a 15-minute window. It measures where refusals start (how
 many guesses are checked against the database before every further one is answered
@@ -25,11 +28,11 @@ favour.
 
 From that rate: the expected number of guesses to hit one of 10 million active cards,
 when guessing distinct codes that pass the check at random among the 32^15 that do, is
-(32^15 + 1) / (10^7 + 1), and so the expected years. The limits are per account and per
-address, so an attacker with N addresses gets N times one address's rate: the test
-asserts that one address (with any number of accounts, on any number of workers) needs
-more than 10^9 years, and prints what N addresses need. Run it with `-s` to see the
-table.
+(32^15 + 1) / (10^7 + 1), and so the expected years. The per-account and per-address
+limits alone would give N addresses N times one address's rate; the service-wide limit
+caps every guesser together, so the test asserts that guessers with any number of
+addresses and accounts, on any number of workers, need more than 10^9 years. Run it
+with `-s` to see the table.
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ GUESSES_PER_ACCOUNT = ACCOUNT_LIMIT + 2
 ACCOUNTS_PER_ADDRESS = ADDRESS_LIMIT // ACCOUNT_LIMIT + 1
 SIGNUP_ATTEMPTS_MAX = SIGNUP_LIMIT + 5
 MANY_ADDRESSES = 4
+HORDE_ADDRESSES = 10
+HORDE_ACCOUNTS_PER_ADDRESS = 3
+SERVICE_LIMIT = 400
+SERVICE_WINDOW_S = 3600
 
 ACTIVE_CARDS = 10_000_000
 # The check symbol is fixed by the other fifteen, so only 32^15 strings are codes that a
@@ -94,25 +101,33 @@ class Window:
     """Bounds on a limit's window from the refusals' Retry-After headers.
 
     A refusal's Retry-After is the time until the oldest counted attempt leaves the
-    window, rounded up to a whole second. That attempt was counted after `started` and
-    before the refusal, so the window lies between Retry-After - 1 and Retry-After plus
-    the seconds since `started`."""
+    window, rounded up to a whole second. That attempt was counted after `started`, and
+    the refusal was decided between its request and its answer. So the window is at
+    least Retry-After - 1 and at most Retry-After plus the time since `started`. When
+    the attempt the refusals wait for is known to have been counted before a moment
+    (`oldest_counted_by`: for a limit shared by every guesser, the first answer that
+    said a guess was counted), the window is also at least that plus the time from that
+    moment to the refused request."""
 
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.shortest_s = 0
+    def __init__(self, started: float | None = None, oldest_counted_by: float | None = None):
+        self.started = time.monotonic() if started is None else started
+        self.oldest_counted_by = oldest_counted_by
+        self.shortest_s = 0.0
         self.longest_s = math.inf
 
     def __repr__(self) -> str:
-        return f"Window({self.shortest_s}s to {self.longest_s}s)"
+        return f"Window({self.shortest_s:.1f}s to {self.longest_s:.1f}s)"
 
-    def refused(self, response: httpx.Response) -> None:
+    def refused(self, response: httpx.Response, *, sent_at: float | None = None) -> None:
         retry_after_s = int(response.headers["retry-after"])
+        shortest_s = float(retry_after_s - 1)
+        if sent_at is not None and self.oldest_counted_by is not None:
+            shortest_s += max(0.0, sent_at - self.oldest_counted_by)
+        self.shortest_s = max(self.shortest_s, shortest_s)
         elapsed_s = math.ceil(time.monotonic() - self.started)
-        self.shortest_s = max(self.shortest_s, retry_after_s - 1)
         self.longest_s = min(self.longest_s, retry_after_s + elapsed_s)
 
-    def checked(self, expected_s: int) -> int:
+    def checked(self, expected_s: int) -> float:
         """The shortest window the answers allow, once they are seen to allow `expected_s`:
         the shortest window gives the guesser the highest rate."""
         assert self.longest_s < math.inf, "no attempt was refused"
@@ -129,6 +144,7 @@ class Burst:
     window: Window
     checked_by_address: Counter[str]
     checked_by_account: Counter[str]
+    first_checked_at: float | None  # when the first code_not_found answer arrived
 
 
 @dataclass(frozen=True)
@@ -137,11 +153,14 @@ class Row:
     addresses: int
     accounts: int
     checked: int
-    window_s: int
+    window_s: float
+    # The most every guesser together may have checked in an hour: its own limits'
+    # rate cannot be kept up for an hour beyond it.
+    cap_per_hour: float = math.inf
 
     @property
     def guesses_per_hour(self) -> float:
-        return self.checked * 3600 / self.window_s
+        return min(self.checked * 3600 / self.window_s, self.cap_per_hour)
 
     @property
     def years(self) -> float:
@@ -187,27 +206,33 @@ async def attacker(server: Server, address: str, accounts: int) -> Attacker:
     return found
 
 
-async def guess(attackers: Sequence[Attacker], server: Server) -> Burst:
+async def guess(
+    attackers: Sequence[Attacker], server: Server, window: Window | None = None
+) -> Burst:
     """Every account sends GUESSES_PER_ACCOUNT random codes that pass the check symbol,
-    each address IN_FLIGHT_MAX at a time; all addresses at once."""
+    each address IN_FLIGHT_MAX at a time; all addresses at once. The refusals bound
+    `window`, a new one unless given."""
     checked_by_address: Counter[str] = Counter()
     checked_by_account: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
-    window = Window()
+    window = Window() if window is None else window
+    first_checked_at: list[float] = []
 
     async def one(
         http: httpx.AsyncClient, address: str, account: int, auth: dict[str, str]
     ) -> None:
+        sent_at = time.monotonic()
         response = await http.post(
             "/v1/me/redemptions", json={"code": generate_code()}, headers=auth
         )
         code = response.json().get("code")
         outcomes[code] += 1
         if code == "code_not_found":
+            first_checked_at.append(time.monotonic())
             checked_by_address[address] += 1
             checked_by_account[f"{address} #{account}"] += 1
         elif code == "too_many_attempts":
-            window.refused(response)
+            window.refused(response, sent_at=sent_at)
         else:
             pytest.fail(f"a guess was answered {response.status_code}: {response.text}")
 
@@ -237,6 +262,7 @@ async def guess(attackers: Sequence[Attacker], server: Server) -> Burst:
         window=window,
         checked_by_address=checked_by_address,
         checked_by_account=checked_by_account,
+        first_checked_at=min(first_checked_at, default=None),
     )
 
 
@@ -258,21 +284,23 @@ def table(rows: Sequence[Row]) -> str:
     for row in rows:
         lines.append(
             f"{row.attacker:<34} {row.addresses:>4} {row.accounts:>5} {row.checked:>7} "
-            f"{row.window_s:>6}s {row.guesses_per_hour:>12.1f} {row.years:>14.3g}"
+            f"{row.window_s:>6.0f}s {row.guesses_per_hour:>12.1f} {row.years:>14.3g}"
         )
     return "\n".join(lines)
 
 
-async def test_guessing_a_code_takes_more_than_a_billion_years_per_address(
+async def test_guessing_a_code_takes_more_than_a_billion_years_from_any_number_of_addresses(
     server_database_url: str, tmp_path: Path
 ) -> None:
     """Given a real server with three workers at the default limits, when guessers from
-    one address with one account, one address with many accounts, and four addresses
-    with many accounts each send more well-formed guesses than they are allowed, then
-    exactly the limits' worth are checked (10 per account, 50 per address, whatever the
-    number of accounts or workers), every further one is refused for a 15-minute window,
-    a valid code is refused too while locked, an address may sign up 20 accounts an
-    hour, and one address's rate leaves more than 10^9 expected years per hit."""
+    one address with one account, one address with many accounts, four addresses with
+    many accounts each, and then ten more addresses send more well-formed guesses than
+    they are allowed, then exactly the limits' worth are checked (10 per account and 50
+    per address, whatever the number of accounts or workers; 400 in all, whatever the
+    number of addresses), every further one is refused (for a 15-minute window, or the
+    service's hour), a valid code is refused too while its guesser is locked and, from
+    anyone, while the service is paused; an address may sign up 20 accounts an hour, and
+    no guesser, however many addresses it has, gets a hit in under 10^9 expected years."""
     env = base_env(server_database_url)
     assert not any(key.startswith("GIFTCARD_LIMIT_") for key in env)
     log_path = tmp_path / "server.log"
@@ -296,34 +324,53 @@ async def test_guessing_a_code_takes_more_than_a_billion_years_per_address(
 
         # Each address signs its accounts up at the same time as the others, as
         # independent attackers would, which also keeps the test short.
-        lone, *crowd = await asyncio.gather(
+        lone, *others = await asyncio.gather(
             attacker(server, "127.0.0.2", accounts=1),
             *(
                 attacker(server, f"127.0.0.{4 + number}", accounts=ACCOUNTS_PER_ADDRESS)
                 for number in range(MANY_ADDRESSES)
             ),
+            *(
+                attacker(server, f"127.0.1.{1 + number}", accounts=HORDE_ACCOUNTS_PER_ADDRESS)
+                for number in range(HORDE_ADDRESSES)
+            ),
         )
+        crowd, horde = others[:MANY_ADDRESSES], others[MANY_ADDRESSES:]
+        (card,) = issue_cards(server, create_api_key(env), amount=2500)
+        owner = await attacker(server, "127.0.0.99", accounts=1)
+        latecomer = await attacker(server, "127.0.0.98", accounts=1)
 
         started = time.monotonic()
         lone_burst = await guess([lone], server)
         hoarder_burst = await guess([hoarder], server)
         crowd_burst = await guess(crowd, server)
-        burst_s = time.monotonic() - started
 
         # Locked out, a valid code is refused like any other guess, so the lock tells the
         # guesser nothing; from a fresh address and account the same code is redeemed.
-        (card,) = issue_cards(server, create_api_key(env), amount=2500)
         async with client(server, lone.address) as http:
             locked = await http.post(
                 "/v1/me/redemptions", json={"code": card["code"]}, headers=lone.accounts[0]
             )
-        owner = await attacker(server, "127.0.0.99", accounts=1)
         async with client(server, owner.address) as http:
             redeemed = await http.post(
                 "/v1/me/redemptions", json={"code": card["code"]}, headers=owner.accounts[0]
             )
         assert locked.status_code == 429, locked.text
         assert redeemed.status_code == 201, redeemed.text
+
+        # Every unit of the service-wide limit was taken by a guess, the oldest by the
+        # lone guesser's first.
+        service_window = Window(started, oldest_counted_by=lone_burst.first_checked_at)
+        horde_burst = await guess(horde, server, service_window)
+        burst_s = time.monotonic() - started
+
+        # Paused, the service refuses a code from anyone before looking it up.
+        async with client(server, latecomer.address) as http:
+            paused = await http.post(
+                "/v1/me/redemptions", json={"code": generate_code()}, headers=latecomer.accounts[0]
+            )
+        assert paused.status_code == 429, paused.text
+        assert "paused" in paused.json()["detail"]
 
     # Refusals start exactly at each limit, across the workers.
     assert lone_burst.checked == ACCOUNT_LIMIT, lone_burst
@@ -332,13 +379,24 @@ async def test_guessing_a_code_takes_more_than_a_billion_years_per_address(
     assert crowd_burst.checked_by_address == dict.fromkeys(
         [who.address for who in crowd], ADDRESS_LIMIT
     ), crowd_burst
+    everyone_checked = (
+        lone_burst.checked + hoarder_burst.checked + crowd_burst.checked + horde_burst.checked
+    )
+    assert everyone_checked == SERVICE_LIMIT, horde_burst
+    # The horde was stopped by the service's limit, none of its own.
+    assert max(horde_burst.checked_by_address.values()) < ADDRESS_LIMIT, horde_burst
+    assert max(horde_burst.checked_by_account.values()) < ACCOUNT_LIMIT, horde_burst
     assert lone_burst.refused
     assert hoarder_burst.refused
     assert crowd_burst.refused
+    assert horde_burst.refused
     # The server counted each source address as its own client.
     seen = access_log_clients(log_path)
-    assert {lone.address, hoarder.address, *(who.address for who in crowd)} <= seen, seen
+    every_address = {lone.address, hoarder.address, *(who.address for who in crowd + horde)}
+    assert every_address <= seen, seen - every_address
 
+    service_window_s = service_window.checked(SERVICE_WINDOW_S)
+    cap = everyone_checked * 3600 / service_window_s
     rows = [
         Row(
             "one address, one account",
@@ -346,6 +404,7 @@ async def test_guessing_a_code_takes_more_than_a_billion_years_per_address(
             1,
             lone_burst.checked,
             lone_burst.window.checked(REDEEM_WINDOW_S),
+            cap,
         ),
         Row(
             "one address, many accounts",
@@ -353,6 +412,7 @@ async def test_guessing_a_code_takes_more_than_a_billion_years_per_address(
             len(hoarder.accounts),
             hoarder_burst.checked,
             hoarder_burst.window.checked(REDEEM_WINDOW_S),
+            cap,
         ),
         Row(
             f"{MANY_ADDRESSES} addresses, many accounts each",
@@ -360,22 +420,28 @@ async def test_guessing_a_code_takes_more_than_a_billion_years_per_address(
             MANY_ADDRESSES * ACCOUNTS_PER_ADDRESS,
             crowd_burst.checked,
             crowd_burst.window.checked(REDEEM_WINDOW_S),
+            cap,
+        ),
+        Row(
+            f"all {len(every_address)} addresses together",
+            len(every_address),
+            1
+            + len(hoarder.accounts)
+            + MANY_ADDRESSES * ACCOUNTS_PER_ADDRESS
+            + HORDE_ADDRESSES * HORDE_ACCOUNTS_PER_ADDRESS,
+            everyone_checked,
+            service_window_s,
         ),
     ]
-    per_address = max(row.guesses_per_hour / row.addresses for row in rows)
-    per_address_years = expected_guesses() / per_address / HOURS_PER_YEAR
-    addresses_under_required = math.floor(per_address_years / YEARS_REQUIRED) + 1
     print(
         f"\nGuessing a code: {WORKERS} workers, default limits, {burst_s:.1f}s of guessing, "
         f"{ACTIVE_CARDS:,} active cards among {CODE_SPACE:.3g} codes "
         f"(expected {expected_guesses():.3g} guesses per hit)\n"
         f"{table(rows)}\n"
-        f"sign-ups from one address: {signups_allowed} per {signup_window_s}s\n"
-        f"one address: at most {per_address:.1f} guesses/hour, {per_address_years:.3g} "
-        f"years per hit; N addresses: {per_address_years:.3g}/N years, under "
-        f"{YEARS_REQUIRED:.0e} from N = {addresses_under_required}"
+        f"sign-ups from one address: {signups_allowed} per {signup_window_s:.0f}s\n"
+        f"any number of addresses: at most {rows[-1].guesses_per_hour:.1f} guesses/hour, "
+        f"{rows[-1].years:.3g} years per hit"
     )
 
-    assert per_address_years > YEARS_REQUIRED
     for row in rows:
-        assert row.years * row.addresses > YEARS_REQUIRED, row
+        assert row.years > YEARS_REQUIRED, row

@@ -9,6 +9,7 @@ import html
 import math
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,7 @@ from sqlalchemy import func, select
 from giftcard import codes, customers, ids
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
+from giftcard.config import Settings
 from giftcard.customers import RefundPreference
 from giftcard.db.tables import customers as customers_table
 from giftcard.services import Services
@@ -620,6 +622,38 @@ async def test_too_many_refused_codes_lock_the_form_with_retry_after(
         f"Too many unsuccessful attempts to redeem a code. Try again in {minutes} minutes."
     )
     assert 'data-testid="available">$0.00<' in locked.text
+
+
+async def test_paused_redemptions_say_so_on_the_page_with_how_long(
+    settings: Settings, clock: FrozenClock
+) -> None:
+    """With a service-wide limit of one unknown code an hour, once another shopper's
+    unknown code has filled it, a valid code on the page is refused 429 with words that
+    say redemptions are paused for everyone and for how long, and nothing is redeemed."""
+    svc = Services.build(replace(settings, limit_redeem_misses_service="1/hour"), clock=clock)
+    try:
+        app = create_app(services=svc)
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 4712))
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as api,
+            httpx.AsyncClient(
+                transport=transport, base_url="http://testserver", headers={"Accept": "text/html"}
+            ) as page_browser,
+        ):
+            (card,) = await issue(api, await api_key(svc))
+            await web_sign_up(page_browser)
+            unknown = codes.format_code(codes.generate_code())
+            assert (await web_redeem(page_browser, unknown)).status_code == 404
+            paused = await web_redeem(page_browser, card["code"])
+    finally:
+        await svc.close()
+    assert paused.status_code == 429
+    assert int(paused.headers["retry-after"]) == 3600
+    assert field_error(paused.text, "code") == (
+        "Redemptions are paused for a while because many codes that do not exist were "
+        "tried; your code has not been checked. Try again in 60 minutes."
+    )
+    assert 'data-testid="available">$0.00<' in paused.text
 
 
 async def test_an_expired_session_keeps_the_typed_code_through_logging_in(
