@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import event, func, make_url, select, text
@@ -214,8 +215,6 @@ async def test_a_server_with_no_room_for_another_client_gets_a_503_not_a_500(
 
 async def _terminate_every_other_backend(postgres_url: str, database_url: str) -> int:
     """What a database restart does to the connections a pool keeps: end them all."""
-    import asyncpg
-
     admin = await asyncpg.connect(postgres_url)
     try:
         ended: list[Any] = await admin.fetch(
@@ -230,7 +229,11 @@ async def _terminate_every_other_backend(postgres_url: str, database_url: str) -
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 async def test_a_transaction_whose_pooled_connection_was_lost_runs_again_on_a_new_one(
-    services: Services, database_url: str, postgres_url: str, no_backoff: None
+    services: Services,
+    database_url: str,
+    postgres_url: str,
+    no_backoff: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Given pooled connections that the server ended (as a restart of PostgreSQL does),
     then a transaction finds its connection lost before its first statement, runs again on
@@ -241,6 +244,9 @@ async def test_a_transaction_whose_pooled_connection_was_lost_runs_again_on_a_ne
         await connection.execute(text("SELECT pg_sleep(0.05)"))
 
     await asyncio.gather(*(db.run(hold) for _ in range(4)))  # the pool keeps four
+    # As if the ends of the connections had not reached the client yet, so that the pool
+    # cannot tell them closed at checkout.
+    monkeypatch.setattr(engine_module, "seen_closed", lambda _connection: False)
     assert await _terminate_every_other_backend(postgres_url, database_url) >= 1
     calls = 0
 
@@ -253,6 +259,26 @@ async def test_a_transaction_whose_pooled_connection_was_lost_runs_again_on_a_ne
     assert calls == 2
     async with db.transaction(write=False) as connection:
         assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_pooled_connections_the_server_closed_are_replaced_before_any_use(
+    services: Services, database_url: str, postgres_url: str
+) -> None:
+    """Given pooled connections that the server ended, once their ends have reached the
+    client, a plain read transaction (as authentication opens, outside `Database.run`)
+    gets a new connection rather than an error."""
+    db = services.db
+
+    async def hold(connection: AsyncConnection) -> None:
+        await connection.execute(text("SELECT pg_sleep(0.05)"))
+
+    await asyncio.gather(*(db.run(hold) for _ in range(4)))
+    assert await _terminate_every_other_backend(postgres_url, database_url) >= 4
+    await asyncio.sleep(0.2)
+    for _ in range(4):
+        async with db.transaction(write=False) as connection:
+            assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from giftcard.errors import ErrorCode, GiftcardError
@@ -141,6 +141,7 @@ class Database:
             options["isolation_level"] = isolation
         engine = create_async_engine(self.url, **options)
         _count_statements(engine)
+        _discard_closed_connections(engine)
         return engine
 
     async def dispose(self) -> None:
@@ -210,6 +211,25 @@ def _count_statements(engine: AsyncEngine) -> None:
         counter = connection.info.get(_STATEMENTS)
         if counter is not None:
             counter[0] += 1
+
+
+def _discard_closed_connections(engine: AsyncEngine) -> None:
+    """A pooled connection that the server has closed (a restart of PostgreSQL ends them
+    all) is known to be closed as soon as the event loop has read the end of its socket:
+    the pool replaces it at checkout, at no cost of a round trip, instead of handing it
+    to a transaction that would fail. One whose end has not arrived yet is still caught
+    by :meth:`Database.run`, which runs a transaction again when its connection is lost
+    before its first statement."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if seen_closed(dbapi_connection.driver_connection):
+            raise DisconnectionError("the server closed this pooled connection")
+
+
+def seen_closed(driver_connection: Any) -> bool:
+    """Whether the client has seen the server end this asyncpg connection."""
+    return bool(driver_connection.is_closed())
 
 
 def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
