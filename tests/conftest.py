@@ -24,7 +24,7 @@ from giftcard.config import Settings
 from giftcard.db.migrate import upgrade
 from giftcard.services import Services
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.services", "tests.sweep"]
 
 TEST_SECRET_KEY = b"test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 
