@@ -12,8 +12,12 @@ ran, for anything shaped like a secret:
 - a password the tests use, as typed or as a form or URL encodes it.
 
 Emails are searched in their headers only: a gift's code belongs in its body, as a reset
-link does in the reset email's. Every log record of the `giftcard` loggers is made, at
-DEBUG, so that nothing a more verbose server would write escapes the search.
+link does in the reset email's. SQLite databases are searched value by value, as a dump
+would show them (a page's raw bytes run neighbouring columns together: a serial and a
+code's last four symbols read as sixteen). A terminal transcript of `make run` is
+searched but for the demo's welcome, which shows its codes and key once, on purpose.
+Every log record of the `giftcard` loggers is made, at DEBUG, so that nothing a more
+verbose server would write escapes the search.
 
 With xdist, each worker searches its own log records and leaves what it found in its
 temporary folder; the controller searches the files once every worker has finished, and
@@ -28,6 +32,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from email.parser import BytesHeaderParser
@@ -39,12 +44,13 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from giftcard import codes
+from giftcard.demo.seed import DATA_HEADING
 from giftcard.errors import RedemptionError
 
 FINDINGS_FILE = "secret-sweep.json"
 FINDINGS_SHOWN_MAX = 20
 # Files the servers of the tests write, by what they hold.
-DATABASE_SUFFIXES = (".db", ".db-wal", ".sqlite")
+DATABASE_SUFFIXES = (".db", ".sqlite")  # read with their WAL
 LOG_SUFFIXES = (".log",)
 MAIL_SUFFIXES = (".eml",)
 
@@ -182,20 +188,75 @@ def _search_files(basetemp: Path) -> list[Finding]:
             path = Path(folder, name)
             if name == FINDINGS_FILE:
                 findings += [Finding(**item) for item in json.loads(path.read_text())]
-            elif name.endswith(DATABASE_SUFFIXES + LOG_SUFFIXES):
-                findings += _search_file(path, basetemp)
+            elif name.endswith(DATABASE_SUFFIXES):
+                findings += _search_database(path, basetemp)
+            elif name.endswith(LOG_SUFFIXES):
+                findings += _search_log(path, basetemp)
             elif name.endswith(MAIL_SUFFIXES):
                 findings += _search_headers(path, basetemp)
     return findings
 
 
-def _search_file(path: Path, basetemp: Path) -> list[Finding]:
+def _search_log(path: Path, basetemp: Path) -> list[Finding]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    where = str(path.relative_to(basetemp))
+    return [Finding(where, kind, excerpt) for kind, excerpt in secrets_in(_without_welcome(lines))]
+
+
+def _without_welcome(lines: list[str]) -> str:
+    """The lines but the demo's welcome: its heading and the indented lines under it."""
+    kept = []
+    in_welcome = False
+    for line in lines:
+        if line == DATA_HEADING:
+            in_welcome = True
+        elif in_welcome and not line.startswith("  "):
+            in_welcome = False
+        if not in_welcome:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _search_database(path: Path, basetemp: Path) -> list[Finding]:
+    where = str(path.relative_to(basetemp))
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return _search_bytes(path, where)
+    findings = []
+    try:
+        tables = [
+            name
+            for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        for table in tables:
+            quoted = table.replace('"', '""')
+            for row in connection.execute(f'SELECT * FROM "{quoted}"'):
+                for value in row:
+                    if isinstance(value, bytes):
+                        value = value.decode("latin-1")
+                    if isinstance(value, str):
+                        findings += [
+                            Finding(f"{where}, table {table}", kind, excerpt)
+                            for kind, excerpt in secrets_in(value)
+                        ]
+    except sqlite3.DatabaseError:
+        return _search_bytes(path, where)
+    finally:
+        connection.close()
+    return findings
+
+
+def _search_bytes(path: Path, where: str) -> list[Finding]:
+    """A file that is not a database after all, searched as it is."""
     try:
         # Latin-1 reads any bytes; every shape searched for is ASCII.
         text = path.read_bytes().decode("latin-1")
     except OSError:
         return []
-    where = str(path.relative_to(basetemp))
     return [Finding(where, kind, excerpt) for kind, excerpt in secrets_in(text)]
 
 

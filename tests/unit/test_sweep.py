@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 
 from giftcard.codes import format_code, generate_code
+from giftcard.demo.seed import DATA_HEADING
 from tests import sweep
 
 
@@ -67,3 +69,40 @@ def test_every_log_record_is_searched_with_its_extra_fields() -> None:
         logger.removeHandler(search)
         logger.propagate = True
     assert [f.kind for f in search.findings] == ["gift card code"]
+
+
+def test_a_database_is_searched_value_by_value(tmp_path: Path) -> None:
+    """A code in a column is found; a serial beside a code's last four symbols, which
+    run together in the file's bytes, is not a code."""
+    code = generate_code()
+    leaking = tmp_path / "leaking.db"
+    clean = tmp_path / "clean.db"
+    for path, note in ((leaking, f"customer typed {code}"), (clean, "nothing")):
+        with sqlite3.connect(path) as connection:
+            connection.execute("CREATE TABLE cards (serial TEXT, last4 TEXT, note TEXT)")
+            connection.execute(
+                "INSERT INTO cards VALUES (?, ?, ?)", ("923890668562", code[-4:], note)
+            )
+        connection.close()
+    try:
+        found = sweep._search_database(leaking, tmp_path)
+        assert [(f.where, f.kind) for f in found] == [("leaking.db, table cards", "gift card code")]
+        assert sweep._search_database(clean, tmp_path) == []
+    finally:
+        leaking.unlink()
+        clean.unlink()
+
+
+def test_the_demo_welcome_is_left_out_of_a_transcript_and_nothing_else() -> None:
+    code = format_code(generate_code())
+    later = format_code(generate_code())
+    transcript = [
+        "INFO starting",
+        DATA_HEADING,
+        f"  code      {code}  $25.00",
+        "Serving on http://127.0.0.1:8000/",
+        f"INFO request path=/v1/{later}",
+    ]
+    searched = sweep._without_welcome(transcript)
+    assert code not in searched
+    assert later in searched

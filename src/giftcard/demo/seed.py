@@ -30,6 +30,8 @@ from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.money import format_minor, region
 from giftcard.unit_of_work import UnitOfWork
 
+# The demo's welcome: its codes, key and passwords are shown once, under this heading.
+DATA_HEADING = "Demo data (codes are shown only now):"
 DEMO_SHOPPER_EMAIL = "shopper@example.com"
 DEMO_SHOPPER_PASSWORD = "demo-shopper-password"
 DEMO_STAFF_EMAIL = "support@example.com"
@@ -71,7 +73,7 @@ async def seed(settings: Settings) -> list[str]:
 
 
 async def seed_database(db: Database, secret_key: bytes, *, clock: Clock) -> Made:
-    lines = ["Demo data (codes are shown only now):"]
+    lines = [DATA_HEADING]
     lines.append(await _shopper(db, clock))
     staff_password, staff_line = await _staff(db, clock)
     lines.append(staff_line)
