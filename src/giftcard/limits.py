@@ -88,22 +88,38 @@ class Slot:
 
 @dataclass(frozen=True)
 class Reservation:
-    """The units one attempt holds: a handle for giving them back."""
+    """The units one attempt holds: a handle for giving them back. `row_ids`, when the
+    store has them, are in the order of `keys`."""
 
     keys: tuple[str, ...]
     token: str
     row_ids: tuple[int, ...] = ()
 
+    def only(self, keys: Sequence[str]) -> Reservation:
+        """The part of this reservation on `keys`, to give back without the rest."""
+        kept = [i for i, key in enumerate(self.keys) if key in keys]
+        return Reservation(
+            tuple(self.keys[i] for i in kept),
+            self.token,
+            tuple(self.row_ids[i] for i in kept) if self.row_ids else (),
+        )
+
 
 class Refused(Exception):
-    """A rule is full: the attempt may be tried again in `retry_after_s` seconds."""
+    """Rules are full (those of `full_keys`): the attempt may be tried again in
+    `retry_after_s` seconds."""
 
-    def __init__(self, retry_after_s: int) -> None:
+    def __init__(self, retry_after_s: int, full_keys: frozenset[str] = frozenset()) -> None:
         super().__init__(retry_after_s)
         self.retry_after_s = retry_after_s
+        self.full_keys = full_keys
 
 
 class Store(Protocol):
+    def key(self, key: str) -> str:
+        """The name `key` has in this store, as :class:`Reservation` and
+        :class:`Refused` give it."""
+
     async def reserve(
         self, slots: Sequence[tuple[str, Rule]], *, token: str, now: datetime
     ) -> Reservation:
@@ -156,34 +172,39 @@ class AbuseLimits:
         the address is locked; their units are given back unless it ends in a
         :class:`RedemptionError`, whatever that error is. An attempt that `looks_up_a_code`
         (its code passes the check symbol) also takes a unit of the service-wide limit,
-        refused with :class:`RedemptionsPaused` while it is full, and kept only when the
-        code matched no card."""
-        requester = await self._reserve(
-            (
-                Slot(self.redeem_account, f"customer:{customer_id}"),
-                Slot(self.redeem_address, address),
-            ),
-            detail=_REDEEM_LOCKED_DETAIL,
-        )
-        service = None
+        in the same atomic step, refused with :class:`RedemptionsPaused` while that is
+        full (and the requester is not locked), and kept only when the code matched no
+        card."""
+        slots = [
+            Slot(self.redeem_account, f"customer:{customer_id}"),
+            Slot(self.redeem_address, address),
+        ]
         if looks_up_a_code:
-            try:
-                service = await self._reserve_service()
-            except BaseException:
-                # Refused before anything was looked at: it does not count for the requester.
-                await self._give_back(requester)
-                raise
+            slots.append(Slot(self.redeem_service, "service"))
+        keyed = [(_key(slot), slot.rule) for slot in slots]
+        service_key = self.store.key(_key(Slot(self.redeem_service, "service")))
+        try:
+            reservation = await self.store.reserve(
+                keyed, token=uuid.uuid4().hex, now=self.clock.now()
+            )
+        except Refused as refused:
+            if refused.full_keys == {service_key}:
+                self._paused_warning.emit(self.redeem_service)
+                raise RedemptionsPaused(
+                    _REDEEM_PAUSED_DETAIL, retry_after_s=refused.retry_after_s
+                ) from None
+            raise TooManyAttempts(
+                _REDEEM_LOCKED_DETAIL, retry_after_s=refused.retry_after_s
+            ) from None
         try:
             yield
         except BaseException as error:
             if not isinstance(error, RedemptionError):
-                await self._give_back(requester)
-            if service is not None and not _matched_no_card(error):
-                await self._give_back(service)
+                await self._give_back(reservation)
+            elif looks_up_a_code and not _matched_no_card(error):
+                await self._give_back(reservation.only([service_key]))
             raise
-        await self._give_back(requester)
-        if service is not None:
-            await self._give_back(service)
+        await self._give_back(reservation)
 
     def login_attempt(self, email: str, address: str) -> AbstractAsyncContextManager[None]:
         """Run one log-in inside this block: refused at once while this email is locked at
@@ -238,19 +259,6 @@ class AbuseLimits:
             return await self.store.reserve(keyed, token=uuid.uuid4().hex, now=self.clock.now())
         except Refused as refused:
             raise TooManyAttempts(detail, retry_after_s=refused.retry_after_s) from None
-
-    async def _reserve_service(self) -> Reservation:
-        try:
-            return await self.store.reserve(
-                [(_key(Slot(self.redeem_service, "service")), self.redeem_service)],
-                token=uuid.uuid4().hex,
-                now=self.clock.now(),
-            )
-        except Refused as refused:
-            self._paused_warning.emit(self.redeem_service)
-            raise RedemptionsPaused(
-                _REDEEM_PAUSED_DETAIL, retry_after_s=refused.retry_after_s
-            ) from None
 
     async def _give_back(self, reservation: Reservation) -> None:
         """The attempt has already happened; a store that fails now costs the requester
@@ -343,10 +351,13 @@ class DatabaseStore:
         self.db = db
         self.key_prefix = key_prefix
 
+    def key(self, key: str) -> str:
+        return f"{self.key_prefix}:{key}"
+
     async def reserve(
         self, slots: Sequence[tuple[str, Rule]], *, token: str, now: datetime
     ) -> Reservation:
-        rules = {f"{self.key_prefix}:{key}": rule for key, rule in slots}
+        rules = {self.key(key): rule for key, rule in slots}
 
         async def work(connection: AsyncConnection) -> Reservation:
             if not self.db.is_sqlite:
@@ -372,18 +383,19 @@ class DatabaseStore:
                     .group_by(limit_reservations.c.limit_key)
                 )
             ).all()
-            retry_after_s = 0
-            for key, count, first_expiry in held:
-                if count >= rules[key].attempts_max:
-                    retry_after_s = max(retry_after_s, _seconds_until(first_expiry, now))
-            for rule in rules.values():
-                if rule.attempts_max <= 0:
-                    retry_after_s = max(retry_after_s, rule.window_s)
-            if retry_after_s:
-                raise Refused(retry_after_s)
+            waits = {
+                key: _seconds_until(first_expiry, now)
+                for key, count, first_expiry in held
+                if count >= rules[key].attempts_max
+            }
+            waits |= {key: rule.window_s for key, rule in rules.items() if rule.attempts_max <= 0}
+            if waits:
+                raise Refused(max(waits.values()), frozenset(waits))
             row_ids = (
                 await connection.execute(
-                    insert(limit_reservations).returning(limit_reservations.c.id),
+                    insert(limit_reservations).returning(
+                        limit_reservations.c.id, sort_by_parameter_order=True
+                    ),
                     [
                         {"limit_key": key, "expires_at": now + timedelta(seconds=rule.window_s)}
                         for key, rule in rules.items()
@@ -441,11 +453,13 @@ def _lock_id(key: str) -> int:
 # KEYS: one sorted set per rule and identity. ARGV: now (seconds), the reservation's
 # member id, then the limit and window (seconds) of each key in turn. Trims each set to
 # its window, and adds the member to every set only if none of them is full; otherwise
-# returns how many seconds until the fullest one has room.
+# returns how many seconds until the fullest one has room, then the (1-based) positions
+# of the full ones.
 _RESERVE_SCRIPT = """
 local now = tonumber(ARGV[1])
 local member = ARGV[2]
 local wait = 0
+local full = {}
 for i, key in ipairs(KEYS) do
     local attempts_max = tonumber(ARGV[1 + 2 * i])
     local window = tonumber(ARGV[2 + 2 * i])
@@ -459,10 +473,12 @@ for i, key in ipairs(KEYS) do
         if until_s > wait then
             wait = until_s
         end
+        full[#full + 1] = i
     end
 end
-if wait > 0 then
-    return tostring(wait)
+if #full > 0 then
+    table.insert(full, 1, tostring(wait))
+    return full
 end
 for i, key in ipairs(KEYS) do
     redis.call('ZADD', key, now, member)
@@ -489,19 +505,24 @@ class RedisStore:
         )
         self._reserve_script = self.client.register_script(_RESERVE_SCRIPT)
 
+    def key(self, key: str) -> str:
+        return f"{{{self.key_prefix}}}:{key}"
+
     async def reserve(
         self, slots: Sequence[tuple[str, Rule]], *, token: str, now: datetime
     ) -> Reservation:
-        keys = [f"{{{self.key_prefix}}}:{key}" for key, _ in slots]
+        keys = [self.key(key) for key, _ in slots]
         arguments: list[Any] = [repr(now.timestamp()), token]
         for _, rule in slots:
             arguments += [rule.attempts_max, rule.window_s]
         try:
-            wait = await self._reserve_script(keys=keys, args=arguments)
+            refused = await self._reserve_script(keys=keys, args=arguments)
         except (RedisError, OSError) as error:
             raise _redis_down() from error
-        if wait is not None:
-            raise Refused(max(1, math.ceil(float(wait))))
+        if refused is not None:
+            wait, *positions = refused
+            full = frozenset(keys[int(position) - 1] for position in positions)
+            raise Refused(max(1, math.ceil(float(wait))), full)
         return Reservation(tuple(keys), token)
 
     async def give_back(self, reservation: Reservation) -> None:
