@@ -622,7 +622,9 @@ async def test_codes_matching_no_card_pause_redemptions_for_everyone(
 async def test_a_paused_service_does_not_count_against_the_requester(lab: Lab) -> None:
     """Given an account limit of 1 and a service-wide limit of 1: once another shopper's
     unknown code has filled the service's, this account's paused attempts are refused
-    but not counted, so when the service has room it still has its own one refusal."""
+    but not counted: after three of them, a mistyped code (which the check symbol
+    refuses without looking anything up) is still answered on its merits, spending the
+    account's one refusal, and only then is the account locked."""
     svc = await lab.start(
         limit_redeem_failures_account="1/15minutes",
         limit_redeem_failures_address=GENEROUS,
