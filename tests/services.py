@@ -387,15 +387,24 @@ def _wait_until_ready(url: str, probe: Probe, deadline: float, alive: Callable[[
     return f"timed out ({detail})"
 
 
+# Settings for a cluster whose contents need not survive anything: the test suite's own.
+DISPOSABLE = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+
+
 @dataclass
 class ThrowawayPostgres:
-    """A temporary PostgreSQL cluster: ``initdb`` + ``pg_ctl start``; ``stop`` deletes it."""
+    """A temporary PostgreSQL cluster: ``initdb`` + ``pg_ctl start``; ``stop`` deletes it.
+
+    `settings` are the server's command-line options beyond where it listens; `restart`
+    crash-restarts it, for the tests that prove what survives that."""
 
     bindir: Path
     os_user: str = "postgres"  # used only when running as root
+    settings: str = DISPOSABLE
     url: str | None = None
     tmpdir: Path | None = None
     port: int | None = None
+    restarts: int = 0
     _stopped: bool = field(default=False, repr=False)
 
     def _as_owner(self, argv: list[str]) -> list[str]:
@@ -466,7 +475,7 @@ class ThrowawayPostgres:
                 self.port = free_port()
                 options = (
                     f"-h 127.0.0.1 -p {self.port} -k {shlex.quote(str(self.tmpdir))} "
-                    f"-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                    f"{self.settings}"
                 )
                 server_log = self.tmpdir / "postgres.log"
                 try:
@@ -503,6 +512,36 @@ class ThrowawayPostgres:
         except BaseException:
             self.stop()
             raise
+
+    def restart(self, timeout: float = 2 * START_TIMEOUT) -> None:
+        """Crash-restart: every PostgreSQL process quits at once, without a checkpoint,
+        and the cluster recovers from its WAL when it starts again (with the options it
+        was started with)."""
+        assert self.tmpdir is not None
+        self._run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "restart",
+                "-D",
+                str(self.tmpdir / "data"),
+                "-l",
+                str(self.tmpdir / "postgres.log"),
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                str(int(timeout)),
+            ],
+            self.tmpdir / "setup.log",
+            timeout=timeout + 10,
+        )
+        self.restarts += 1
+
+    def tail(self) -> str:
+        """The end of the set-up and server logs, for a failure's message."""
+        if self.tmpdir is None:
+            return ""
+        return "\n".join(_log_tail(self.tmpdir / name) for name in ("setup.log", "postgres.log"))
 
     def _pg_ctl_stop(self) -> None:
         if self.tmpdir is None:

@@ -11,12 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
-import shlex
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,13 +20,11 @@ from pathlib import Path
 import httpx
 
 from tests.e2e.server import GIFTCARD, stop_process_group
-from tests.services import find_postgres_bindirs, free_port
+from tests.services import ThrowawayPostgres, find_postgres_bindirs, free_port
 
 SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 20.0
 READY_POLL_INTERVAL_S = 0.05
-POSTGRES_TIMEOUT_S = 60
-POSTGRES_STOP_TIMEOUT_S = 20
 POSTGRES_OS_USER = "postgres"
 # Two servers of three workers, each worker with its pool and overflow, fit with room.
 POSTGRES_CONNECTIONS_MAX = 250
@@ -155,142 +149,23 @@ class PostgresUnavailable(RuntimeError):
     """No PostgreSQL programs on this machine."""
 
 
-class PrivatePostgres:
+class PrivatePostgres(ThrowawayPostgres):
     """A PostgreSQL cluster of the test's own, so that restarting it disturbs nobody else.
 
-    Made with `initdb` in a temporary folder (owned by the `postgres` user when running
-    as root, whose programs then run through `runuser`), listening on a free port on
-    127.0.0.1. `fsync=off` keeps it quick: it is the PostgreSQL *processes* that are
-    crashed here, not the machine, and what they wrote stays in the operating system's
-    cache. `synchronous_commit` stays on, so a commit PostgreSQL acknowledged is in its
-    WAL before the answer leaves, which is what survives an immediate restart.
+    The test suite's throw-away cluster (tests/services.py), with other settings:
+    `fsync=off` keeps it quick, since it is the PostgreSQL *processes* that are crashed
+    here, not the machine, and what they wrote stays in the operating system's cache;
+    `synchronous_commit` stays on, so a commit PostgreSQL acknowledged is in its WAL
+    before the answer leaves, which is what survives an immediate restart; and room for
+    every connection of two servers of three workers.
     """
 
     def __init__(self) -> None:
         bindirs = find_postgres_bindirs()
         if not bindirs:
             raise PostgresUnavailable("initdb and pg_ctl were not found")
-        self.bindir = bindirs[0]
-        self.tmpdir: Path | None = None
-        self.port = 0
-        self.url = ""
-        self.restarts = 0
-
-    @property
-    def data(self) -> Path:
-        assert self.tmpdir is not None
-        return self.tmpdir / "data"
-
-    @property
-    def log_path(self) -> Path:
-        assert self.tmpdir is not None
-        return self.tmpdir / "postgres.log"
-
-    def _as_owner(self, argv: list[str]) -> list[str]:
-        if os.geteuid() != 0:
-            return argv
-        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
-        if runuser is None:
-            raise PostgresUnavailable("running as root without runuser")
-        return [runuser, "-u", POSTGRES_OS_USER, "--", *argv]
-
-    def _run(self, *argv: str, timeout: float) -> None:
-        assert self.tmpdir is not None
-        with (self.tmpdir / "setup.log").open("ab") as out:
-            done = subprocess.run(
-                self._as_owner([str(self.bindir / argv[0]), *argv[1:]]),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.tmpdir,
-                timeout=timeout,
-                check=False,
-            )
-        if done.returncode != 0:
-            raise RuntimeError(f"{argv[0]} {argv[1]} exited with {done.returncode}:\n{self.tail()}")
-
-    def tail(self) -> str:
-        assert self.tmpdir is not None
-        texts = []
-        for name in ("setup.log", "postgres.log"):
-            with contextlib.suppress(OSError):
-                texts.append((self.tmpdir / name).read_text(errors="replace")[-2000:])
-        return "\n".join(texts)
-
-    def start(self) -> str:
-        """initdb, start, and return the admin URL."""
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="giftcard-bank-pg-", dir="/tmp"))
-        try:
-            if os.geteuid() == 0:
-                owner = pwd.getpwnam(POSTGRES_OS_USER)
-                os.chown(self.tmpdir, owner.pw_uid, owner.pw_gid)
-            self._run(
-                "initdb",
-                "-D",
-                str(self.data),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-                timeout=POSTGRES_TIMEOUT_S,
-            )
-            self.port = free_port()
-            options = (
-                f"-h 127.0.0.1 -p {self.port} -k {shlex.quote(str(self.tmpdir))} "
-                f"-c fsync=off -c max_connections={POSTGRES_CONNECTIONS_MAX}"
-            )
-            self._pg_ctl("start", "-o", options)
-        except BaseException:
-            self.stop()
-            raise
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        return self.url
-
-    def _pg_ctl(self, action: str, *extra: str) -> None:
-        self._run(
-            "pg_ctl",
-            action,
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.log_path),
-            "-w",
-            "-t",
-            str(POSTGRES_TIMEOUT_S),
-            *extra,
-            timeout=POSTGRES_TIMEOUT_S + 10,
+        super().__init__(
+            bindirs[0],
+            os_user=POSTGRES_OS_USER,
+            settings=f"-c fsync=off -c max_connections={POSTGRES_CONNECTIONS_MAX}",
         )
-
-    def restart(self) -> None:
-        """Crash-restart: every PostgreSQL process quits at once, without a checkpoint,
-        and the cluster recovers from its WAL when it starts again."""
-        self._pg_ctl("restart", "-m", "immediate")
-        self.restarts += 1
-
-    def stop(self) -> None:
-        """Stop the cluster (immediately) and delete its folder; safe to call twice."""
-        if self.tmpdir is None:
-            return
-        pidfile = self.data / "postmaster.pid"
-        if pidfile.exists():
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired, OSError):
-                self._run(
-                    "pg_ctl",
-                    "stop",
-                    "-D",
-                    str(self.data),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "-t",
-                    str(POSTGRES_STOP_TIMEOUT_S),
-                    timeout=POSTGRES_STOP_TIMEOUT_S + 5,
-                )
-        with contextlib.suppress(OSError, ValueError, IndexError):  # the last resort
-            os.kill(int(pidfile.read_text().splitlines()[0]), signal.SIGKILL)
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-        self.tmpdir = None
