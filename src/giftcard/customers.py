@@ -375,7 +375,9 @@ async def authenticate(db: Database, secret: str, *, clock: Clock) -> Principal 
         return None
     digest = secret_hash(secret)
     now = clock.now()
-    async with db.transaction(write=False) as connection:
+    # The staff row is read after its session, each as committed when read: a session or
+    # a staff member ended between the two reads is already ended here.
+    async with db.reading() as connection:
         if secret.startswith(API_KEY_PREFIX):
             return await _api_key_principal(connection, digest)
         if not secret.startswith(SESSION_PREFIX):

@@ -364,11 +364,17 @@ class DatabaseStore:
                 # The lock serialises the attempts on a key; under it, each statement must
                 # see what the attempt before committed, which SERIALIZABLE's snapshot
                 # (taken before the lock was granted) would not.
-                await connection.execute(text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
-                for key in sorted(rules):
-                    await connection.execute(
-                        text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": _lock_id(key)}
-                    )
+                if not self.db.reads_committed:
+                    await connection.execute(text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
+                # Every lock in one statement, taken in key order (unnest yields the array
+                # in order, and each row's lock is taken as it is produced).
+                await connection.execute(
+                    text(
+                        "SELECT count(pg_advisory_xact_lock(lock_id)) "
+                        "FROM unnest(CAST(:ids AS bigint[])) AS lock_id"
+                    ),
+                    {"ids": [_lock_id(key) for key in sorted(rules)]},
+                )
             held = (
                 await connection.execute(
                     select(

@@ -28,8 +28,8 @@ from tests.conftest import Shopper, api_key, issue, sign_up
 from tests.round_trips import counting_proxy
 
 # What one more request costs today.
-REDEMPTION_ROUND_TRIPS = 25
-PAYMENT_ROUND_TRIPS = 15
+REDEMPTION_ROUND_TRIPS = 20
+PAYMENT_ROUND_TRIPS = 13
 REDEMPTION_STATEMENTS = 19
 PAYMENT_STATEMENTS = 13
 

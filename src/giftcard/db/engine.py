@@ -110,6 +110,8 @@ class Database:
     ):
         self.url = async_url(database_url)
         self.is_sqlite = self.url.startswith("sqlite")
+        # PostgreSQL's own default, READ COMMITTED, unless another level was asked for.
+        self.reads_committed = not self.is_sqlite and isolation in (None, "READ COMMITTED")
         self.sqlite_busy_timeout_s = sqlite_busy_timeout_s
         self.engine: AsyncEngine = self._create_engine(pool_size, isolation)
         # SQLite has one writer at a time. Writers of this process queue here, in order,
@@ -156,6 +158,19 @@ class Database:
         else:
             async with self._connection(write=write) as connection:
                 yield connection
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that need no snapshot shared between them (each
+        statement sees what is committed when it runs): on PostgreSQL without BEGIN and
+        COMMIT, which would be two more round trips for what is often one statement."""
+        if self.is_sqlite:
+            async with self.transaction(write=False) as connection:
+                yield connection
+            return
+        async with self.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
 
     @asynccontextmanager
     async def _connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
