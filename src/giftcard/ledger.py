@@ -14,11 +14,12 @@ accounts lock them in the same order and cannot deadlock each other.
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db.bulk import copy_rows
@@ -259,21 +260,32 @@ async def open_account(
     )
 
 
+# System accounts are made by the migrations and never change, so each engine (one per
+# database a process uses) looks each one up once.
+_SYSTEM_ACCOUNTS: weakref.WeakKeyDictionary[Engine, dict[tuple[str, str], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def system_account(connection: AsyncConnection, kind: AccountKind, currency: str) -> Posting:
     """The untracked system account of `kind` in `currency`, as a posting target (amount 0
     here; use :func:`dataclasses.replace` or :func:`system_posting`)."""
-    account_id = (
-        await connection.execute(
-            select(ledger_accounts.c.id).where(
-                ledger_accounts.c.kind == kind.value,
-                ledger_accounts.c.currency == currency,
-                ledger_accounts.c.tracked.is_(False),
-            )
-        )
-    ).scalar_one_or_none()
+    known = _SYSTEM_ACCOUNTS.setdefault(connection.sync_engine, {})
+    account_id = known.get((kind.value, currency))
     if account_id is None:
-        raise LedgerInvariantError(f"no {kind} system account for {currency}; run migrations")
-    return Posting(int(account_id), 0, tracked=False)
+        found = (
+            await connection.execute(
+                select(ledger_accounts.c.id).where(
+                    ledger_accounts.c.kind == kind.value,
+                    ledger_accounts.c.currency == currency,
+                    ledger_accounts.c.tracked.is_(False),
+                )
+            )
+        ).scalar_one_or_none()
+        if found is None:
+            raise LedgerInvariantError(f"no {kind} system account for {currency}; run migrations")
+        account_id = known[(kind.value, currency)] = int(found)
+    return Posting(account_id, 0, tracked=False)
 
 
 async def system_posting(

@@ -418,7 +418,8 @@ class DatabaseStore:
                 delete(limit_reservations).where(limit_reservations.c.id.in_(reservation.row_ids))
             )
 
-        await self.db.run(work)
+        # One DELETE, complete by itself: no transaction around it is needed.
+        await self.db.run_alone(work)
 
     async def check_ready(self) -> None:
         """The database is the store; /readyz checks it already."""

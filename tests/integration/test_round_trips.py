@@ -28,10 +28,10 @@ from tests.conftest import Shopper, api_key, issue, sign_up
 from tests.round_trips import counting_proxy
 
 # What one more request costs today.
-REDEMPTION_ROUND_TRIPS = 20
-PAYMENT_ROUND_TRIPS = 13
+REDEMPTION_ROUND_TRIPS = 18
+PAYMENT_ROUND_TRIPS = 12
 REDEMPTION_STATEMENTS = 19
-PAYMENT_STATEMENTS = 13
+PAYMENT_STATEMENTS = 12
 
 
 @asynccontextmanager

@@ -168,6 +168,20 @@ class Database:
             async with self.transaction(write=False) as connection:
                 yield connection
             return
+        async with self._autocommitted() as connection:
+            yield connection
+
+    async def run_alone(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work`, whose every statement stands alone (one that writes commits by
+        itself, and none depends on another's being done too): on PostgreSQL without
+        BEGIN and COMMIT; on SQLite as :meth:`run` does."""
+        if self.is_sqlite:
+            return await self.run(work)
+        async with self._autocommitted() as connection:
+            return await work(connection)
+
+    @asynccontextmanager
+    async def _autocommitted(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as connection:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
             yield connection
