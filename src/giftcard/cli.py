@@ -30,7 +30,7 @@ from giftcard import verify as verify_ledger
 from giftcard.clock import SystemClock
 from giftcard.codes import format_code
 from giftcard.config import DEMO_STORE_SETTING, ConfigError, Settings, load_settings
-from giftcard.db.engine import Database
+from giftcard.db.engine import Database, is_database_unreachable
 from giftcard.db.migrate import upgrade
 from giftcard.errors import GiftcardError
 from giftcard.mail import sender, test_message
@@ -87,7 +87,7 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(work)
     except GiftcardError as error:
-        raise _fail(error.detail) from None
+        raise _fail(_giftcard_trouble(error)) from None
 
 
 def command_errors(function: Callable[..., T]) -> Callable[..., T]:
@@ -96,7 +96,7 @@ def command_errors(function: Callable[..., T]) -> Callable[..., T]:
         try:
             return function(*args, **kwargs)
         except GiftcardError as error:
-            raise _fail(error.detail) from None
+            raise _fail(_giftcard_trouble(error)) from None
         except ConfigError as error:
             raise _fail(str(error)) from None
         except DBAPIError as error:
@@ -105,6 +105,13 @@ def command_errors(function: Callable[..., T]) -> Callable[..., T]:
             raise _fail(f"could not reach the database: {error}") from None
 
     return wrapper
+
+
+def _giftcard_trouble(error: GiftcardError) -> str:
+    """A refusal said in a line; a database that could not be reached says so."""
+    if error.__cause__ is not None and is_database_unreachable(error.__cause__):
+        return f"could not reach the database: {error.__cause__}"
+    return error.detail
 
 
 def _database_trouble(error: DBAPIError) -> str:

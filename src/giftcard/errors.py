@@ -225,10 +225,12 @@ _EXPLANATIONS: dict[ErrorCode, tuple[str, str]] = {
     ),
     ErrorCode.SERVICE_UNAVAILABLE: (
         "/readyz when the database (or Redis, when configured) does not answer; a limited "
-        "request (redeem, sign-up, log-in) while Redis does not answer; or a transaction "
+        "request (redeem, sign-up, log-in) while Redis does not answer; a transaction "
         "that still met serialization failures, deadlocks or a locked SQLite database "
-        "after its bounded retries",
-        "nothing was done: retry it, with the same Idempotency-Key",
+        "after its bounded retries; or a request that could not reach the database, or "
+        "lost its connection to it (a restart of PostgreSQL)",
+        "retry it, with the same Idempotency-Key: nothing was done, or (a connection lost "
+        "while committing) it was done once and the retry gets its answer",
     ),
 }
 if _EXPLANATIONS.keys() != set(ErrorCode):

@@ -286,7 +286,8 @@ async def test_a_connection_lost_after_a_statement_is_not_run_again(
     services: Services, database_url: str, postgres_url: str, no_backoff: None
 ) -> None:
     """A connection lost after the transaction's first statement may have done work
-    whose fate is unknown: that transaction is not run again."""
+    whose fate is unknown: that transaction is not run again, and the caller is told
+    the service is unavailable (503), whose advice is to retry with the same key."""
     calls = 0
 
     async def work(connection: AsyncConnection) -> None:
@@ -296,7 +297,38 @@ async def test_a_connection_lost_after_a_statement_is_not_run_again(
         await _terminate_every_other_backend(postgres_url, database_url)
         await connection.execute(text("SELECT 2"))
 
-    with pytest.raises(DBAPIError) as lost:
+    with pytest.raises(GiftcardError) as lost:
         await services.db.run(work)
-    assert lost.value.connection_invalidated
+    assert lost.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    assert isinstance(lost.value.__cause__, DBAPIError)
+    assert lost.value.__cause__.connection_invalidated
     assert calls == 1
+
+
+async def test_a_database_that_does_not_answer_gets_a_503_not_a_500() -> None:
+    """With PostgreSQL unreachable (nothing listens where it should be, as while it
+    restarts), an API request is answered 503 service_unavailable with Retry-After, and a
+    page 503 with words for people: never an internal error."""
+    from giftcard.api.app import create_app
+    from giftcard.config import Settings
+    from giftcard.services import Services
+    from tests.conftest import TEST_SECRET_KEY
+    from tests.services import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    svc = Services.build(Settings(database_url=url, secret_key=TEST_SECRET_KEY))
+    try:
+        transport = httpx.ASGITransport(app=create_app(services=svc), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            api = await http.get(
+                "/v1/me/balance", headers={"Authorization": "Bearer gcs_" + "a" * 43}
+            )
+            http.cookies.set("giftcard_session", "gcs_" + "b" * 43)
+            page = await http.get("/account/gift-cards", headers={"Accept": "text/html"})
+    finally:
+        await svc.close()
+    assert api.status_code == 503, api.text
+    assert api.json()["code"] == "service_unavailable"
+    assert api.headers["retry-after"] == "1"
+    assert page.status_code == 503, page.text
+    assert "could not reach our database" in page.text

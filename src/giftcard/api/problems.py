@@ -11,9 +11,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from giftcard.db.engine import DATABASE_UNREACHABLE_DETAIL, is_database_unreachable
 from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts
 
 log = logging.getLogger(__name__)
+
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Problem types are relative URIs served by this API (GET /problems/{code}).
@@ -63,6 +65,9 @@ def error_response(error: GiftcardError) -> ProblemResponse:
     headers = None
     if isinstance(error, TooManyAttempts):
         headers = {"Retry-After": str(error.retry_after_s)}
+    elif error.code is ErrorCode.SERVICE_UNAVAILABLE:
+        # Every cause passes within moments (a restart, a busy moment, Redis back).
+        headers = {"Retry-After": "1"}
     return problem_response(error.code, error.detail, error.param, headers)
 
 
@@ -175,6 +180,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> ProblemResponse:
+        if is_database_unreachable(error):
+            # The Database's own methods say so already; this is for a connection made
+            # any other way.
+            log.warning(
+                "the database did not answer",
+                extra={"path": request.url.path, "error": type(error).__name__},
+            )
+            return problem_response(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                DATABASE_UNREACHABLE_DETAIL,
+                headers={"Cache-Control": "no-store", "Retry-After": "1"},
+            )
         log.exception("unhandled error", extra={"path": request.url.path})
         # Starlette answers this outside every middleware, the one that marks API
         # answers `no-store` included, so this answer marks itself.

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -89,6 +89,46 @@ def is_retryable(error: BaseException) -> bool:
     return _sqlstate(error) in RETRYABLE_SQLSTATES or is_sqlite_busy(error)
 
 
+# Connection exceptions, and a server shutting down, crashed or not yet accepting
+# connections (a restart in progress).
+_UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def is_database_unreachable(error: BaseException) -> bool:
+    """Whether `error` says the database could not be reached or the connection to it
+    was lost, rather than anything about the request."""
+    if isinstance(error, ConnectionError):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    state = _sqlstate(error)
+    return state is not None and (state.startswith("08") or state in _UNREACHABLE_SQLSTATES)
+
+
+DATABASE_UNREACHABLE_DETAIL = (
+    "The database did not answer (it may be restarting), so this request may not have "
+    "been carried out. Please retry in a moment, with the same Idempotency-Key: a retry "
+    "with it is never applied twice."
+)
+
+
+def unavailable() -> GiftcardError:
+    """What a request that could not reach the database, or lost it, is answered."""
+    return GiftcardError(ErrorCode.SERVICE_UNAVAILABLE, DATABASE_UNREACHABLE_DETAIL)
+
+
+@contextmanager
+def _unreachable_is_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        if is_database_unreachable(error):
+            raise unavailable() from error
+        raise
+
+
 def is_unique_violation(error: BaseException) -> bool:
     if not isinstance(error, DBAPIError):
         return False
@@ -151,7 +191,15 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncConnection]:
-        """One transaction: commits when the block ends, rolls back if it raises."""
+        """One transaction: commits when the block ends, rolls back if it raises. A
+        database that cannot be reached, or a connection lost, is
+        :func:`unavailable`."""
+        with _unreachable_is_unavailable():
+            async with self._transaction(write=write) as connection:
+                yield connection
+
+    @asynccontextmanager
+    async def _transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
         if self.is_sqlite and write:
             async with self._sqlite_writer, self._connection(write=True) as connection:
                 yield connection
@@ -168,8 +216,9 @@ class Database:
             async with self.transaction(write=False) as connection:
                 yield connection
             return
-        async with self._autocommitted() as connection:
-            yield connection
+        with _unreachable_is_unavailable():
+            async with self._autocommitted() as connection:
+                yield connection
 
     async def run_alone(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `work`, whose every statement stands alone (one that writes commits by
@@ -177,8 +226,9 @@ class Database:
         BEGIN and COMMIT; on SQLite as :meth:`run` does."""
         if self.is_sqlite:
             return await self.run(work)
-        async with self._autocommitted() as connection:
-            return await work(connection)
+        with _unreachable_is_unavailable():
+            async with self._autocommitted() as connection:
+                return await work(connection)
 
     @asynccontextmanager
     async def _autocommitted(self) -> AsyncIterator[AsyncConnection]:
@@ -202,10 +252,14 @@ class Database:
     ) -> T:
         """Run `work` in one transaction, again if the database says it may (bounded,
         with jittered back-off). `work` must not have effects outside the database."""
+        with _unreachable_is_unavailable():
+            return await self._run(work, write=write)
+
+    async def _run(self, work: Callable[[AsyncConnection], Awaitable[T]], *, write: bool) -> T:
         for attempt in range(1, RETRY_ATTEMPTS_MAX + 1):
             statements = [0]
             try:
-                async with self.transaction(write=write) as connection:
+                async with self._transaction(write=write) as connection:
                     connection.info[_STATEMENTS] = statements
                     return await work(connection)
             except DBAPIError as error:

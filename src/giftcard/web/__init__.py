@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from giftcard.db.engine import is_database_unreachable
 from giftcard.errors import GiftcardError
 from giftcard.web import security
 from giftcard.web.account import router as account_router
@@ -48,6 +49,16 @@ def is_page(request: Request) -> bool:
 
 def _wants_html(request: Request) -> bool:
     return is_page(request) and "text/html" in request.headers.get("accept", "")
+
+
+def _database_down_page(request: Request) -> Response:
+    return error_page(
+        request,
+        503,
+        "We could not reach our database",
+        "It may be restarting. Nothing you did caused this; please try again in a moment.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def error_page(
@@ -152,6 +163,8 @@ def install(app: FastAPI, *, demo_store: bool = False) -> None:
     async def _giftcard(request: Request, error: GiftcardError) -> Response:
         if not is_page(request):
             return await _delegate(api_giftcard_handler, request, error)
+        if error.__cause__ is not None and is_database_unreachable(error.__cause__):
+            return _database_down_page(request)
         return error_page(
             request,
             error.status,
@@ -187,6 +200,12 @@ def install(app: FastAPI, *, demo_store: bool = False) -> None:
     async def _unexpected(request: Request, error: Exception) -> Response:
         if not is_page(request):
             return await _delegate(api_unexpected_handler, request, error)
+        if is_database_unreachable(error):
+            log.warning(
+                "the database did not answer",
+                extra={"path": request.url.path, "error": type(error).__name__},
+            )
+            return _database_down_page(request)
         log.exception("unhandled error", extra={"path": request.url.path})
         return error_page(
             request,

@@ -19,7 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from giftcard import ids
 from giftcard.customers import CustomerPrincipal
-from giftcard.errors import GiftcardError, TooManyAttempts
+from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts
 from giftcard.money import REGIONS, format_minor
 from giftcard.web import security
 
@@ -73,9 +73,12 @@ if STORE_TIME_ZONES.keys() != REGIONS.keys():
 
 
 def error_headers(error: GiftcardError) -> dict[str, str] | None:
-    """Headers a page refusing with `error` sends: Retry-After when locked out."""
+    """Headers a page refusing with `error` sends: Retry-After when locked out, or when
+    the service is unavailable for a moment."""
     if isinstance(error, TooManyAttempts):
         return {"Retry-After": str(error.retry_after_s)}
+    if error.code is ErrorCode.SERVICE_UNAVAILABLE:
+        return {"Retry-After": "1"}
     return None
 
 
