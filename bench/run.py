@@ -9,9 +9,16 @@ For each backend, in a scratch database that is removed afterwards:
 3. redeem other codes from it over HTTP, against a real `giftcard serve --workers 2` on
    loopback, with a bounded number of requests in flight (httpx), the abuse limits
    counted without Redis;
-4. the same again with the abuse limits counted in Redis (GIFTCARD_REDIS_URL), so that
-   the cost of the limits shows beside the cost of the redemption itself;
-5. check every ledger invariant (`giftcard.verify`) over what the runs wrote.
+4. pay for orders from those balances over HTTP (`POST /v1/payments`, captured at once,
+   with an API key), against the same server;
+5. the redemptions again with the abuse limits counted in Redis (GIFTCARD_REDIS_URL), so
+   that the cost of the limits shows beside the cost of the redemption itself;
+6. check every ledger invariant (`giftcard.verify`) over what the runs wrote.
+
+Beside them, in the same run and on the same PostgreSQL server, pgbench's TPC-B-like
+workload (scale 10, 8 clients, in a scratch database of its own) gives the bar: each
+HTTP rate is also shown as a ratio of pgbench's transactions per second. The results go
+to `build/bench.json` and, as a Markdown table, to `build/bench.md`.
 
 PostgreSQL is reached at 127.0.0.1:5432 (override with GIFTCARD_BENCH_POSTGRES_URL, a URL
 of a database to connect to while creating the scratch one) and Redis at 127.0.0.1:6379
@@ -20,15 +27,22 @@ run goes on. Every phase has a time limit, so a hung server or
 database ends the run instead of stalling it.
 
 Run: .venv/bin/python bench/run.py [--cards N] [--redemptions N] [--requests N]
+[--pgbench-seconds N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
+import datetime
+import json
 import os
+import platform
+import re
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -39,13 +53,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
 import redis.asyncio as redis
 
-from giftcard import customers, passwords, redemption, verify
+from giftcard import customers, ids, passwords, redemption, verify
 from giftcard.clock import SystemClock
 from giftcard.db.engine import Database
 from giftcard.db.migrate import upgrade
@@ -74,6 +88,14 @@ POSTGRES_CONNECT_TIMEOUT_S = 5
 REDIS_CONNECT_TIMEOUT_S = 3
 REQUEST_TIMEOUT_S = 30
 VERIFY_TIMEOUT_S = 300
+PGBENCH_SCALE = 10
+PGBENCH_CLIENTS = 8
+PGBENCH_THREADS = 2
+PGBENCH_SECONDS_DEFAULT = 20
+PGBENCH_TIMEOUT_S = 300
+# Each payment takes this much of a balance of one card (2,500).
+PAYMENT_AMOUNT = 10
+OUT_FOLDER = Path("build")
 
 GIFTCARD = Path(sys.executable).with_name("giftcard")
 
@@ -102,20 +124,32 @@ class Result:
     use_case: Latencies | None = None
     http: Latencies | None = None
     http_redis: Latencies | None = None
+    http_payments: Latencies | None = None
+    # The largest resident memory of the server's processes, measured after the load.
+    rss_mib_max: float | None = None
     verified: str = "-"
+    note: str = ""
+
+
+@dataclass
+class Pgbench:
+    tps: float | None = None
     note: str = ""
 
 
 async def main() -> int:
     options = _options()
     passwords.use_fast_hashing_for_tests()  # Customers are set up, not benchmarked.
+    started_at = datetime.datetime.now(datetime.UTC)
     results = []
+    pgbench = await _pgbench(options.pgbench_seconds)
     with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as folder:
         work = Path(folder)
         sqlite_url = f"sqlite:///{work / 'bench.db'}"
         results.append(await _run_backend("sqlite", sqlite_url, work, options))
         results.append(await _run_postgres(work, options))
     _print_table(results, options)
+    _write_results(results, pgbench, options, started_at)
     failed = [result for result in results if result.note.startswith("failed")]
     return 1 if failed or any(result.verified not in ("OK", "-") for result in results) else 0
 
@@ -125,10 +159,69 @@ def _options() -> argparse.Namespace:
     parser.add_argument("--cards", type=int, default=CARDS_DEFAULT)
     parser.add_argument("--redemptions", type=int, default=REDEMPTIONS_DEFAULT)
     parser.add_argument("--requests", type=int, default=REQUESTS_DEFAULT)
+    parser.add_argument("--pgbench-seconds", type=int, default=PGBENCH_SECONDS_DEFAULT)
     options = parser.parse_args()
     if options.redemptions + 2 * options.requests > options.cards:
         parser.error("--cards must cover --redemptions plus twice --requests")
     return options
+
+
+async def _pgbench(seconds: int) -> Pgbench:
+    """pgbench's default TPC-B-like workload on the benchmark's PostgreSQL server."""
+    program = shutil.which("pgbench")
+    if program is None:
+        return Pgbench(note="skipped: pgbench is not installed (Debian: postgresql-contrib)")
+    admin_url = os.environ.get("GIFTCARD_BENCH_POSTGRES_URL", POSTGRES_URL_DEFAULT)
+    name = f"giftcard_pgbench_{os.getpid()}"
+    try:
+        admin = await asyncpg.connect(admin_url, timeout=POSTGRES_CONNECT_TIMEOUT_S)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        return Pgbench(note=f"skipped: {admin_url} unreachable ({error})")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+        print(
+            f"[pgbench] scale {PGBENCH_SCALE}, {PGBENCH_CLIENTS} clients, {seconds} s", flush=True
+        )
+        await _run_program([program, "-i", "-q", "-s", str(PGBENCH_SCALE), url])
+        output = await _run_program(
+            [
+                program,
+                "-n",
+                "-c",
+                str(PGBENCH_CLIENTS),
+                "-j",
+                str(PGBENCH_THREADS),
+                "-T",
+                str(seconds),
+                url,
+            ]
+        )
+        found = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", output)
+        if found is None:
+            return Pgbench(note=f"failed: no tps in pgbench's output: {output[-300:]}")
+        return Pgbench(tps=float(found.group(1)))
+    except BenchError as error:
+        return Pgbench(note=f"failed: {error}")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _run_program(command: list[str]) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), PGBENCH_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise BenchError(f"{Path(command[0]).name} took over {PGBENCH_TIMEOUT_S} s") from None
+    text = output.decode(errors="replace")
+    if process.returncode != 0:
+        raise BenchError(f"{Path(command[0]).name} failed: {text[-300:]}")
+    return text
 
 
 async def _run_postgres(work: Path, options: argparse.Namespace) -> Result:
@@ -167,6 +260,7 @@ async def _run_backend(
         db = Database(database_url, pool_size=USE_CASE_CONCURRENCY)
         try:
             secret_key = env["GIFTCARD_SECRET_KEY"].encode()
+            ids.use_secret(secret_key)  # the public ids the server gives out
             print(f"[{backend}] redeeming {options.redemptions:,} codes (use case)", flush=True)
             result.use_case = await _bounded(
                 _redeem_use_case(db, secret_key, codes[: options.redemptions]),
@@ -175,17 +269,20 @@ async def _run_backend(
             )
             print(f"[{backend}] redeeming {options.requests:,} codes over HTTP", flush=True)
             http_codes = codes[options.redemptions : options.redemptions + options.requests]
-            result.http = await _redeem_http(db, env, work, http_codes, "http")
+            result.http, result.http_payments, result.rss_mib_max = await _redeem_http(
+                db, env, work, http_codes, "http", payments=options.requests
+            )
             redis_url = os.environ.get("GIFTCARD_BENCH_REDIS_URL", REDIS_URL_DEFAULT)
             if await _redis_answers(redis_url):
                 print(f"[{backend}] redeeming {options.requests:,} codes over HTTP (Redis)")
                 start = options.redemptions + options.requests
-                result.http_redis = await _redeem_http(
+                result.http_redis, _, _ = await _redeem_http(
                     db,
                     {**env, "GIFTCARD_REDIS_URL": redis_url},
                     work,
                     codes[start : start + options.requests],
                     "redis",
+                    payments=0,
                 )
             else:
                 result.note = f"HTTP+Redis skipped: {redis_url} unreachable"
@@ -300,8 +397,17 @@ async def _redis_answers(url: str) -> bool:
 
 
 async def _redeem_http(
-    db: Database, env: dict[str, str], work: Path, codes: Sequence[str], label: str
-) -> Latencies:
+    db: Database,
+    env: dict[str, str],
+    work: Path,
+    codes: Sequence[str],
+    label: str,
+    *,
+    payments: int,
+) -> tuple[Latencies, Latencies | None, float | None]:
+    """Redeem `codes` over HTTP, then (when `payments`) pay that many orders from the
+    balances they made, captured at once, with a merchant's API key. Also the largest
+    resident memory of the server's processes after that load, in MiB."""
     password = secrets.token_urlsafe(16)
     shoppers = await _customers(db, HTTP_CONCURRENCY, label, password)
     tokens = []
@@ -310,6 +416,9 @@ async def _redeem_http(
             db, email=shopper.email, password=password, ttl_s=3600, clock=SystemClock()
         )
         tokens.append(session.token)
+    _, merchant_key = await customers.create_api_key(
+        db, role=customers.Role.MERCHANT, name=f"bench-{label}", clock=SystemClock()
+    )
     port = _free_port()
     metrics_folder = work / f"metrics-{label}"
     metrics_folder.mkdir(exist_ok=True)
@@ -331,7 +440,7 @@ async def _redeem_http(
         ) as client:
             await _wait_until_ready(client, server)
 
-            async def one(index: int, code: str) -> None:
+            async def redeem(index: int, code: str) -> None:
                 response = await client.post(
                     "/v1/me/redemptions",
                     json={"code": code},
@@ -343,11 +452,54 @@ async def _redeem_http(
                 if response.status_code != 201:
                     raise BenchError(f"HTTP {response.status_code}: {response.text[:200]}")
 
-            return await _bounded(
-                _drive(codes, HTTP_CONCURRENCY, one), REDEEM_TIMEOUT_S, "redeeming over HTTP"
+            async def pay(index: int, order: str) -> None:
+                response = await client.post(
+                    "/v1/payments",
+                    json={
+                        "customer_id": ids.format_id(ids.CUSTOMER, shoppers[index].id),
+                        "order_id": order,
+                        "amount": PAYMENT_AMOUNT,
+                        "currency": "USD",
+                        "use_balance": "max",
+                        "capture": True,
+                    },
+                    headers={
+                        "Authorization": f"Bearer {merchant_key}",
+                        "Idempotency-Key": secrets.token_hex(16),
+                    },
+                )
+                if response.status_code != 201:
+                    raise BenchError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+            redeemed = await _bounded(
+                _drive(codes, HTTP_CONCURRENCY, redeem), REDEEM_TIMEOUT_S, "redeeming over HTTP"
             )
+            paid = None
+            if payments:
+                orders = [f"bench-{label}-{number}" for number in range(payments)]
+                paid = await _bounded(
+                    _drive(orders, HTTP_CONCURRENCY, pay), REDEEM_TIMEOUT_S, "paying over HTTP"
+                )
+            return redeemed, paid, _rss_mib_max(server.pid)
     finally:
         await _stop(server)
+
+
+def _rss_mib_max(process_group: int) -> float | None:
+    """The largest resident set size among the processes of `process_group` (Linux)."""
+    largest = None
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != process_group:  # the process group, after state and ppid
+                continue
+            for line in status.with_name("status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    mib = int(line.split()[1]) / 1024
+                    largest = mib if largest is None else max(largest, mib)
+        except (OSError, IndexError, ValueError):
+            continue
+    return round(largest, 1) if largest is not None else None
 
 
 def _free_port() -> int:
@@ -393,7 +545,8 @@ def _print_table(results: Sequence[Result], options: argparse.Namespace) -> None
     header = (
         f"{'backend':<11} {'issue s':>8}  {'use case /s':>11} {'p50 ms':>7} {'p99 ms':>7}"
         f"  {'HTTP /s':>8} {'p50 ms':>7} {'p99 ms':>7}"
-        f"  {'+Redis /s':>9} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}  {'verify':<6}"
+        f"  {'+Redis /s':>9} {'p50 ms':>7} {'p99 ms':>7}"
+        f"  {'pay /s':>7} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}  {'verify':<6}"
     )
     print(header)
     print("-" * len(header))
@@ -405,7 +558,12 @@ def _row(result: Result) -> str:
     issue = f"{result.issue_s:8.2f}" if result.issue_s is not None else f"{'-':>8}"
     columns = [f"{result.backend:<11} {issue}"]
     failures = 0
-    for latencies, width in ((result.use_case, 11), (result.http, 8), (result.http_redis, 9)):
+    for latencies, width in (
+        (result.use_case, 11),
+        (result.http, 8),
+        (result.http_redis, 9),
+        (result.http_payments, 7),
+    ):
         if latencies is None:
             columns.append(f"{'-':>{width}} {'-':>7} {'-':>7}")
             continue
@@ -416,6 +574,118 @@ def _row(result: Result) -> str:
         )
     line = "  ".join(columns) + f" {failures:>6}  {result.verified:<6}"
     return line + (f"  {result.note}" if result.note else "")
+
+
+def _machine() -> dict[str, object]:
+    memory_gib = None
+    with contextlib.suppress(ValueError, OSError):
+        memory_gib = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "system": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def _figures(latencies: Latencies | None, pgbench: Pgbench) -> dict[str, object] | None:
+    if latencies is None:
+        return None
+    rate = latencies.per_second()
+    return {
+        "count": len(latencies.samples_s),
+        "failures": latencies.failures,
+        "per_second": round(rate, 1),
+        "p50_ms": round(latencies.percentile_ms(50), 1),
+        "p99_ms": round(latencies.percentile_ms(99), 1),
+        "x_pgbench": round(rate / pgbench.tps, 3) if pgbench.tps else None,
+    }
+
+
+def _write_results(
+    results: Sequence[Result],
+    pgbench: Pgbench,
+    options: argparse.Namespace,
+    started_at: datetime.datetime,
+) -> None:
+    """build/bench.json, and the table README.md shows as build/bench.md."""
+    document = {
+        "date": started_at.isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "options": {
+            "cards": options.cards,
+            "redemptions": options.redemptions,
+            "requests": options.requests,
+            "http_in_flight": HTTP_CONCURRENCY,
+            "server_workers": SERVER_WORKERS,
+        },
+        "pgbench": {
+            "scale": PGBENCH_SCALE,
+            "clients": PGBENCH_CLIENTS,
+            "seconds": options.pgbench_seconds,
+            "tps": pgbench.tps,
+            "note": pgbench.note,
+        },
+        "backends": [
+            {
+                "backend": result.backend,
+                "issue_s": round(result.issue_s, 2) if result.issue_s is not None else None,
+                "use_case_redemptions": _figures(result.use_case, pgbench),
+                "http_redemptions": _figures(result.http, pgbench),
+                "http_redemptions_redis": _figures(result.http_redis, pgbench),
+                "http_payments": _figures(result.http_payments, pgbench),
+                "server_rss_mib_max": result.rss_mib_max,
+                "verified": result.verified,
+                "note": result.note,
+            }
+            for result in results
+        ],
+    }
+    OUT_FOLDER.mkdir(exist_ok=True)
+    (OUT_FOLDER / "bench.json").write_text(json.dumps(document, indent=2) + "\n")
+    (OUT_FOLDER / "bench.md").write_text(_markdown(document))
+    print(f"\nwritten: {OUT_FOLDER / 'bench.json'}, {OUT_FOLDER / 'bench.md'}")
+    print(_markdown(document))
+
+
+def _markdown(document: dict[str, Any]) -> str:
+    pgbench: Any = document["pgbench"]
+    tps = f"{pgbench['tps']:,.0f}" if pgbench["tps"] else pgbench["note"]
+    lines = [
+        f"pgbench TPC-B (scale {pgbench['scale']}, {pgbench['clients']} clients), same server, "
+        f"same run: **{tps} tps**",
+        "",
+        "| backend | what | per second | p50 ms | p99 ms | × pgbench | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    backends: Any = document["backends"]
+    for backend in backends:
+        for key, what in (
+            ("http_redemptions", "redemptions over HTTP"),
+            ("http_payments", "payments over HTTP (captured)"),
+            ("http_redemptions_redis", "redemptions over HTTP, limits in Redis"),
+            ("use_case_redemptions", "redemptions through the use case"),
+        ):
+            figures = backend[key]
+            if figures is None:
+                continue
+            ratio = f"{figures['x_pgbench']:.2f}" if figures["x_pgbench"] is not None else "-"
+            lines.append(
+                f"| {backend['backend']} | {what} | {figures['per_second']:,.0f} | "
+                f"{figures['p50_ms']:.1f} | {figures['p99_ms']:.1f} | {ratio} | "
+                f"{figures['failures']} |"
+            )
+        if backend["server_rss_mib_max"] is not None:
+            lines.append(
+                f"| {backend['backend']} | largest server process after the load, MiB | "
+                f"{backend['server_rss_mib_max']:,.0f} | | | | |"
+            )
+        if backend["issue_s"] is not None:
+            lines.append(
+                f"| {backend['backend']} | `cards issue` of the cards, seconds | "
+                f"{backend['issue_s']:.2f} | | | | |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
