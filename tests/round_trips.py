@@ -62,23 +62,26 @@ async def _pipe(
 
 
 @contextlib.asynccontextmanager
-async def counting_proxy(database_url: str) -> AsyncIterator[tuple[str, RoundTripCounter]]:
-    """Yields the URL of `database_url` reached through a counting proxy, and its counter."""
+async def counting_proxy(
+    database_url: str, *, port: int = 0
+) -> AsyncIterator[tuple[str, RoundTripCounter]]:
+    """Yields the URL of `database_url` reached through a counting proxy (listening on
+    `port` when given, else on a free one), and its counter."""
     target = make_url(database_url)
-    host, port = target.host or "127.0.0.1", target.port or 5432
+    target_host, target_port = target.host or "127.0.0.1", target.port or 5432
     counter = RoundTripCounter()
 
     async def connected(
         client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
-        server_reader, server_writer = await asyncio.open_connection(host, port)
+        server_reader, server_writer = await asyncio.open_connection(target_host, target_port)
         turn = _Turn()
         await asyncio.gather(
             _pipe(client_reader, server_writer, from_client=True, turn=turn, counter=counter),
             _pipe(server_reader, client_writer, from_client=False, turn=turn, counter=counter),
         )
 
-    server = await asyncio.start_server(connected, "127.0.0.1", 0)
+    server = await asyncio.start_server(connected, "127.0.0.1", port)
     proxy_port = server.sockets[0].getsockname()[1]
     try:
         yield (

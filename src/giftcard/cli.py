@@ -67,6 +67,7 @@ app.add_typer(audit_app, name="audit")
 
 err = Console(stderr=True)
 CARDS_PER_CLI_BATCH_MAX = 1_000_000
+DATABASE_POLL_S = 0.5
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -187,7 +188,7 @@ def serve(
     settings = _settings()
     proxy = proxy_options(os.environ)
     logs.configure(settings.log_level, settings.log_format)
-    asyncio.run(upgrade(settings.database_url))
+    asyncio.run(_migrate_once_reachable(settings))
     if demo:
         from giftcard.demo.seed import seed
 
@@ -223,6 +224,29 @@ def serve(
     finally:
         if metrics_folder is not None:
             shutil.rmtree(metrics_folder, ignore_errors=True)
+
+
+async def _migrate_once_reachable(settings: Settings) -> None:
+    """Migrate, waiting up to GIFTCARD_DATABASE_WAIT for a database that does not answer
+    yet (one starting or restarting beside this server); any other trouble at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.database_wait_s
+    waiting = False
+    while True:
+        try:
+            await upgrade(settings.database_url)
+            return
+        except Exception as error:
+            if not is_database_unreachable(error) or loop.time() >= deadline:
+                raise
+            if not waiting:
+                typer.echo(
+                    f"waiting up to {settings.database_wait_s} s for the database, which "
+                    f"does not answer yet: {str(error).splitlines()[0]}",
+                    err=True,
+                )
+                waiting = True
+            await asyncio.sleep(DATABASE_POLL_S)
 
 
 def address_trouble(host: str, port: int) -> str | None:

@@ -90,6 +90,8 @@ class Settings:
     smtp_url: str | None = None
     session_ttl_s: int = 7 * 86400
     hold_ttl_s: int = 7 * 86400
+    # How long `giftcard serve` waits at start for a database that does not answer yet.
+    database_wait_s: int = 30
     # PostgreSQL isolation: None keeps the server's default (READ COMMITTED).
     database_isolation: str | None = None
     limit_redeem_failures_account: str = "10/15minutes"
@@ -156,6 +158,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "GIFTCARD_SESSION_TTL", env.get("GIFTCARD_SESSION_TTL", "7d")
         ),
         hold_ttl_s=parse_duration_s("GIFTCARD_HOLD_TTL", env.get("GIFTCARD_HOLD_TTL", "7d")),
+        database_wait_s=parse_duration_s(
+            "GIFTCARD_DATABASE_WAIT", env.get("GIFTCARD_DATABASE_WAIT", "30s")
+        ),
         database_isolation=_isolation(env.get("GIFTCARD_DATABASE_ISOLATION", "")),
         limit_redeem_failures_account=_limit(
             env, "GIFTCARD_LIMIT_REDEEM_FAILURES_ACCOUNT", "10/15minutes"

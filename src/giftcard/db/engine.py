@@ -96,7 +96,10 @@ _UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 def is_database_unreachable(error: BaseException) -> bool:
     """Whether `error` says the database could not be reached or the connection to it
-    was lost, rather than anything about the request."""
+    was lost, rather than anything about the request (also when it is the
+    :func:`unavailable` that such an error became)."""
+    if isinstance(error, GiftcardError) and error.__cause__ is not None:
+        return is_database_unreachable(error.__cause__)
     if isinstance(error, ConnectionError):
         return True
     if not isinstance(error, DBAPIError):
