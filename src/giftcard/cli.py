@@ -110,7 +110,7 @@ def command_errors(function: Callable[..., T]) -> Callable[..., T]:
 
 def _giftcard_trouble(error: GiftcardError) -> str:
     """A refusal said in a line; a database that could not be reached says so."""
-    if error.__cause__ is not None and is_database_unreachable(error.__cause__):
+    if is_database_unreachable(error):
         return f"could not reach the database: {error.__cause__}"
     return error.detail
 

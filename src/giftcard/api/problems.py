@@ -16,7 +16,6 @@ from giftcard.errors import ErrorCode, GiftcardError, TooManyAttempts
 
 log = logging.getLogger(__name__)
 
-
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Problem types are relative URIs served by this API (GET /problems/{code}).
 TYPE_BASE = "/problems/"

@@ -163,7 +163,7 @@ def install(app: FastAPI, *, demo_store: bool = False) -> None:
     async def _giftcard(request: Request, error: GiftcardError) -> Response:
         if not is_page(request):
             return await _delegate(api_giftcard_handler, request, error)
-        if error.__cause__ is not None and is_database_unreachable(error.__cause__):
+        if is_database_unreachable(error):
             return _database_down_page(request)
         return error_page(
             request,
