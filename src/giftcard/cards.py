@@ -413,17 +413,21 @@ async def record_event(
     related_card_id: int | None = None,
 ) -> None:
     await connection.execute(
-        insert(card_events).values(
-            card_id=card_id,
-            type=event_type,
-            actor=actor,
-            reason=reason,
-            transaction_id=transaction_id,
-            customer_id=customer_id,
-            related_card_id=related_card_id,
-            created_at=now,
-        )
+        _INSERT_EVENT,
+        {
+            "card_id": card_id,
+            "type": event_type,
+            "actor": actor,
+            "reason": reason,
+            "transaction_id": transaction_id,
+            "customer_id": customer_id,
+            "related_card_id": related_card_id,
+            "created_at": now,
+        },
     )
+
+
+_INSERT_EVENT = insert(card_events)
 
 
 # --- support's changes of state ---------------------------------------------------

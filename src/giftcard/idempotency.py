@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -78,21 +78,28 @@ def check_key(key: str) -> None:
         )
 
 
+# Built once, one per dialect (see giftcard.ledger); indexed by "is it PostgreSQL".
+_CLAIMS = tuple(
+    insert(idempotency_keys)
+    .on_conflict_do_nothing(index_elements=["scope", "key"])
+    .returning(idempotency_keys.c.id)
+    for insert in (sqlite_insert, pg_insert)
+)
+_COMPLETE = update(idempotency_keys).where(idempotency_keys.c.id == bindparam("b_id"))
+
+
 async def claim(connection: AsyncConnection, keyed: KeyedRequest, *, now: datetime) -> int:
     """Claim the key in this transaction and return its row's id, or raise
     :class:`Replayed` with the answer a finished request left under it."""
-    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     new_id = (
         await connection.execute(
-            insert(idempotency_keys)
-            .values(
-                scope=keyed.scope,
-                key=keyed.key,
-                fingerprint=keyed.fingerprint,
-                created_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["scope", "key"])
-            .returning(idempotency_keys.c.id)
+            _CLAIMS[connection.dialect.name == "postgresql"],
+            {
+                "scope": keyed.scope,
+                "key": keyed.key,
+                "fingerprint": keyed.fingerprint,
+                "created_at": now,
+            },
         )
     ).scalar_one_or_none()
     if new_id is not None:
@@ -116,9 +123,8 @@ async def claim(connection: AsyncConnection, keyed: KeyedRequest, *, now: dateti
 async def complete(connection: AsyncConnection, claim_id: int, response: StoredResponse) -> None:
     """Write the answer into the claimed row, before the transaction commits."""
     await connection.execute(
-        update(idempotency_keys)
-        .where(idempotency_keys.c.id == claim_id)
-        .values(response_status=response.status, response_body=response.body)
+        _COMPLETE,
+        {"b_id": claim_id, "response_status": response.status, "response_body": response.body},
     )
 
 

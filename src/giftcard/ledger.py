@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import BigInteger, Engine, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db.bulk import copy_rows
@@ -116,23 +116,43 @@ def check_entry(entry: Entry) -> None:
         raise LedgerInvariantError(f"postings of a {entry.type} transaction do not sum to zero")
 
 
+# The statements of the hot paths are built once: building and hashing a statement costs
+# more of SQLAlchemy's time than running a cached one (see `make bench`).
+_INSERT_TRANSACTION = insert(journal_transactions).returning(journal_transactions.c.id)
+_INSERT_POSTINGS = insert(postings)
+_AMOUNT = bindparam("b_amount", type_=BigInteger)
+_MOVE = (
+    update(ledger_accounts)
+    .where(
+        ledger_accounts.c.id == bindparam("b_account_id"),
+        ledger_accounts.c.tracked.is_(True),
+        ledger_accounts.c.currency == bindparam("b_currency"),
+        ledger_accounts.c.balance + _AMOUNT >= 0,
+    )
+    .values(balance=ledger_accounts.c.balance + _AMOUNT)
+    .returning(ledger_accounts.c.balance)
+)
+_BALANCE = select(ledger_accounts.c.balance).where(
+    ledger_accounts.c.id == bindparam("b_account_id")
+)
+
+
 async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> Posted:
     """Write one balanced journal transaction and move the balances it names."""
     check_entry(entry)
     transaction_id = (
         await connection.execute(
-            insert(journal_transactions)
-            .values(
-                type=entry.type.value,
-                currency=entry.currency,
-                description=entry.description[:500],
-                actor=entry.actor,
-                customer_id=entry.customer_id,
-                card_id=entry.card_id,
-                payment_id=entry.payment_id,
-                created_at=now,
-            )
-            .returning(journal_transactions.c.id)
+            _INSERT_TRANSACTION,
+            {
+                "type": entry.type.value,
+                "currency": entry.currency,
+                "description": entry.description[:500],
+                "actor": entry.actor,
+                "customer_id": entry.customer_id,
+                "card_id": entry.card_id,
+                "payment_id": entry.payment_id,
+                "created_at": now,
+            },
         )
     ).scalar_one()
     balances_after: dict[int, int] = {}
@@ -140,7 +160,7 @@ async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> P
         if posting.tracked:
             balances_after[posting.account_id] = await _move(connection, posting, entry.currency)
     await connection.execute(
-        insert(postings),
+        _INSERT_POSTINGS,
         [
             {
                 "transaction_id": transaction_id,
@@ -157,22 +177,19 @@ async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> P
 
 async def _move(connection: AsyncConnection, posting: Posting, currency: str) -> int:
     """Add to one tracked account's balance, never below zero; return the new balance."""
-    account = ledger_accounts.c
     new_balance = (
         await connection.execute(
-            update(ledger_accounts)
-            .where(
-                account.id == posting.account_id,
-                account.tracked.is_(True),
-                account.currency == currency,
-                account.balance + posting.amount >= 0,
-            )
-            .values(balance=account.balance + posting.amount)
-            .returning(account.balance)
+            _MOVE,
+            {
+                "b_account_id": posting.account_id,
+                "b_currency": currency,
+                "b_amount": posting.amount,
+            },
         )
     ).scalar_one_or_none()
     if new_balance is not None:
         return int(new_balance)
+    account = ledger_accounts.c
     row = (
         await connection.execute(
             select(account.tracked, account.currency).where(account.id == posting.account_id)
@@ -296,9 +313,5 @@ async def system_posting(
 
 
 async def balance_of(connection: AsyncConnection, account_id: int) -> int:
-    value = (
-        await connection.execute(
-            select(ledger_accounts.c.balance).where(ledger_accounts.c.id == account_id)
-        )
-    ).scalar_one()
+    value = (await connection.execute(_BALANCE, {"b_account_id": account_id})).scalar_one()
     return int(value)

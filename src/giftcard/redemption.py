@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from babel.dates import format_date
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import codes, ledger
@@ -27,6 +27,32 @@ from giftcard.limits import AbuseLimits, RedemptionsPaused
 from giftcard.metrics import REDEMPTIONS
 from giftcard.money import REGIONS, format_minor
 from giftcard.unit_of_work import UnitOfWork
+
+# The claim on a card, built once (see giftcard.ledger): only an active, unexpired card of
+# the customer's store is taken, and only by one of any number of concurrent attempts.
+_NOW = bindparam("b_now", type_=cards.c.redeemed_at.type)
+_CLAIM_CARD = (
+    update(cards)
+    .where(
+        cards.c.code_hash == bindparam("b_code_hash"),
+        cards.c.state == CardState.ACTIVE.value,
+        cards.c.region == bindparam("b_region"),
+        cards.c.expires_at.is_(None) | (cards.c.expires_at > _NOW),
+    )
+    .values(
+        state=CardState.REDEEMED.value,
+        redeemed_at=_NOW,
+        redeemed_customer_id=bindparam("b_customer_id"),
+    )
+    .returning(
+        cards.c.id,
+        cards.c.account_id,
+        cards.c.amount,
+        cards.c.currency,
+        cards.c.serial,
+        cards.c.last4,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -67,26 +93,13 @@ async def redeem(
         now = uow.clock.now()
         card = (
             await connection.execute(
-                update(cards)
-                .where(
-                    cards.c.code_hash == digest,
-                    cards.c.state == CardState.ACTIVE.value,
-                    cards.c.region == customer.region,
-                    cards.c.expires_at.is_(None) | (cards.c.expires_at > now),
-                )
-                .values(
-                    state=CardState.REDEEMED.value,
-                    redeemed_at=now,
-                    redeemed_customer_id=customer.id,
-                )
-                .returning(
-                    cards.c.id,
-                    cards.c.account_id,
-                    cards.c.amount,
-                    cards.c.currency,
-                    cards.c.serial,
-                    cards.c.last4,
-                )
+                _CLAIM_CARD,
+                {
+                    "b_code_hash": digest,
+                    "b_region": customer.region,
+                    "b_now": now,
+                    "b_customer_id": customer.id,
+                },
             )
         ).one_or_none()
         if card is None:
