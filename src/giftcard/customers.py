@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -369,6 +369,21 @@ async def log_out(db: Database, session_id: int, *, clock: Clock) -> None:
     await db.run(work)
 
 
+# What every request asks first, built once (see giftcard.ledger).
+_SESSION = (
+    select(sessions.c.id.label("session_id"), sessions.c.staff_id, customers)
+    .select_from(sessions.outerjoin(customers, customers.c.id == sessions.c.customer_id))
+    .where(
+        sessions.c.token_hash == bindparam("b_token_hash"),
+        sessions.c.revoked_at.is_(None),
+        sessions.c.expires_at > bindparam("b_now"),
+    )
+)
+_API_KEY = select(api_keys).where(
+    api_keys.c.key_hash == bindparam("b_key_hash"), api_keys.c.revoked_at.is_(None)
+)
+
+
 async def authenticate(db: Database, secret: str, *, clock: Clock) -> Principal | None:
     """Who holds this bearer secret, or None if it is unknown, expired or revoked."""
     if not secret or len(secret) > SECRET_LENGTH_MAX:
@@ -383,17 +398,7 @@ async def authenticate(db: Database, secret: str, *, clock: Clock) -> Principal 
         if not secret.startswith(SESSION_PREFIX):
             return None
         row = (
-            await connection.execute(
-                select(sessions.c.id.label("session_id"), sessions.c.staff_id, customers)
-                .select_from(
-                    sessions.outerjoin(customers, customers.c.id == sessions.c.customer_id)
-                )
-                .where(
-                    sessions.c.token_hash == digest,
-                    sessions.c.revoked_at.is_(None),
-                    sessions.c.expires_at > now,
-                )
-            )
+            await connection.execute(_SESSION, {"b_token_hash": digest, "b_now": now})
         ).one_or_none()
         if row is None:
             return None
@@ -410,11 +415,7 @@ async def authenticate(db: Database, secret: str, *, clock: Clock) -> Principal 
 
 
 async def _api_key_principal(connection: AsyncConnection, digest: bytes) -> ApiKeyPrincipal | None:
-    row = (
-        await connection.execute(
-            select(api_keys).where(api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None))
-        )
-    ).one_or_none()
+    row = (await connection.execute(_API_KEY, {"b_key_hash": digest})).one_or_none()
     if row is None:
         return None
     return ApiKeyPrincipal(row.id, Role(row.role), row.name)

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 import redis.asyncio as redis
 from limits import parse
 from redis.exceptions import RedisError
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import bindparam, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.clock import Clock
@@ -338,6 +338,30 @@ _REDIS_DOWN_DETAIL = (
 )
 
 
+# The statements of every attempt, built once (see giftcard.ledger).
+_LOCK_KEYS = text(
+    "SELECT count(pg_advisory_xact_lock(lock_id)) FROM unnest(CAST(:ids AS bigint[])) AS lock_id"
+)
+_HELD = (
+    select(
+        limit_reservations.c.limit_key,
+        func.count(),
+        func.min(limit_reservations.c.expires_at),
+    )
+    .where(
+        limit_reservations.c.limit_key.in_(bindparam("b_keys", expanding=True)),
+        limit_reservations.c.expires_at > bindparam("b_now"),
+    )
+    .group_by(limit_reservations.c.limit_key)
+)
+_RESERVE = insert(limit_reservations).returning(
+    limit_reservations.c.id, sort_by_parameter_order=True
+)
+_GIVE_BACK = delete(limit_reservations).where(
+    limit_reservations.c.id.in_(bindparam("b_ids", expanding=True))
+)
+
+
 class DatabaseStore:
     """Reservations as rows of `limit_reservations`, one per unit, each with the moment
     it leaves its window. A reservation runs in one write transaction that holds a lock
@@ -369,26 +393,9 @@ class DatabaseStore:
                 # Every lock in one statement, taken in key order (unnest yields the array
                 # in order, and each row's lock is taken as it is produced).
                 await connection.execute(
-                    text(
-                        "SELECT count(pg_advisory_xact_lock(lock_id)) "
-                        "FROM unnest(CAST(:ids AS bigint[])) AS lock_id"
-                    ),
-                    {"ids": [_lock_id(key) for key in sorted(rules)]},
+                    _LOCK_KEYS, {"ids": [_lock_id(key) for key in sorted(rules)]}
                 )
-            held = (
-                await connection.execute(
-                    select(
-                        limit_reservations.c.limit_key,
-                        func.count(),
-                        func.min(limit_reservations.c.expires_at),
-                    )
-                    .where(
-                        limit_reservations.c.limit_key.in_(list(rules)),
-                        limit_reservations.c.expires_at > now,
-                    )
-                    .group_by(limit_reservations.c.limit_key)
-                )
-            ).all()
+            held = (await connection.execute(_HELD, {"b_keys": list(rules), "b_now": now})).all()
             waits = {
                 key: _seconds_until(first_expiry, now)
                 for key, count, first_expiry in held
@@ -399,9 +406,7 @@ class DatabaseStore:
                 raise Refused(max(waits.values()), frozenset(waits))
             row_ids = (
                 await connection.execute(
-                    insert(limit_reservations).returning(
-                        limit_reservations.c.id, sort_by_parameter_order=True
-                    ),
+                    _RESERVE,
                     [
                         {"limit_key": key, "expires_at": now + timedelta(seconds=rule.window_s)}
                         for key, rule in rules.items()
@@ -414,9 +419,7 @@ class DatabaseStore:
 
     async def give_back(self, reservation: Reservation) -> None:
         async def work(connection: AsyncConnection) -> None:
-            await connection.execute(
-                delete(limit_reservations).where(limit_reservations.c.id.in_(reservation.row_ids))
-            )
+            await connection.execute(_GIVE_BACK, {"b_ids": list(reservation.row_ids)})
 
         # One DELETE, complete by itself: no transaction around it is needed.
         await self.db.run_alone(work)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -178,6 +178,15 @@ def balance_part(use: UseBalance, available: int, order_amount: int) -> int:
     return max(0, min(requested, available, order_amount))
 
 
+# The statements of a payment, built once (see giftcard.ledger).
+_CUSTOMER = select(customers).where(customers.c.id == bindparam("b_id"))
+_BALANCE = select(ledger_accounts.c.balance).where(ledger_accounts.c.id == bindparam("b_id"))
+_BALANCE_LOCKED = _BALANCE.with_for_update()
+_INSERT_PAYMENT = insert(payments).returning(*payments.c)
+_PAYMENT = select(payments).where(payments.c.id == bindparam("b_id"))
+_PAYMENT_LOCKED = _PAYMENT.with_for_update()
+
+
 async def create(
     uow: UnitOfWork, request: PaymentRequest, *, hold_ttl_s: int, actor: str
 ) -> Payment:
@@ -225,16 +234,15 @@ async def _pay(
     available = await _lock_balance(connection, customer.available_account_id)
     gift = balance_part(request.use_balance, available, request.amount)
     status = PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED
-    payment_id = await _insert(connection, request, customer, gift, status, hold_ttl_s, actor, now)
+    row = await _insert(connection, request, customer, gift, status, hold_ttl_s, actor, now)
     if gift:
-        await _apply(connection, customer, payment_id, gift, status, actor, now)
-    return await _get(connection, payment_id)
+        await _apply(connection, customer, row.id, gift, status, actor, now)
+    # The row as inserted is the payment: applying it moves balances, not the row.
+    return payment_from_row(row)
 
 
 async def _customer(connection: AsyncConnection, customer_id: int) -> Customer:
-    row = (
-        await connection.execute(select(customers).where(customers.c.id == customer_id))
-    ).one_or_none()
+    row = (await connection.execute(_CUSTOMER, {"b_id": customer_id})).one_or_none()
     if row is None:
         raise GiftcardError(
             ErrorCode.NOT_FOUND,
@@ -247,10 +255,8 @@ async def _customer(connection: AsyncConnection, customer_id: int) -> Customer:
 async def _lock_balance(connection: AsyncConnection, account_id: int) -> int:
     """The available balance, with its row locked until the transaction ends, so that
     two payments cannot both decide to spend the same money."""
-    query = select(ledger_accounts.c.balance).where(ledger_accounts.c.id == account_id)
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return int((await connection.execute(query)).scalar_one())
+    query = _BALANCE_LOCKED if connection.dialect.name == "postgresql" else _BALANCE
+    return int((await connection.execute(query, {"b_id": account_id})).scalar_one())
 
 
 async def _insert(
@@ -262,29 +268,25 @@ async def _insert(
     hold_ttl_s: int,
     actor: str,
     now: datetime,
-) -> int:
+) -> Row[Any]:
     captured = status is PaymentStatus.CAPTURED
-    statement = (
-        insert(payments)
-        .values(
-            customer_id=customer.id,
-            order_id=request.order_id,
-            currency=customer.currency,
-            amount=request.amount,
-            gift_card_amount=gift,
-            other_amount=request.amount - gift,
-            status=status.value,
-            captured_amount=request.amount if captured else 0,
-            captured_gift_card_amount=gift if captured else 0,
-            hold_expires_at=None if captured else now + timedelta(seconds=hold_ttl_s),
-            actor=actor,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(payments.c.id)
-    )
+    values = {
+        "customer_id": customer.id,
+        "order_id": request.order_id,
+        "currency": customer.currency,
+        "amount": request.amount,
+        "gift_card_amount": gift,
+        "other_amount": request.amount - gift,
+        "status": status.value,
+        "captured_amount": request.amount if captured else 0,
+        "captured_gift_card_amount": gift if captured else 0,
+        "hold_expires_at": None if captured else now + timedelta(seconds=hold_ttl_s),
+        "actor": actor,
+        "created_at": now,
+        "updated_at": now,
+    }
     try:
-        return int((await connection.execute(statement)).scalar_one())
+        return (await connection.execute(_INSERT_PAYMENT, values)).one()
     except IntegrityError as error:
         if is_unique_violation(error):
             raise GiftcardError(
@@ -335,10 +337,8 @@ async def _get(connection: AsyncConnection, payment_id: int, *, lock: bool = Fal
     """The payment with its refunds; with `lock`, its row stays locked (PostgreSQL; a
     SQLite write transaction holds the whole database already) until the transaction
     ends, so that what is decided from it still holds when it is written."""
-    query = select(payments).where(payments.c.id == payment_id)
-    if lock and connection.dialect.name == "postgresql":
-        query = query.with_for_update()
-    row = (await connection.execute(query)).one_or_none()
+    query = _PAYMENT_LOCKED if lock and connection.dialect.name == "postgresql" else _PAYMENT
+    row = (await connection.execute(query, {"b_id": payment_id})).one_or_none()
     if row is None:
         raise GiftcardError(
             ErrorCode.NOT_FOUND, f"No payment {ids.format_id(ids.PAYMENT, payment_id)}."
