@@ -29,9 +29,9 @@ from tests.round_trips import counting_proxy
 
 # What one more request costs today.
 REDEMPTION_ROUND_TRIPS = 18
-PAYMENT_ROUND_TRIPS = 12
+PAYMENT_ROUND_TRIPS = 11
 REDEMPTION_STATEMENTS = 19
-PAYMENT_STATEMENTS = 12
+PAYMENT_STATEMENTS = 11
 
 
 @asynccontextmanager
