@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import csv
 import datetime
+import io
 import json
 import os
 import platform
@@ -121,14 +122,30 @@ class Latencies:
 class Result:
     backend: str
     issue_s: float | None = None
+    # PostgreSQL's own COPY of the rows that issue wrote, into the same schema.
+    copy_s: float | None = None
     use_case: Latencies | None = None
     http: Latencies | None = None
     http_redis: Latencies | None = None
     http_payments: Latencies | None = None
+    http_payments_hot: Latencies | None = None
+    client_cpu_share: float | None = None
     # The largest resident memory of the server's processes, measured after the load.
     rss_mib_max: float | None = None
     verified: str = "-"
     note: str = ""
+
+
+@dataclass
+class HttpRun:
+    redeemed: Latencies
+    paid: Latencies | None = None
+    # The same number of payments, all from one customer's balance.
+    paid_hot: Latencies | None = None
+    rss_mib_max: float | None = None
+    # The client's CPU time over the redemptions' wall time: how much of one core the
+    # load generator itself took from the server it shares the machine with.
+    client_cpu_share: float | None = None
 
 
 @dataclass
@@ -233,15 +250,24 @@ async def _run_postgres(work: Path, options: argparse.Namespace) -> Result:
         return Result("postgresql", note=f"skipped: {admin_url} unreachable ({error})")
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}_copy"')
         scratch_url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-        return await _run_backend("postgresql", scratch_url, work, options)
+        return await _run_backend(
+            "postgresql", scratch_url, work, options, copy_url=f"{scratch_url}_copy"
+        )
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for database in (name, f"{name}_copy"):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
 
 
 async def _run_backend(
-    backend: str, database_url: str, work: Path, options: argparse.Namespace
+    backend: str,
+    database_url: str,
+    work: Path,
+    options: argparse.Namespace,
+    *,
+    copy_url: str | None = None,
 ) -> Result:
     print(f"[{backend}] migrating", flush=True)
     result = Result(backend)
@@ -256,6 +282,11 @@ async def _run_backend(
         print(f"[{backend}] issuing {options.cards:,} cards", flush=True)
         out = work / f"{backend}-cards.csv"
         result.issue_s = await _issue(env, out, options.cards)
+        if copy_url is not None:
+            print(f"[{backend}] COPY of the same rows, for comparison", flush=True)
+            result.copy_s = await _bounded(
+                _copy_baseline(database_url, copy_url), ISSUE_TIMEOUT_S, "copying"
+            )
         codes = _read_codes(out)
         db = Database(database_url, pool_size=USE_CASE_CONCURRENCY)
         try:
@@ -269,14 +300,15 @@ async def _run_backend(
             )
             print(f"[{backend}] redeeming {options.requests:,} codes over HTTP", flush=True)
             http_codes = codes[options.redemptions : options.redemptions + options.requests]
-            result.http, result.http_payments, result.rss_mib_max = await _redeem_http(
-                db, env, work, http_codes, "http", payments=options.requests
-            )
+            run = await _redeem_http(db, env, work, http_codes, "http", payments=options.requests)
+            result.http, result.http_payments = run.redeemed, run.paid
+            result.http_payments_hot, result.rss_mib_max = run.paid_hot, run.rss_mib_max
+            result.client_cpu_share = run.client_cpu_share
             redis_url = os.environ.get("GIFTCARD_BENCH_REDIS_URL", REDIS_URL_DEFAULT)
             if await _redis_answers(redis_url):
                 print(f"[{backend}] redeeming {options.requests:,} codes over HTTP (Redis)")
                 start = options.redemptions + options.requests
-                result.http_redis, _, _ = await _redeem_http(
+                redis_run = await _redeem_http(
                     db,
                     {**env, "GIFTCARD_REDIS_URL": redis_url},
                     work,
@@ -284,6 +316,7 @@ async def _run_backend(
                     "redis",
                     payments=0,
                 )
+                result.http_redis = redis_run.redeemed
             else:
                 result.note = f"HTTP+Redis skipped: {redis_url} unreachable"
             report = await _bounded(verify.verify(db), VERIFY_TIMEOUT_S, "verifying")
@@ -324,6 +357,48 @@ async def _issue(env: dict[str, str], out: Path, count: int) -> float:
     if process.returncode != 0:
         raise BenchError(f"giftcard cards issue failed: {stderr.decode()[-500:]}")
     return elapsed_s
+
+
+# The tables `giftcard cards issue` writes, in an order their foreign keys allow.
+ISSUED_TABLES = ("ledger_accounts", "journal_transactions", "cards", "postings", "card_events")
+
+
+async def _copy_baseline(database_url: str, copy_url: str) -> float:
+    """How long PostgreSQL's own COPY takes to write the rows `cards issue` wrote, into
+    the same schema (same indexes and constraints) in a second scratch database, in one
+    transaction: the bar for issuing. The rows are read out in COPY's binary format
+    first; only writing them in is timed."""
+    await upgrade(copy_url)
+    source = await asyncpg.connect(_plain_url(database_url), timeout=POSTGRES_CONNECT_TIMEOUT_S)
+    target = await asyncpg.connect(_plain_url(copy_url), timeout=POSTGRES_CONNECT_TIMEOUT_S)
+    try:
+        rows: dict[str, bytes] = {}
+        for table in ISSUED_TABLES:
+            # What the migrations made is in both databases already. (Table names are
+            # this module's constants.)
+            made = await target.fetch(f"SELECT id FROM {table}")  # noqa: S608
+            existing = [record["id"] for record in made]
+            buffer = io.BytesIO()
+            await source.copy_from_query(
+                f"SELECT * FROM {table} WHERE NOT (id = ANY($1::bigint[]))",  # noqa: S608
+                existing,
+                output=buffer,
+                format="binary",
+            )
+            rows[table] = buffer.getvalue()
+        started = time.perf_counter()
+        async with target.transaction():
+            for table in ISSUED_TABLES:
+                await target.copy_to_table(table, source=io.BytesIO(rows[table]), format="binary")
+        return time.perf_counter() - started
+    finally:
+        await source.close()
+        await target.close()
+
+
+def _plain_url(database_url: str) -> str:
+    """A URL asyncpg takes, for one the service takes."""
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 def _read_codes(path: Path) -> list[str]:
@@ -404,9 +479,10 @@ async def _redeem_http(
     label: str,
     *,
     payments: int,
-) -> tuple[Latencies, Latencies | None, float | None]:
+) -> HttpRun:
     """Redeem `codes` over HTTP, then (when `payments`) pay that many orders from the
-    balances they made, captured at once, with a merchant's API key. Also the largest
+    balances they made, captured at once, with a merchant's API key: first spread over
+    every customer, then all from one (a hot balance). Also the largest
     resident memory of the server's processes after that load, in MiB."""
     password = secrets.token_urlsafe(16)
     shoppers = await _customers(db, HTTP_CONCURRENCY, label, password)
@@ -453,6 +529,12 @@ async def _redeem_http(
                     raise BenchError(f"HTTP {response.status_code}: {response.text[:200]}")
 
             async def pay(index: int, order: str) -> None:
+                await pay_from(index, order)
+
+            async def pay_from_one(_index: int, order: str) -> None:
+                await pay_from(0, order)
+
+            async def pay_from(index: int, order: str) -> None:
                 response = await client.post(
                     "/v1/payments",
                     json={
@@ -471,16 +553,26 @@ async def _redeem_http(
                 if response.status_code != 201:
                     raise BenchError(f"HTTP {response.status_code}: {response.text[:200]}")
 
+            cpu_before = time.process_time()
             redeemed = await _bounded(
                 _drive(codes, HTTP_CONCURRENCY, redeem), REDEEM_TIMEOUT_S, "redeeming over HTTP"
             )
-            paid = None
+            run = HttpRun(redeemed)
+            if redeemed.elapsed_s:
+                run.client_cpu_share = (time.process_time() - cpu_before) / redeemed.elapsed_s
             if payments:
                 orders = [f"bench-{label}-{number}" for number in range(payments)]
-                paid = await _bounded(
+                run.paid = await _bounded(
                     _drive(orders, HTTP_CONCURRENCY, pay), REDEEM_TIMEOUT_S, "paying over HTTP"
                 )
-            return redeemed, paid, _rss_mib_max(server.pid)
+                hot_orders = [f"bench-{label}-hot-{number}" for number in range(payments)]
+                run.paid_hot = await _bounded(
+                    _drive(hot_orders, HTTP_CONCURRENCY, pay_from_one),
+                    REDEEM_TIMEOUT_S,
+                    "paying from one balance over HTTP",
+                )
+            run.rss_mib_max = _rss_mib_max(server.pid)
+            return run
     finally:
         await _stop(server)
 
@@ -630,10 +722,15 @@ def _write_results(
             {
                 "backend": result.backend,
                 "issue_s": round(result.issue_s, 2) if result.issue_s is not None else None,
+                "copy_s": round(result.copy_s, 2) if result.copy_s is not None else None,
                 "use_case_redemptions": _figures(result.use_case, pgbench),
                 "http_redemptions": _figures(result.http, pgbench),
                 "http_redemptions_redis": _figures(result.http_redis, pgbench),
                 "http_payments": _figures(result.http_payments, pgbench),
+                "http_payments_hot": _figures(result.http_payments_hot, pgbench),
+                "client_cpu_share": (
+                    round(result.client_cpu_share, 2) if result.client_cpu_share else None
+                ),
                 "server_rss_mib_max": result.rss_mib_max,
                 "verified": result.verified,
                 "note": result.note,
@@ -663,17 +760,26 @@ def _markdown(document: dict[str, Any]) -> str:
         for key, what in (
             ("http_redemptions", "redemptions over HTTP"),
             ("http_payments", "payments over HTTP (captured)"),
+            ("http_payments_hot", "payments over HTTP, all from one balance"),
             ("http_redemptions_redis", "redemptions over HTTP, limits in Redis"),
             ("use_case_redemptions", "redemptions through the use case"),
         ):
             figures = backend[key]
             if figures is None:
                 continue
+            if key == "http_payments_hot" and backend["http_payments"]:
+                share = figures["per_second"] / backend["http_payments"]["per_second"]
+                what = f"{what} ({share:.2f} of the spread rate)"
             ratio = f"{figures['x_pgbench']:.2f}" if figures["x_pgbench"] is not None else "-"
             lines.append(
                 f"| {backend['backend']} | {what} | {figures['per_second']:,.0f} | "
                 f"{figures['p50_ms']:.1f} | {figures['p99_ms']:.1f} | {ratio} | "
                 f"{figures['failures']} |"
+            )
+        if backend["client_cpu_share"] is not None:
+            lines.append(
+                f"| {backend['backend']} | the client's own CPU during the redemptions, "
+                f"share of one core | {backend['client_cpu_share']:.2f} | | | | |"
             )
         if backend["server_rss_mib_max"] is not None:
             lines.append(
@@ -684,6 +790,13 @@ def _markdown(document: dict[str, Any]) -> str:
             lines.append(
                 f"| {backend['backend']} | `cards issue` of the cards, seconds | "
                 f"{backend['issue_s']:.2f} | | | | |"
+            )
+        if backend["copy_s"] is not None:
+            ratio = backend["issue_s"] / backend["copy_s"] if backend["issue_s"] else None
+            lines.append(
+                f"| {backend['backend']} | COPY of the same rows into the same schema, "
+                f"seconds (`cards issue` took {ratio:.1f}× as long) | "
+                f"{backend['copy_s']:.2f} | | | | |"
             )
     return "\n".join(lines) + "\n"
 
