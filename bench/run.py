@@ -3,14 +3,16 @@
 For each backend, in a scratch database that is removed afterwards:
 
 1. issue 100,000 cards with the real command (`giftcard cards issue ... --out cards.csv`),
-   timed from start to exit, so interpreter start-up and the CSV are included;
+   timed from start to exit, so interpreter start-up and the CSV are included; on
+   PostgreSQL, also time COPY of the same rows into the same schema, the bar for it;
 2. redeem codes from that CSV through the use case (`giftcard.redemption.redeem`), with
    one asyncio task per customer running side by side;
-3. redeem other codes from it over HTTP, against a real `giftcard serve --workers 2` on
-   loopback, with a bounded number of requests in flight (httpx), the abuse limits
-   counted without Redis;
-4. pay for orders from those balances over HTTP (`POST /v1/payments`, captured at once,
-   with an API key), against the same server;
+3. for 15 s, redeem other codes from it over HTTP, against a real `giftcard serve
+   --workers 2` on loopback, driven by wrk (Debian's package; `bench/requests.lua`) with
+   32 connections, the abuse limits counted without Redis;
+4. for as long, pay for orders from those balances over HTTP (`POST /v1/payments`,
+   captured at once, with an API key), against the same server: first from all 32
+   customers, then all from one (a hot balance);
 5. the redemptions again with the abuse limits counted in Redis (GIFTCARD_REDIS_URL), so
    that the cost of the limits shows beside the cost of the redemption itself;
 6. check every ledger invariant (`giftcard.verify`) over what the runs wrote.
@@ -26,7 +28,7 @@ of a database to connect to while creating the scratch one) and Redis at 127.0.0
 run goes on. Every phase has a time limit, so a hung server or
 database ends the run instead of stalling it.
 
-Run: .venv/bin/python bench/run.py [--cards N] [--redemptions N] [--requests N]
+Run: .venv/bin/python bench/run.py [--cards N] [--redemptions N] [--http-seconds N]
 [--pgbench-seconds N]
 """
 
@@ -42,6 +44,7 @@ import json
 import os
 import platform
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -51,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,7 +75,11 @@ POSTGRES_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL_DEFAULT = "redis://127.0.0.1:6379/0"
 CARDS_DEFAULT = 100_000
 REDEMPTIONS_DEFAULT = 2_000
-REQUESTS_DEFAULT = 2_000
+HTTP_SECONDS_DEFAULT = 15
+# Payments offered to wrk per run: more than any run gets through in its seconds.
+PAYMENT_LINES = 60_000
+WRK_THREADS = 2
+WRK_SCRIPT = Path(__file__).with_name("requests.lua")
 # Customers redeeming side by side through the use case, and requests in flight over HTTP.
 USE_CASE_CONCURRENCY = 32
 HTTP_CONCURRENCY = 32
@@ -119,17 +126,36 @@ class Latencies:
 
 
 @dataclass
+class Measured:
+    """What wrk counted in one run: answers 201 per second, latency percentiles."""
+
+    count: int
+    elapsed_s: float
+    p50_ms: float
+    p99_ms: float
+    failures: int
+    # wrk's CPU time over the run's wall time: how much of one core the load generator
+    # itself took from the server it shares the machine with.
+    client_cpu_share: float
+
+    def per_second(self) -> float:
+        return self.count / self.elapsed_s if self.elapsed_s else 0.0
+
+    def percentile_ms(self, percent: int) -> float:
+        return {50: self.p50_ms, 99: self.p99_ms}[percent]
+
+
+@dataclass
 class Result:
     backend: str
     issue_s: float | None = None
     # PostgreSQL's own COPY of the rows that issue wrote, into the same schema.
     copy_s: float | None = None
     use_case: Latencies | None = None
-    http: Latencies | None = None
-    http_redis: Latencies | None = None
-    http_payments: Latencies | None = None
-    http_payments_hot: Latencies | None = None
-    client_cpu_share: float | None = None
+    http: Measured | None = None
+    http_redis: Measured | None = None
+    http_payments: Measured | None = None
+    http_payments_hot: Measured | None = None
     # The largest resident memory of the server's processes, measured after the load.
     rss_mib_max: float | None = None
     verified: str = "-"
@@ -138,14 +164,11 @@ class Result:
 
 @dataclass
 class HttpRun:
-    redeemed: Latencies
-    paid: Latencies | None = None
-    # The same number of payments, all from one customer's balance.
-    paid_hot: Latencies | None = None
+    redeemed: Measured
+    paid: Measured | None = None
+    # The same, all from one customer's balance.
+    paid_hot: Measured | None = None
     rss_mib_max: float | None = None
-    # The client's CPU time over the redemptions' wall time: how much of one core the
-    # load generator itself took from the server it shares the machine with.
-    client_cpu_share: float | None = None
 
 
 @dataclass
@@ -165,7 +188,6 @@ async def main() -> int:
         sqlite_url = f"sqlite:///{work / 'bench.db'}"
         results.append(await _run_backend("sqlite", sqlite_url, work, options))
         results.append(await _run_postgres(work, options))
-    _print_table(results, options)
     _write_results(results, pgbench, options, started_at)
     failed = [result for result in results if result.note.startswith("failed")]
     return 1 if failed or any(result.verified not in ("OK", "-") for result in results) else 0
@@ -175,11 +197,11 @@ def _options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cards", type=int, default=CARDS_DEFAULT)
     parser.add_argument("--redemptions", type=int, default=REDEMPTIONS_DEFAULT)
-    parser.add_argument("--requests", type=int, default=REQUESTS_DEFAULT)
+    parser.add_argument("--http-seconds", type=int, default=HTTP_SECONDS_DEFAULT)
     parser.add_argument("--pgbench-seconds", type=int, default=PGBENCH_SECONDS_DEFAULT)
     options = parser.parse_args()
-    if options.redemptions + 2 * options.requests > options.cards:
-        parser.error("--cards must cover --redemptions plus twice --requests")
+    if options.redemptions >= options.cards:
+        parser.error("--cards must be more than --redemptions: the rest go over HTTP")
     return options
 
 
@@ -298,23 +320,28 @@ async def _run_backend(
                 REDEEM_TIMEOUT_S,
                 "redeeming through the use case",
             )
-            print(f"[{backend}] redeeming {options.requests:,} codes over HTTP", flush=True)
-            http_codes = codes[options.redemptions : options.redemptions + options.requests]
-            run = await _redeem_http(db, env, work, http_codes, "http", payments=options.requests)
+            seconds = options.http_seconds
+            print(f"[{backend}] redeeming codes over HTTP for {seconds} s", flush=True)
+            # The codes left after the use case, half for each HTTP run.
+            half = (len(codes) - options.redemptions) // 2
+            http_codes = codes[options.redemptions : options.redemptions + half]
+            run = await _redeem_http(
+                db, env, work, http_codes, "http", seconds=seconds, payments=True
+            )
             result.http, result.http_payments = run.redeemed, run.paid
             result.http_payments_hot, result.rss_mib_max = run.paid_hot, run.rss_mib_max
-            result.client_cpu_share = run.client_cpu_share
             redis_url = os.environ.get("GIFTCARD_BENCH_REDIS_URL", REDIS_URL_DEFAULT)
             if await _redis_answers(redis_url):
-                print(f"[{backend}] redeeming {options.requests:,} codes over HTTP (Redis)")
-                start = options.redemptions + options.requests
+                print(f"[{backend}] redeeming codes over HTTP for {seconds} s (Redis)")
+                start = options.redemptions + half
                 redis_run = await _redeem_http(
                     db,
                     {**env, "GIFTCARD_REDIS_URL": redis_url},
                     work,
-                    codes[start : start + options.requests],
+                    codes[start:],
                     "redis",
-                    payments=0,
+                    seconds=seconds,
+                    payments=False,
                 )
                 result.http_redis = redis_run.redeemed
             else:
@@ -478,12 +505,14 @@ async def _redeem_http(
     codes: Sequence[str],
     label: str,
     *,
-    payments: int,
+    seconds: int,
+    payments: bool,
 ) -> HttpRun:
-    """Redeem `codes` over HTTP, then (when `payments`) pay that many orders from the
-    balances they made, captured at once, with a merchant's API key: first spread over
-    every customer, then all from one (a hot balance). Also the largest
-    resident memory of the server's processes after that load, in MiB."""
+    """For `seconds`, redeem `codes` over HTTP with wrk, 32 customers' sessions taking
+    turns; then (when `payments`) for as long, pay orders from the balances they made,
+    captured at once, with a merchant's API key: first spread over every customer, then
+    all from one (a hot balance). Also the largest resident memory of the server's
+    processes after that load, in MiB."""
     password = secrets.token_urlsafe(16)
     shoppers = await _customers(db, HTTP_CONCURRENCY, label, password)
     tokens = []
@@ -510,71 +539,94 @@ async def _redeem_http(
     )
     try:
         base_url = f"http://127.0.0.1:{port}"
-        limits = httpx.Limits(max_connections=HTTP_CONCURRENCY)
-        async with httpx.AsyncClient(
-            base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S
-        ) as client:
+        async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
             await _wait_until_ready(client, server)
-
-            async def redeem(index: int, code: str) -> None:
-                response = await client.post(
-                    "/v1/me/redemptions",
-                    json={"code": code},
-                    headers={
-                        "Authorization": f"Bearer {tokens[index]}",
-                        "Idempotency-Key": secrets.token_hex(16),
-                    },
+        redemptions = work / f"{label}-redemptions.txt"
+        _write_lines(
+            redemptions,
+            ((tokens[number % len(tokens)], {"code": code}) for number, code in enumerate(codes)),
+        )
+        run = HttpRun(await _wrk(base_url, "/v1/me/redemptions", redemptions, seconds))
+        if payments:
+            spread, hot = work / f"{label}-payments.txt", work / f"{label}-payments-hot.txt"
+            for path, customer_of in (
+                (spread, lambda n: shoppers[n % len(shoppers)]),
+                (hot, lambda n: shoppers[0]),
+            ):
+                _write_lines(
+                    path,
+                    (
+                        (merchant_key, _payment(customer_of(number), f"{path.stem}-{number}"))
+                        for number in range(PAYMENT_LINES)
+                    ),
                 )
-                if response.status_code != 201:
-                    raise BenchError(f"HTTP {response.status_code}: {response.text[:200]}")
-
-            async def pay(index: int, order: str) -> None:
-                await pay_from(index, order)
-
-            async def pay_from_one(_index: int, order: str) -> None:
-                await pay_from(0, order)
-
-            async def pay_from(index: int, order: str) -> None:
-                response = await client.post(
-                    "/v1/payments",
-                    json={
-                        "customer_id": ids.format_id(ids.CUSTOMER, shoppers[index].id),
-                        "order_id": order,
-                        "amount": PAYMENT_AMOUNT,
-                        "currency": "USD",
-                        "use_balance": "max",
-                        "capture": True,
-                    },
-                    headers={
-                        "Authorization": f"Bearer {merchant_key}",
-                        "Idempotency-Key": secrets.token_hex(16),
-                    },
-                )
-                if response.status_code != 201:
-                    raise BenchError(f"HTTP {response.status_code}: {response.text[:200]}")
-
-            cpu_before = time.process_time()
-            redeemed = await _bounded(
-                _drive(codes, HTTP_CONCURRENCY, redeem), REDEEM_TIMEOUT_S, "redeeming over HTTP"
-            )
-            run = HttpRun(redeemed)
-            if redeemed.elapsed_s:
-                run.client_cpu_share = (time.process_time() - cpu_before) / redeemed.elapsed_s
-            if payments:
-                orders = [f"bench-{label}-{number}" for number in range(payments)]
-                run.paid = await _bounded(
-                    _drive(orders, HTTP_CONCURRENCY, pay), REDEEM_TIMEOUT_S, "paying over HTTP"
-                )
-                hot_orders = [f"bench-{label}-hot-{number}" for number in range(payments)]
-                run.paid_hot = await _bounded(
-                    _drive(hot_orders, HTTP_CONCURRENCY, pay_from_one),
-                    REDEEM_TIMEOUT_S,
-                    "paying from one balance over HTTP",
-                )
-            run.rss_mib_max = _rss_mib_max(server.pid)
-            return run
+            run.paid = await _wrk(base_url, "/v1/payments", spread, seconds)
+            run.paid_hot = await _wrk(base_url, "/v1/payments", hot, seconds)
+        run.rss_mib_max = _rss_mib_max(server.pid)
+        return run
     finally:
         await _stop(server)
+
+
+def _payment(shopper: customers.Customer, order: str) -> dict[str, object]:
+    return {
+        "customer_id": ids.format_id(ids.CUSTOMER, shopper.id),
+        "order_id": order,
+        "amount": PAYMENT_AMOUNT,
+        "currency": "USD",
+        "use_balance": "max",
+        "capture": True,
+    }
+
+
+def _write_lines(path: Path, requests: Iterable[tuple[str, dict[str, object]]]) -> None:
+    """The file bench/requests.lua reads: a bearer token, a tab and a JSON body a line."""
+    with path.open("w") as handle:
+        for token, body in requests:
+            handle.write(f"{token}\t{json.dumps(body, separators=(',', ':'))}\n")
+
+
+async def _wrk(base_url: str, path: str, lines: Path, seconds: int) -> Measured:
+    """Send the requests of `lines` with wrk (2 threads, 32 connections) for `seconds`,
+    each at most once; 201 is success, anything else a failure."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
+    command = [wrk, "-t", str(WRK_THREADS), "-c", str(HTTP_CONCURRENCY), "-d", f"{seconds}s"]
+    command += ["--timeout", f"{REQUEST_TIMEOUT_S}s", "-s", str(WRK_SCRIPT), base_url]
+    command += ["--", path, str(lines), str(WRK_THREADS), secrets.token_hex(8)]
+    cpu_before = _children_cpu_s()
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), seconds + 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise BenchError(f"wrk ran over {seconds + 60} s") from None
+    found = re.search(r"^WRK_RESULT (.*)$", stdout.decode(), re.MULTILINE)
+    if process.returncode != 0 or found is None:
+        raise BenchError(f"wrk failed: {stderr.decode()[-500:]}{stdout.decode()[-500:]}")
+    if stderr.strip():
+        print(f"  wrk: {stderr.decode().strip()[:600]}", flush=True)
+    figures = json.loads(found.group(1))
+    if figures["spare"]:
+        raise BenchError(f"{lines.name} ran out of requests: give wrk more lines")
+    elapsed_s = figures["duration_us"] / 1e6
+    return Measured(
+        count=figures["created"],
+        elapsed_s=elapsed_s,
+        p50_ms=figures["p50_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        failures=figures["refused"] + figures["socket_errors"],
+        client_cpu_share=(_children_cpu_s() - cpu_before) / elapsed_s,
+    )
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _rss_mib_max(process_group: int) -> float | None:
@@ -625,49 +677,6 @@ async def _stop(server: asyncio.subprocess.Process) -> None:
         await server.wait()
 
 
-def _print_table(results: Sequence[Result], options: argparse.Namespace) -> None:
-    print()
-    print(
-        f"issue: {options.cards:,} cards with `giftcard cards issue` (wall clock, CSV included); "
-        f"use case: {options.redemptions:,} redemptions, {USE_CASE_CONCURRENCY} customers "
-        f"at once; HTTP: {options.requests:,} POST /v1/me/redemptions, {HTTP_CONCURRENCY} in "
-        f"flight, {SERVER_WORKERS} server workers; HTTP+Redis: the same with the abuse "
-        "limits counted in Redis"
-    )
-    header = (
-        f"{'backend':<11} {'issue s':>8}  {'use case /s':>11} {'p50 ms':>7} {'p99 ms':>7}"
-        f"  {'HTTP /s':>8} {'p50 ms':>7} {'p99 ms':>7}"
-        f"  {'+Redis /s':>9} {'p50 ms':>7} {'p99 ms':>7}"
-        f"  {'pay /s':>7} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}  {'verify':<6}"
-    )
-    print(header)
-    print("-" * len(header))
-    for result in results:
-        print(_row(result))
-
-
-def _row(result: Result) -> str:
-    issue = f"{result.issue_s:8.2f}" if result.issue_s is not None else f"{'-':>8}"
-    columns = [f"{result.backend:<11} {issue}"]
-    failures = 0
-    for latencies, width in (
-        (result.use_case, 11),
-        (result.http, 8),
-        (result.http_redis, 9),
-        (result.http_payments, 7),
-    ):
-        if latencies is None:
-            columns.append(f"{'-':>{width}} {'-':>7} {'-':>7}")
-            continue
-        failures += latencies.failures
-        columns.append(
-            f"{latencies.per_second():{width}.0f} {latencies.percentile_ms(50):7.1f} "
-            f"{latencies.percentile_ms(99):7.1f}"
-        )
-    line = "  ".join(columns) + f" {failures:>6}  {result.verified:<6}"
-    return line + (f"  {result.note}" if result.note else "")
-
-
 def _machine() -> dict[str, object]:
     memory_gib = None
     with contextlib.suppress(ValueError, OSError):
@@ -680,12 +689,12 @@ def _machine() -> dict[str, object]:
     }
 
 
-def _figures(latencies: Latencies | None, pgbench: Pgbench) -> dict[str, object] | None:
+def _figures(latencies: Latencies | Measured | None, pgbench: Pgbench) -> dict[str, object] | None:
     if latencies is None:
         return None
     rate = latencies.per_second()
     return {
-        "count": len(latencies.samples_s),
+        "count": (latencies.count if isinstance(latencies, Measured) else len(latencies.samples_s)),
         "failures": latencies.failures,
         "per_second": round(rate, 1),
         "p50_ms": round(latencies.percentile_ms(50), 1),
@@ -707,7 +716,8 @@ def _write_results(
         "options": {
             "cards": options.cards,
             "redemptions": options.redemptions,
-            "requests": options.requests,
+            "http_seconds": options.http_seconds,
+            "http_client": f"wrk, {WRK_THREADS} threads",
             "http_in_flight": HTTP_CONCURRENCY,
             "server_workers": SERVER_WORKERS,
         },
@@ -729,7 +739,7 @@ def _write_results(
                 "http_payments": _figures(result.http_payments, pgbench),
                 "http_payments_hot": _figures(result.http_payments_hot, pgbench),
                 "client_cpu_share": (
-                    round(result.client_cpu_share, 2) if result.client_cpu_share else None
+                    round(result.http.client_cpu_share, 2) if result.http else None
                 ),
                 "server_rss_mib_max": result.rss_mib_max,
                 "verified": result.verified,
