@@ -51,6 +51,12 @@ _CLAIM_CARD = (
         cards.c.currency,
         cards.c.serial,
         cards.c.last4,
+        # The customer's held balance, which a redemption does not move, read in the same
+        # round trip for the answer.
+        select(ledger_accounts.c.balance)
+        .where(ledger_accounts.c.id == bindparam("b_held_account_id"))
+        .scalar_subquery()
+        .label("held"),
     )
 )
 
@@ -99,6 +105,7 @@ async def redeem(
                     "b_region": customer.region,
                     "b_now": now,
                     "b_customer_id": customer.id,
+                    "b_held_account_id": customer.held_account_id,
                 },
             )
         ).one_or_none()
@@ -129,7 +136,6 @@ async def redeem(
             transaction_id=posted.transaction_id,
             customer_id=customer.id,
         )
-        held = await ledger.balance_of(connection, customer.held_account_id)
         # Counted once the credit is committed, whichever door asked for it.
         uow.on_commit(_count_redeemed)
         return Redemption(
@@ -137,7 +143,9 @@ async def redeem(
             amount=card.amount,
             currency=card.currency,
             balance=Balance(
-                card.currency, posted.balances_after[customer.available_account_id], held
+                card.currency,
+                posted.balances_after[customer.available_account_id],
+                int(card.held),
             ),
             card_serial=card.serial,
             card_last4=card.last4,
