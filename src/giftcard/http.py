@@ -15,6 +15,12 @@ def services(request: Request) -> Services:
     return found
 
 
+async def services_dependency(request: Request) -> Services:
+    """:func:`services` as a route's dependency: a coroutine, which FastAPI runs on the event
+    loop, where a plain function would be sent to its thread pool and back on every request."""
+    return services(request)
+
+
 # An IPv6 subscriber is usually given a whole /64 (RFC 6177): counted address by address,
 # one client could rotate through 2**64 of them and never meet a limit.
 IPV6_SUBSCRIBER_PREFIX = 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -12,59 +13,64 @@ from giftcard.api import schemas
 from giftcard.api.deps import acting
 from giftcard.api.problems import problems
 from giftcard.customers import Role
-from giftcard.http import services
+from giftcard.http import services_dependency
 from giftcard.services import Services
 
 router = APIRouter(prefix="/v1", tags=["support"])
 staff = acting(Role.SUPPORT, Role.ADMIN)
 
 
+@dataclass(frozen=True)
 class FilterQuery:
-    """The filters both routes take, as query parameters; a bad one is a 422 naming it.
-    Routes list it after the caller's dependency, so that a stranger is refused first."""
+    filters: audit.Filters
 
-    def __init__(
-        self,
-        actor: Annotated[
-            str | None,
-            Query(
-                max_length=audit.FILTER_LENGTH_MAX,
-                description="A staff member's id (stf_…) or an API key (api_key:2).",
-            ),
-        ] = None,
-        action: Annotated[
-            str | None,
-            Query(
-                max_length=audit.FILTER_LENGTH_MAX,
-                description="An action (card.freeze), or its start ending in a dot (card.).",
-            ),
-        ] = None,
-        target: Annotated[
-            str | None,
-            Query(max_length=audit.FILTER_LENGTH_MAX, description="An id: card_…, cus_…."),
-        ] = None,
-        outcome: Annotated[
-            str | None,
-            Query(max_length=audit.FILTER_LENGTH_MAX, description="ok, or an error code."),
-        ] = None,
-        since: Annotated[
-            str | None,
-            Query(
-                max_length=audit.FILTER_LENGTH_MAX,
-                description="From this moment on (ISO 8601, any zone), or this date (UTC).",
-            ),
-        ] = None,
-        until: Annotated[
-            str | None,
-            Query(
-                max_length=audit.FILTER_LENGTH_MAX,
-                description="Before this moment, or up to the end of this date (UTC).",
-            ),
-        ] = None,
-    ) -> None:
-        self.filters = audit.parse_filters(
+
+async def filter_query(
+    actor: Annotated[
+        str | None,
+        Query(
+            max_length=audit.FILTER_LENGTH_MAX,
+            description="A staff member's id (stf_…) or an API key (api_key:2).",
+        ),
+    ] = None,
+    action: Annotated[
+        str | None,
+        Query(
+            max_length=audit.FILTER_LENGTH_MAX,
+            description="An action (card.freeze), or its start ending in a dot (card.).",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        Query(max_length=audit.FILTER_LENGTH_MAX, description="An id: card_…, cus_…."),
+    ] = None,
+    outcome: Annotated[
+        str | None,
+        Query(max_length=audit.FILTER_LENGTH_MAX, description="ok, or an error code."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        Query(
+            max_length=audit.FILTER_LENGTH_MAX,
+            description="From this moment on (ISO 8601, any zone), or this date (UTC).",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        Query(
+            max_length=audit.FILTER_LENGTH_MAX,
+            description="Before this moment, or up to the end of this date (UTC).",
+        ),
+    ] = None,
+) -> FilterQuery:
+    """The filters both routes take, as query parameters; a bad one is a 422 naming it.
+    Routes list it after the caller's dependency, so that a stranger is refused first. (A
+    coroutine: FastAPI would run a class or plain function in its thread pool.)"""
+    return FilterQuery(
+        audit.parse_filters(
             actor=actor, action=action, target=target, outcome=outcome, since=since, until=until
         )
+    )
 
 
 def render_entry(entry: audit.AuditEntry) -> dict[str, Any]:
@@ -94,8 +100,8 @@ def render_entry(entry: audit.AuditEntry) -> dict[str, Any]:
 )
 async def audit_log(
     actor: Annotated[audit.Actor, Depends(staff)],
-    query: Annotated[FilterQuery, Depends()],
-    svc: Services = Depends(services),
+    query: Annotated[FilterQuery, Depends(filter_query)],
+    svc: Services = Depends(services_dependency),
     limit: Annotated[int, Query(ge=1, le=audit.PAGE_SIZE_MAX)] = audit.PAGE_SIZE_DEFAULT,
     starting_after: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Any:
@@ -125,8 +131,8 @@ async def audit_log(
 )
 async def audit_log_export(
     actor: Annotated[audit.Actor, Depends(staff)],
-    query: Annotated[FilterQuery, Depends()],
-    svc: Services = Depends(services),
+    query: Annotated[FilterQuery, Depends(filter_query)],
+    svc: Services = Depends(services_dependency),
 ) -> StreamingResponse:
     export = await audit.start_export(svc.unit_of_work(), actor, query.filters)
     return StreamingResponse(

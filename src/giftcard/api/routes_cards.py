@@ -12,7 +12,7 @@ from giftcard.api.deps import IdempotencyKey, acting, roles, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role
 from giftcard.errors import ErrorCode, GiftcardError
-from giftcard.http import services
+from giftcard.http import services_dependency
 from giftcard.money import region as find_region
 from giftcard.services import Services
 from giftcard.unit_of_work import UnitOfWork
@@ -36,7 +36,7 @@ async def issue(
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
     actor: audit.Actor = Depends(merchant_actor),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     store = find_region(body.region)
     if body.currency is not None and body.currency != store.currency:
@@ -92,7 +92,7 @@ async def activate(
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
     actor: audit.Actor = Depends(merchant_actor),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     async def act(uow: UnitOfWork) -> cards.Card:
         return await cards.activate(uow, body.serial, actor=who.actor, audit_actor=actor)
@@ -114,6 +114,6 @@ async def activate(
     summary="A card, without its code",
 )
 async def get_card(
-    card_id: str, who: Principal = Depends(merchant), svc: Services = Depends(services)
+    card_id: str, who: Principal = Depends(merchant), svc: Services = Depends(services_dependency)
 ) -> schemas.CardOut:
     return render.card(await cards.get(svc.db, ids.parse_id(ids.CARD, card_id), clock=svc.clock))

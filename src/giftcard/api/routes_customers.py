@@ -13,7 +13,7 @@ from giftcard.api.deps import IdempotencyKey, customer, principal, run_idempoten
 from giftcard.api.problems import problems
 from giftcard.customers import CustomerPrincipal, Principal, RefundPreference
 from giftcard.errors import ErrorCode, GiftcardError
-from giftcard.http import client_address, services
+from giftcard.http import client_address, services_dependency
 from giftcard.services import Services
 from giftcard.unit_of_work import UnitOfWork
 
@@ -29,7 +29,7 @@ router = APIRouter(prefix="/v1")
     summary="Sign up a customer",
 )
 async def sign_up(
-    body: schemas.CustomerCreate, request: Request, svc: Services = Depends(services)
+    body: schemas.CustomerCreate, request: Request, svc: Services = Depends(services_dependency)
 ) -> schemas.CustomerOut:
     await svc.limits.signup_attempt(client_address(request))
     created = await customers.sign_up(
@@ -52,7 +52,7 @@ async def sign_up(
     summary="Log in (customers and staff)",
 )
 async def log_in(
-    body: schemas.SessionCreate, request: Request, svc: Services = Depends(services)
+    body: schemas.SessionCreate, request: Request, svc: Services = Depends(services_dependency)
 ) -> Any:
     session = await customers.log_in_limited(
         svc.db,
@@ -85,7 +85,7 @@ async def log_in(
     summary="Log out: the token stops working",
 )
 async def log_out(
-    who: Principal = Depends(principal), svc: Services = Depends(services)
+    who: Principal = Depends(principal), svc: Services = Depends(services_dependency)
 ) -> Response:
     if isinstance(who, customers.ApiKeyPrincipal):
         raise GiftcardError(ErrorCode.FORBIDDEN, "An API key is not a session.")
@@ -114,7 +114,7 @@ async def me(who: CustomerPrincipal = Depends(customer)) -> schemas.CustomerOut:
 async def update_me(
     body: schemas.MePatch,
     who: CustomerPrincipal = Depends(customer),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> schemas.CustomerOut:
     updated = await customers.update_customer(
         svc.db,
@@ -143,7 +143,7 @@ async def change_password(
     body: schemas.PasswordChange,
     request: Request,
     who: CustomerPrincipal = Depends(customer),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Response:
     await customers.change_password(
         svc.unit_of_work(),
@@ -172,7 +172,7 @@ async def change_email(
     body: schemas.EmailChange,
     request: Request,
     who: CustomerPrincipal = Depends(customer),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> schemas.CustomerOut:
     changed = await customers.change_email(
         svc.unit_of_work(),
@@ -200,7 +200,9 @@ async def change_email(
     "operator. Limited per client address and per email (429 `too_many_attempts`).",
 )
 async def request_password_reset(
-    body: schemas.PasswordResetCreate, request: Request, svc: Services = Depends(services)
+    body: schemas.PasswordResetCreate,
+    request: Request,
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     await account_mail.request_password_reset_limited(
         svc.unit_of_work(),
@@ -227,7 +229,7 @@ async def request_password_reset(
     "or past its hour is 409 `invalid_state` with `param: token`.",
 )
 async def confirm_password_reset(
-    body: schemas.PasswordResetConfirm, svc: Services = Depends(services)
+    body: schemas.PasswordResetConfirm, svc: Services = Depends(services_dependency)
 ) -> Response:
     await account_mail.reset_password(
         svc.unit_of_work(),
@@ -257,7 +259,7 @@ async def redeem(
     request: Request,
     idempotency_key: IdempotencyKey = None,
     who: CustomerPrincipal = Depends(customer),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     address = client_address(request)
 
@@ -290,7 +292,7 @@ async def redeem(
     summary="The gift card balance",
 )
 async def balance(
-    who: CustomerPrincipal = Depends(customer), svc: Services = Depends(services)
+    who: CustomerPrincipal = Depends(customer), svc: Services = Depends(services_dependency)
 ) -> schemas.BalanceOut:
     return render.balance(await redemption.balance(svc.db, who.customer))
 
@@ -304,7 +306,7 @@ async def balance(
 )
 async def transactions(
     who: CustomerPrincipal = Depends(customer),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
     limit: Annotated[int, Query(ge=1, le=history.PAGE_SIZE_MAX)] = history.PAGE_SIZE_DEFAULT,
     starting_after: Annotated[str | None, Query(max_length=40)] = None,
 ) -> schemas.TransactionList:

@@ -20,7 +20,7 @@ from giftcard.api.deps import (
 from giftcard.api.problems import problems
 from giftcard.customers import ApiKeyPrincipal, CustomerPrincipal, Principal, Role, StaffPrincipal
 from giftcard.errors import ErrorCode, GiftcardError
-from giftcard.http import services
+from giftcard.http import services_dependency
 from giftcard.services import Services
 from giftcard.support import customers as support_customers
 from giftcard.unit_of_work import UnitOfWork
@@ -83,7 +83,7 @@ async def create_gift(
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
     actor: audit.Actor = Depends(merchant_actor),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     gift_request = gifts.GiftRequest(
         amount=body.amount,
@@ -120,7 +120,7 @@ async def create_gift(
     summary="A gift and how its delivery goes (staff, API keys, or its buyer)",
 )
 async def get_gift(
-    gift_id: str, who: Principal = Depends(principal), svc: Services = Depends(services)
+    gift_id: str, who: Principal = Depends(principal), svc: Services = Depends(services_dependency)
 ) -> Any:
     viewer = _viewer(who, (Role.ADMIN, Role.MERCHANT, Role.SUPPORT))
     gift = await gifts.get(svc.db, ids.parse_id(ids.GIFT, gift_id), clock=svc.clock, viewer=viewer)
@@ -138,7 +138,7 @@ async def resend_gift(
     request: Request,
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(principal),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     viewer = _viewer(who, (Role.ADMIN, Role.SUPPORT))
     number = ids.parse_id(ids.GIFT, gift_id)
@@ -171,7 +171,7 @@ async def resend_gift(
 )
 async def my_gifts(
     who: CustomerPrincipal = Depends(customer),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
     limit: Annotated[int, Query(ge=1, le=gifts.PAGE_SIZE_MAX)] = gifts.PAGE_SIZE_DEFAULT,
     starting_after: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Any:

@@ -12,7 +12,7 @@ from giftcard.api import render, schemas
 from giftcard.api.deps import IdempotencyKey, roles, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role
-from giftcard.http import services
+from giftcard.http import services_dependency
 from giftcard.services import Services
 from giftcard.unit_of_work import UnitOfWork
 
@@ -32,7 +32,7 @@ async def create_payment(
     request: Request,
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     payment_request = payments.PaymentRequest(
         customer_id=ids.parse_id(ids.CUSTOMER, body.customer_id, param="customer_id"),
@@ -65,7 +65,7 @@ async def capture_payment(
     body: schemas.PaymentCapture | None = None,
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     number = ids.parse_id(ids.PAYMENT, payment_id)
     amount = body.amount if body else None
@@ -94,7 +94,7 @@ async def void_payment(
     request: Request,
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     number = ids.parse_id(ids.PAYMENT, payment_id)
 
@@ -119,7 +119,7 @@ async def refund_payment(
     request: Request,
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     number = ids.parse_id(ids.PAYMENT, payment_id)
 
@@ -143,7 +143,9 @@ async def refund_payment(
     summary="A payment with its refunds",
 )
 async def get_payment(
-    payment_id: str, who: Principal = Depends(merchant), svc: Services = Depends(services)
+    payment_id: str,
+    who: Principal = Depends(merchant),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     return render.payment(await payments.get(svc.db, ids.parse_id(ids.PAYMENT, payment_id)))
 
@@ -157,7 +159,7 @@ async def get_payment(
 async def list_refunds(
     payment_id: str,
     who: Principal = Depends(merchant),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
     limit: Annotated[
         int, Query(ge=1, le=payments.REFUND_PAGE_SIZE_MAX)
     ] = payments.REFUND_PAGE_SIZE_DEFAULT,

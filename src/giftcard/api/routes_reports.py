@@ -11,7 +11,7 @@ from giftcard.api import schemas
 from giftcard.api.deps import roles
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role
-from giftcard.http import services
+from giftcard.http import services_dependency
 from giftcard.services import Services
 
 router = APIRouter(prefix="/v1", tags=["reports"])
@@ -87,7 +87,7 @@ def render_report(report: reports.LiabilityReport) -> dict[str, Any]:
 )
 async def liability(
     who: Principal = Depends(staff),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
     days: Annotated[int, Query(ge=1, le=reports.DAYS_MAX)] = reports.DAYS_DEFAULT,
 ) -> Any:
     report = await reports.liability(svc.db, now=svc.clock.now(), days=days)

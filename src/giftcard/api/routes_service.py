@@ -9,7 +9,7 @@ from sqlalchemy import text
 from giftcard.api import schemas
 from giftcard.api.problems import problem_response, problems
 from giftcard.errors import ErrorCode, GiftcardError
-from giftcard.http import services
+from giftcard.http import services_dependency
 from giftcard.metrics import exposition
 from giftcard.services import Services
 
@@ -32,7 +32,7 @@ async def healthz() -> schemas.Health:
     responses=problems(503),
     summary="The database answers, and Redis too when the abuse limits are counted there",
 )
-async def readyz(svc: Services = Depends(services)) -> Response | schemas.Health:
+async def readyz(svc: Services = Depends(services_dependency)) -> Response | schemas.Health:
     try:
         async with svc.db.transaction(write=False) as connection:
             await connection.execute(text("SELECT 1"))

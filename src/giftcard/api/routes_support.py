@@ -18,7 +18,7 @@ from giftcard.api.deps import IdempotencyKey, acting, principal, run_idempotent
 from giftcard.api.problems import problems
 from giftcard.cards import Card, Replacement
 from giftcard.customers import Principal, Role
-from giftcard.http import services
+from giftcard.http import services_dependency
 from giftcard.services import Services
 from giftcard.support import cards as support_cards
 from giftcard.support.cards import CardLookup
@@ -95,7 +95,7 @@ def render_lookup(value: CardLookup) -> schemas.CardLookupOut:
 async def lookups(
     body: schemas.CardLookupCreate,
     actor: audit.Actor = Depends(support),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     customer_id = (
         None
@@ -219,7 +219,7 @@ async def replace(
     idempotency_key: IdempotencyKey = None,
     actor: audit.Actor = Depends(support),
     who: Principal = Depends(principal),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     number = ids.parse_id(ids.CARD, card_id, param="card_id")
 

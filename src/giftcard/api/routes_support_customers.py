@@ -17,7 +17,7 @@ from giftcard.api.problems import problems
 from giftcard.api.routes_gifts import render_gift
 from giftcard.customers import Principal, Role
 from giftcard.history import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
-from giftcard.http import services
+from giftcard.http import services_dependency
 from giftcard.services import Services
 from giftcard.support import adjustments
 from giftcard.support import customers as support
@@ -67,7 +67,7 @@ def render_adjustment(value: adjustments.Adjustment) -> dict[str, Any]:
 async def find_customers(
     email: Annotated[str, Query(max_length=support.SEARCH_LENGTH_MAX + 50)],
     actor: audit.Actor = Depends(staff),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
     limit: Annotated[int, Query(ge=1, le=support.SEARCH_LIMIT_MAX)] = support.SEARCH_LIMIT_DEFAULT,
 ) -> Any:
     found = await support.find(svc.unit_of_work(), actor, email, limit=limit)
@@ -81,7 +81,9 @@ async def find_customers(
     summary="A customer with their balance, latest history, cards, gifts, payments, adjustments",
 )
 async def get_customer(
-    customer_id: str, actor: audit.Actor = Depends(staff), svc: Services = Depends(services)
+    customer_id: str,
+    actor: audit.Actor = Depends(staff),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     number = ids.parse_id(ids.CUSTOMER, customer_id)
     found = await support.detail(svc.unit_of_work(), actor, number)
@@ -133,7 +135,7 @@ async def get_customer(
 async def customer_transactions(
     customer_id: str,
     actor: audit.Actor = Depends(staff),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
     limit: Limit = PAGE_SIZE_DEFAULT,
     starting_after: Cursor = None,
 ) -> Any:
@@ -166,7 +168,7 @@ async def create_adjustment(
     idempotency_key: IdempotencyKey = None,
     actor: audit.Actor = Depends(staff),
     who: Principal = Depends(principal),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     number = ids.parse_id(ids.CUSTOMER, customer_id)
     # Refused before the unit of work, so that a malformed request is never remembered.
@@ -203,7 +205,7 @@ async def create_adjustment(
 )
 async def list_adjustments(
     actor: audit.Actor = Depends(staff),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
     status: Literal["pending_approval", "applied", "rejected"] | None = None,
     limit: Limit = adjustments.PAGE_SIZE_DEFAULT,
     starting_after: Cursor = None,
@@ -224,7 +226,9 @@ async def list_adjustments(
     summary="One adjustment",
 )
 async def get_adjustment(
-    adjustment_id: str, actor: audit.Actor = Depends(staff), svc: Services = Depends(services)
+    adjustment_id: str,
+    actor: audit.Actor = Depends(staff),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     found = await adjustments.get(svc.db, ids.parse_id(ids.ADJUSTMENT, adjustment_id))
     return render_adjustment(found)
@@ -271,7 +275,7 @@ async def reject_adjustment(
     adjustment_id: str,
     body: schemas.AdjustmentDecision | None = None,
     actor: audit.Actor = Depends(staff),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     number = ids.parse_id(ids.ADJUSTMENT, adjustment_id)
     found = await adjustments.reject(
@@ -291,7 +295,7 @@ async def correct_recipient(
     gift_id: str,
     body: schemas.RecipientCorrection,
     actor: audit.Actor = Depends(staff),
-    svc: Services = Depends(services),
+    svc: Services = Depends(services_dependency),
 ) -> Any:
     number = ids.parse_id(ids.GIFT, gift_id)
     corrected = await support.correct_gift_recipient(
