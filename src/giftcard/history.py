@@ -104,6 +104,14 @@ async def customer_history(
             .outerjoin(payments, payments.c.id == journal_transactions.c.payment_id)
             .outerjoin(store_orders, store_orders.c.payment_id == payments.c.id)
         )
+        .order_by(postings.c.id.desc())
+    )
+    # The page's postings are chosen first, by themselves: a query that only needs ids
+    # is answered from the (account_id, id) index alone. Asked for whole rows, PostgreSQL
+    # may walk the primary key backwards instead, skipping every newer posting of other
+    # accounts (150,000 of them cost a first page 19 ms instead of 0.3).
+    newest = (
+        select(postings.c.id)
         .where(postings.c.account_id == customer.available_account_id)
         .order_by(postings.c.id.desc())
         .limit(limit + 1)
@@ -127,7 +135,8 @@ async def customer_history(
                     "previous page.",
                     param="starting_after",
                 )
-            query = query.where(postings.c.id < cursor_posting_id)
+            newest = newest.where(postings.c.id < cursor_posting_id)
+        query = query.where(postings.c.id.in_(newest.scalar_subquery()))
         rows = (await connection.execute(query)).all()
     locale = REGIONS[customer.region].locale
     return Page([_item(row, locale) for row in rows[:limit]], len(rows) > limit)
