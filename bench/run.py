@@ -62,11 +62,13 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import redis.asyncio as redis
+from sqlalchemy import bindparam, select, text, update
 
-from giftcard import customers, ids, passwords, redemption, verify
+from giftcard import customers, history, ids, ledger, passwords, redemption, verify
 from giftcard.clock import SystemClock
 from giftcard.db.engine import Database
 from giftcard.db.migrate import upgrade
+from giftcard.db.tables import journal_transactions, ledger_accounts, postings
 from giftcard.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
@@ -79,6 +81,12 @@ HTTP_SECONDS_DEFAULT = 15
 # Payments offered to wrk per run: more than any run gets through in its seconds.
 PAYMENT_LINES = 60_000
 WRK_THREADS = 2
+# A customer with this many history entries, read at its first page and HISTORY_DEPTH
+# entries deep, HISTORY_READS times each (0 entries: skipped).
+HISTORY_ENTRIES_DEFAULT = 1_000_000
+HISTORY_DEPTH = 100_000
+HISTORY_READS = 200
+HISTORY_TIMEOUT_S = 600
 WRK_SCRIPT = Path(__file__).with_name("requests.lua")
 # Customers redeeming side by side through the use case, and requests in flight over HTTP.
 USE_CASE_CONCURRENCY = 32
@@ -159,7 +167,16 @@ class Result:
     # The largest resident memory of the server's processes, measured after the load.
     rss_mib_max: float | None = None
     verified: str = "-"
+    # Milliseconds to read a page of a long history: the first, and one HISTORY_DEPTH deep.
+    history_first: Timings | None = None
+    history_deep: Timings | None = None
     note: str = ""
+
+
+@dataclass
+class Timings:
+    median_ms: float
+    p99_ms: float
 
 
 @dataclass
@@ -198,6 +215,7 @@ def _options() -> argparse.Namespace:
     parser.add_argument("--cards", type=int, default=CARDS_DEFAULT)
     parser.add_argument("--redemptions", type=int, default=REDEMPTIONS_DEFAULT)
     parser.add_argument("--http-seconds", type=int, default=HTTP_SECONDS_DEFAULT)
+    parser.add_argument("--history-entries", type=int, default=HISTORY_ENTRIES_DEFAULT)
     parser.add_argument("--pgbench-seconds", type=int, default=PGBENCH_SECONDS_DEFAULT)
     options = parser.parse_args()
     if options.redemptions >= options.cards:
@@ -348,6 +366,11 @@ async def _run_backend(
                 result.note = f"HTTP+Redis skipped: {redis_url} unreachable"
             report = await _bounded(verify.verify(db), VERIFY_TIMEOUT_S, "verifying")
             result.verified = "OK" if not report.problems else f"{len(report.problems)} problems"
+            if options.history_entries:
+                print(f"[{backend}] history of {options.history_entries:,} entries", flush=True)
+                result.history_first, result.history_deep = await _bounded(
+                    _history(db, options.history_entries), HISTORY_TIMEOUT_S, "reading history"
+                )
         finally:
             await db.dispose()
     except BenchError as error:
@@ -421,6 +444,80 @@ async def _copy_baseline(database_url: str, copy_url: str) -> float:
     finally:
         await source.close()
         await target.close()
+
+
+async def _history(db: Database, entries: int) -> tuple[Timings, Timings]:
+    """Give a new customer `entries` history entries (adjustments of one cent, written
+    straight into the journal: what matters here is reading them), then time reading the
+    first page and the page HISTORY_DEPTH entries deep through the use case, as the
+    server does for GET /v1/me/history. The other side of each entry (the adjustments
+    account's posting) is written after all of the customer's: the newest postings in the
+    database are somebody else's, which a plan must not read through."""
+    shopper = (await _customers(db, 1, "history", secrets.token_urlsafe(16)))[0]
+    marker = f"bench-history-{secrets.token_hex(4)}"
+    now = datetime.datetime.now(datetime.UTC)
+    if db.is_sqlite:
+        series = (
+            "WITH RECURSIVE series(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM series "
+            "WHERE n < :entries) SELECT n FROM series"
+        )
+    else:
+        series = "SELECT generate_series(1, :entries)"
+    async with db.transaction() as connection:
+        adjustments = await ledger.system_account(connection, ledger.AccountKind.ADJUSTMENTS, "USD")
+        await connection.execute(
+            text(
+                "INSERT INTO journal_transactions (type, currency, description, actor, "  # noqa: S608
+                "customer_id, created_at) SELECT 'adjustment', 'USD', 'Goodwill credit', "
+                f":marker, :customer_id, :now FROM ({series}) AS numbers"
+            ).bindparams(bindparam("now", type_=journal_transactions.c.created_at.type)),
+            {"marker": marker, "customer_id": shopper.id, "now": now, "entries": entries},
+        )
+        for account_id, amount, balance_after in (
+            (shopper.available_account_id, 1, "row_number() OVER (ORDER BY id)"),
+            (adjustments.account_id, -1, "NULL"),
+        ):
+            await connection.execute(
+                text(
+                    "INSERT INTO postings (transaction_id, account_id, amount, currency, "  # noqa: S608
+                    f"balance_after) SELECT id, :account_id, :amount, 'USD', {balance_after} "
+                    "FROM journal_transactions WHERE actor = :marker ORDER BY id"
+                ),
+                {"account_id": account_id, "amount": amount, "marker": marker},
+            )
+        await connection.execute(
+            update(ledger_accounts)
+            .where(ledger_accounts.c.id == shopper.available_account_id)
+            .values(balance=entries)
+        )
+        deep = (
+            await connection.execute(
+                select(postings.c.transaction_id)
+                .where(postings.c.account_id == shopper.available_account_id)
+                .order_by(postings.c.id.desc())
+                .offset(min(HISTORY_DEPTH, entries - 1))
+                .limit(1)
+            )
+        ).scalar_one()
+    if not db.is_sqlite:
+        # What autovacuum does to a table that rows were inserted into, here at once:
+        # statistics for the planner, and the visibility map that index-only scans use.
+        async with db.engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text("VACUUM ANALYZE journal_transactions, postings"))
+
+    async def timed(starting_after: int | None) -> Timings:
+        samples = []
+        for _ in range(HISTORY_READS):
+            started = time.perf_counter()
+            page = await history.customer_history(db, shopper, starting_after=starting_after)
+            samples.append(time.perf_counter() - started)
+            if len(page.items) != history.PAGE_SIZE_DEFAULT:
+                raise BenchError(f"a history page had {len(page.items)} items")
+        cuts = statistics.quantiles(samples, n=100)
+        return Timings(statistics.median(samples) * 1000, cuts[98] * 1000)
+
+    return await timed(None), await timed(deep)
 
 
 def _plain_url(database_url: str) -> str:
@@ -689,6 +786,12 @@ def _machine() -> dict[str, object]:
     }
 
 
+def _timings(timings: Timings | None) -> dict[str, float] | None:
+    if timings is None:
+        return None
+    return {"median": round(timings.median_ms, 2), "p99": round(timings.p99_ms, 2)}
+
+
 def _figures(latencies: Latencies | Measured | None, pgbench: Pgbench) -> dict[str, object] | None:
     if latencies is None:
         return None
@@ -743,6 +846,13 @@ def _write_results(
                 ),
                 "server_rss_mib_max": result.rss_mib_max,
                 "verified": result.verified,
+                "history": {
+                    "entries": options.history_entries,
+                    "depth": HISTORY_DEPTH,
+                    "reads": HISTORY_READS,
+                    "first_page_ms": _timings(result.history_first),
+                    "deep_page_ms": _timings(result.history_deep),
+                },
                 "note": result.note,
             }
             for result in results
@@ -800,6 +910,16 @@ def _markdown(document: dict[str, Any]) -> str:
             lines.append(
                 f"| {backend['backend']} | `cards issue` of the cards, seconds | "
                 f"{backend['issue_s']:.2f} | | | | |"
+            )
+        read = backend["history"]
+        for key, which in (("first_page_ms", "first page"), ("deep_page_ms", "page")):
+            if read[key] is None:
+                continue
+            where = "" if key == "first_page_ms" else f" {read['depth']:,} entries deep"
+            lines.append(
+                f"| {backend['backend']} | history of {read['entries']:,} entries, {which}"
+                f"{where}, ms through the use case (median; p99 in its column) | "
+                f"{read[key]['median']:.2f} | | {read[key]['p99']:.2f} | | |"
             )
         if backend["copy_s"] is not None:
             ratio = backend["issue_s"] / backend["copy_s"] if backend["issue_s"] else None
