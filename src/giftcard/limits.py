@@ -46,7 +46,7 @@ from typing import Any, Protocol
 import redis.asyncio as redis
 from limits import parse
 from redis.exceptions import RedisError
-from sqlalchemy import bindparam, delete, func, insert, select, text
+from sqlalchemy import Row, bindparam, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.clock import Clock
@@ -357,6 +357,11 @@ _HELD = (
 _RESERVE = insert(limit_reservations).returning(
     limit_reservations.c.id, sort_by_parameter_order=True
 )
+_RESERVE_IN_ONE_CALL = text(
+    "SELECT out_key, reserved_id, held, first_expiry FROM giftcard_reserve_limits("
+    "CAST(:lock_ids AS bigint[]), CAST(:keys AS text[]), CAST(:maxima AS integer[]), "
+    "CAST(:expiries AS timestamptz[]), CAST(:at AS timestamptz))"
+)
 _GIVE_BACK = delete(limit_reservations).where(
     limit_reservations.c.id.in_(bindparam("b_ids", expanding=True))
 )
@@ -415,7 +420,40 @@ class DatabaseStore:
             ).scalars()
             return Reservation(tuple(rules), token, tuple(row_ids))
 
+        if self.db.reads_committed:
+            return await self._reserve_in_one_call(rules, token=token, now=now)
         return await self.db.run(work)
+
+    async def _reserve_in_one_call(
+        self, rules: dict[str, Rule], *, token: str, now: datetime
+    ) -> Reservation:
+        """PostgreSQL: the same steps in one call of the database's own function
+        (migration 0010), committed by itself: one round trip instead of five."""
+
+        async def work(connection: AsyncConnection) -> Sequence[Row[Any]]:
+            parameters = {
+                "lock_ids": [_lock_id(key) for key in sorted(rules)],
+                "keys": list(rules),
+                "maxima": [rule.attempts_max for rule in rules.values()],
+                "expiries": [now + timedelta(seconds=rule.window_s) for rule in rules.values()],
+                "at": now,
+            }
+            return (await connection.execute(_RESERVE_IN_ONE_CALL, parameters)).all()
+
+        rows = await self.db.run_alone(work)
+        waits = {
+            row.out_key: (
+                rules[row.out_key].window_s
+                if rules[row.out_key].attempts_max <= 0
+                else _seconds_until(row.first_expiry, now)
+            )
+            for row in rows
+            if row.reserved_id is None
+        }
+        if waits:
+            raise Refused(max(waits.values()), frozenset(waits))
+        reserved = {row.out_key: int(row.reserved_id) for row in rows}
+        return Reservation(tuple(rules), token, tuple(reserved[key] for key in rules))
 
     async def give_back(self, reservation: Reservation) -> None:
         async def work(connection: AsyncConnection) -> None:
