@@ -118,6 +118,8 @@ async def test_sqlite_runs_in_wal_with_foreign_keys(services: Services) -> None:
     async with services.db.transaction(write=False) as connection:
         assert (await connection.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
         assert (await connection.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
+        # FULL (2): a commit is on disk before it is acknowledged, power cut included.
+        assert (await connection.execute(text("PRAGMA synchronous"))).scalar_one() == 2
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
