@@ -180,8 +180,15 @@ def balance_part(use: UseBalance, available: int, order_amount: int) -> int:
 
 # The statements of a payment, built once (see giftcard.ledger).
 _CUSTOMER = select(customers).where(customers.c.id == bindparam("b_id"))
-_BALANCE = select(ledger_accounts.c.balance).where(ledger_accounts.c.id == bindparam("b_id"))
-_BALANCE_LOCKED = _BALANCE.with_for_update()
+# The customer with their available balance, whose row a payment locks (on PostgreSQL;
+# a SQLite write transaction holds the whole database) until it ends, so that two
+# payments cannot both decide to spend the same money.
+_CUSTOMER_AND_BALANCE = (
+    select(customers, ledger_accounts.c.balance.label("available_balance"))
+    .join_from(customers, ledger_accounts, ledger_accounts.c.id == customers.c.available_account_id)
+    .where(customers.c.id == bindparam("b_id"))
+)
+_CUSTOMER_AND_BALANCE_LOCKED = _CUSTOMER_AND_BALANCE.with_for_update(of=ledger_accounts)
 _INSERT_PAYMENT = insert(payments).returning(*payments.c)
 _PAYMENT = select(payments).where(payments.c.id == bindparam("b_id"))
 _PAYMENT_LOCKED = _PAYMENT.with_for_update()
@@ -224,14 +231,22 @@ async def _pay(
     now: datetime,
 ) -> Payment:
     """Pay for a request already checked by :func:`check_request`."""
-    customer = await _customer(connection, request.customer_id)
+    query = (
+        _CUSTOMER_AND_BALANCE_LOCKED
+        if connection.dialect.name == "postgresql"
+        else _CUSTOMER_AND_BALANCE
+    )
+    found = (await connection.execute(query, {"b_id": request.customer_id})).one_or_none()
+    if found is None:
+        raise _no_customer(request.customer_id)
+    customer = customer_from_row(found)
     if request.currency != customer.currency:
         raise GiftcardError(
             ErrorCode.CURRENCY_MISMATCH,
             f"This customer pays in {customer.currency}, not {request.currency}.",
             param="currency",
         )
-    available = await _lock_balance(connection, customer.available_account_id)
+    available = int(found.available_balance)
     gift = balance_part(request.use_balance, available, request.amount)
     status = PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED
     row = await _insert(connection, request, customer, gift, status, hold_ttl_s, actor, now)
@@ -244,19 +259,16 @@ async def _pay(
 async def _customer(connection: AsyncConnection, customer_id: int) -> Customer:
     row = (await connection.execute(_CUSTOMER, {"b_id": customer_id})).one_or_none()
     if row is None:
-        raise GiftcardError(
-            ErrorCode.NOT_FOUND,
-            f"No customer {ids.format_id(ids.CUSTOMER, customer_id)}.",
-            param="customer_id",
-        )
+        raise _no_customer(customer_id)
     return customer_from_row(row)
 
 
-async def _lock_balance(connection: AsyncConnection, account_id: int) -> int:
-    """The available balance, with its row locked until the transaction ends, so that
-    two payments cannot both decide to spend the same money."""
-    query = _BALANCE_LOCKED if connection.dialect.name == "postgresql" else _BALANCE
-    return int((await connection.execute(query, {"b_id": account_id})).scalar_one())
+def _no_customer(customer_id: int) -> GiftcardError:
+    return GiftcardError(
+        ErrorCode.NOT_FOUND,
+        f"No customer {ids.format_id(ids.CUSTOMER, customer_id)}.",
+        param="customer_id",
+    )
 
 
 async def _insert(

@@ -29,9 +29,9 @@ from tests.round_trips import counting_proxy
 
 # What one more request costs today.
 REDEMPTION_ROUND_TRIPS = 13
-PAYMENT_ROUND_TRIPS = 11
+PAYMENT_ROUND_TRIPS = 10
 REDEMPTION_STATEMENTS = 18
-PAYMENT_STATEMENTS = 11
+PAYMENT_STATEMENTS = 10
 
 
 @asynccontextmanager
