@@ -3,9 +3,10 @@ from the ledger's postings (never reconstructed).
 
 The history is ordered by posting id: the order in which the balance actually changed, so
 that each item's `balance_after` follows from the one before it. It pages by that same
-key. Journal transaction ids do not follow it: `ledger.post` numbers the transaction
-before it waits for the balance's row lock, so of two concurrent movements the one with
-the smaller transaction id may change the balance second. A cursor is still the item's
+key. Journal transaction ids are not relied on for it: `ledger.post` once numbered the
+transaction before it waited for the balance's row lock, so among older rows, of two
+concurrent movements the one with the smaller transaction id may have changed the
+balance second (it now moves the balances first). A cursor is still the item's
 public transaction id, resolved here to that transaction's posting on this customer's
 account (`ledger.check_entry` allows one posting per account and transaction).
 

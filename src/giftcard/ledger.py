@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Engine, bindparam, insert, select, update
+from sqlalchemy import BigInteger, Engine, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db.bulk import copy_rows
@@ -120,6 +120,19 @@ def check_entry(entry: Entry) -> None:
 # more of SQLAlchemy's time than running a cached one (see `make bench`).
 _INSERT_TRANSACTION = insert(journal_transactions).returning(journal_transactions.c.id)
 _INSERT_POSTINGS = insert(postings)
+_INSERT_TRANSACTION_AND_POSTINGS = text(
+    "WITH entry AS ("
+    "INSERT INTO journal_transactions (type, currency, description, actor, customer_id, "
+    "card_id, payment_id, created_at) VALUES (:type, :currency, :description, :actor, "
+    ":customer_id, :card_id, :payment_id, :created_at) RETURNING id), "
+    "lines AS (INSERT INTO postings (transaction_id, account_id, amount, currency, "
+    "balance_after) SELECT entry.id, line.account_id, line.amount, :currency, "
+    "line.balance_after FROM entry, unnest(CAST(:accounts AS bigint[]), "
+    "CAST(:amounts AS bigint[]), CAST(:balances_after AS bigint[])) "
+    "WITH ORDINALITY AS line(account_id, amount, balance_after, position) "
+    "ORDER BY line.position) "
+    "SELECT id FROM entry"
+).bindparams(bindparam("created_at", type_=journal_transactions.c.created_at.type))
 _AMOUNT = bindparam("b_amount", type_=BigInteger)
 _MOVE = (
     update(ledger_accounts)
@@ -138,27 +151,35 @@ _BALANCE = select(ledger_accounts.c.balance).where(
 
 
 async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> Posted:
-    """Write one balanced journal transaction and move the balances it names."""
+    """Move the balances an entry names, then write it as one balanced journal
+    transaction with its postings, each recording its account's balance after it."""
     check_entry(entry)
-    transaction_id = (
-        await connection.execute(
-            _INSERT_TRANSACTION,
-            {
-                "type": entry.type.value,
-                "currency": entry.currency,
-                "description": entry.description[:500],
-                "actor": entry.actor,
-                "customer_id": entry.customer_id,
-                "card_id": entry.card_id,
-                "payment_id": entry.payment_id,
-                "created_at": now,
-            },
-        )
-    ).scalar_one()
     balances_after: dict[int, int] = {}
     for posting in sorted(entry.postings, key=lambda p: p.account_id):
         if posting.tracked:
             balances_after[posting.account_id] = await _move(connection, posting, entry.currency)
+    journal = {
+        "type": entry.type.value,
+        "currency": entry.currency,
+        "description": entry.description[:500],
+        "actor": entry.actor,
+        "customer_id": entry.customer_id,
+        "card_id": entry.card_id,
+        "payment_id": entry.payment_id,
+        "created_at": now,
+    }
+    if connection.dialect.name == "postgresql":
+        # The transaction and its postings in one statement: one round trip, not two.
+        lines = {
+            "accounts": [posting.account_id for posting in entry.postings],
+            "amounts": [posting.amount for posting in entry.postings],
+            "balances_after": [balances_after.get(p.account_id) for p in entry.postings],
+        }
+        transaction_id = (
+            await connection.execute(_INSERT_TRANSACTION_AND_POSTINGS, journal | lines)
+        ).scalar_one()
+        return Posted(transaction_id, now, balances_after)
+    transaction_id = (await connection.execute(_INSERT_TRANSACTION, journal)).scalar_one()
     await connection.execute(
         _INSERT_POSTINGS,
         [
