@@ -400,6 +400,9 @@ def _raise_not_activatable(row: Row[Any] | None, now: datetime) -> NoReturn:
     )
 
 
+_INSERT_EVENT = insert(card_events)
+
+
 async def record_event(
     connection: AsyncConnection,
     card_id: int,
@@ -425,9 +428,6 @@ async def record_event(
             "created_at": now,
         },
     )
-
-
-_INSERT_EVENT = insert(card_events)
 
 
 # --- support's changes of state ---------------------------------------------------

@@ -78,13 +78,13 @@ def check_key(key: str) -> None:
         )
 
 
-# Built once, one per dialect (see giftcard.ledger); indexed by "is it PostgreSQL".
-_CLAIMS = tuple(
-    insert(idempotency_keys)
+# Built once (see giftcard.ledger), one for each dialect's name.
+_CLAIMS = {
+    dialect: insert(idempotency_keys)
     .on_conflict_do_nothing(index_elements=["scope", "key"])
     .returning(idempotency_keys.c.id)
-    for insert in (sqlite_insert, pg_insert)
-)
+    for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
 _COMPLETE = update(idempotency_keys).where(idempotency_keys.c.id == bindparam("b_id"))
 
 
@@ -93,7 +93,7 @@ async def claim(connection: AsyncConnection, keyed: KeyedRequest, *, now: dateti
     :class:`Replayed` with the answer a finished request left under it."""
     new_id = (
         await connection.execute(
-            _CLAIMS[connection.dialect.name == "postgresql"],
+            _CLAIMS[connection.dialect.name],
             {
                 "scope": keyed.scope,
                 "key": keyed.key,

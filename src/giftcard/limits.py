@@ -387,6 +387,8 @@ class DatabaseStore:
         self, slots: Sequence[tuple[str, Rule]], *, token: str, now: datetime
     ) -> Reservation:
         rules = {self.key(key): rule for key, rule in slots}
+        if self.db.reads_committed:
+            return await self._reserve_in_one_call(rules, token=token, now=now)
 
         async def work(connection: AsyncConnection) -> Reservation:
             if not self.db.is_sqlite:
@@ -397,31 +399,26 @@ class DatabaseStore:
                     await connection.execute(text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
                 # Every lock in one statement, taken in key order (unnest yields the array
                 # in order, and each row's lock is taken as it is produced).
-                await connection.execute(
-                    _LOCK_KEYS, {"ids": [_lock_id(key) for key in sorted(rules)]}
-                )
+                await connection.execute(_LOCK_KEYS, {"ids": _lock_ids(rules)})
             held = (await connection.execute(_HELD, {"b_keys": list(rules), "b_now": now})).all()
-            waits = {
-                key: _seconds_until(first_expiry, now)
+            full: dict[str, datetime | None] = {
+                key: first_expiry
                 for key, count, first_expiry in held
                 if count >= rules[key].attempts_max
             }
-            waits |= {key: rule.window_s for key, rule in rules.items() if rule.attempts_max <= 0}
-            if waits:
-                raise Refused(max(waits.values()), frozenset(waits))
+            full |= {key: None for key, rule in rules.items() if rule.attempts_max <= 0}
+            _refuse_if_full(rules, full, now)
             row_ids = (
                 await connection.execute(
                     _RESERVE,
                     [
-                        {"limit_key": key, "expires_at": now + timedelta(seconds=rule.window_s)}
+                        {"limit_key": key, "expires_at": _expiry(rule, now)}
                         for key, rule in rules.items()
                     ],
                 )
             ).scalars()
             return Reservation(tuple(rules), token, tuple(row_ids))
 
-        if self.db.reads_committed:
-            return await self._reserve_in_one_call(rules, token=token, now=now)
         return await self.db.run(work)
 
     async def _reserve_in_one_call(
@@ -432,26 +429,18 @@ class DatabaseStore:
 
         async def work(connection: AsyncConnection) -> Sequence[Row[Any]]:
             parameters = {
-                "lock_ids": [_lock_id(key) for key in sorted(rules)],
+                "lock_ids": _lock_ids(rules),
                 "keys": list(rules),
                 "maxima": [rule.attempts_max for rule in rules.values()],
-                "expiries": [now + timedelta(seconds=rule.window_s) for rule in rules.values()],
+                "expiries": [_expiry(rule, now) for rule in rules.values()],
                 "at": now,
             }
             return (await connection.execute(_RESERVE_IN_ONE_CALL, parameters)).all()
 
         rows = await self.db.run_alone(work)
-        waits = {
-            row.out_key: (
-                rules[row.out_key].window_s
-                if rules[row.out_key].attempts_max <= 0
-                else _seconds_until(row.first_expiry, now)
-            )
-            for row in rows
-            if row.reserved_id is None
-        }
-        if waits:
-            raise Refused(max(waits.values()), frozenset(waits))
+        _refuse_if_full(
+            rules, {row.out_key: row.first_expiry for row in rows if row.reserved_id is None}, now
+        )
         reserved = {row.out_key: int(row.reserved_id) for row in rows}
         return Reservation(tuple(rules), token, tuple(reserved[key] for key in rules))
 
@@ -490,6 +479,35 @@ class DatabaseStore:
 
     async def close(self) -> None:
         """The database belongs to the services; they close it."""
+
+
+def _lock_ids(rules: dict[str, Rule]) -> list[int]:
+    """The advisory lock of each key, in key order: two attempts sharing keys take their
+    locks in the same order and never deadlock."""
+    return [_lock_id(key) for key in sorted(rules)]
+
+
+def _expiry(rule: Rule, now: datetime) -> datetime:
+    """When a unit reserved `now` under `rule` leaves its window."""
+    return now + timedelta(seconds=rule.window_s)
+
+
+def _refuse_if_full(
+    rules: dict[str, Rule], full: dict[str, datetime | None], now: datetime
+) -> None:
+    """Raise :class:`Refused` when any rule is `full`: given each full key's oldest unit
+    still in its window (None when it holds none, a rule that allows no attempt), wait
+    until that unit leaves it, or a whole window for a rule that allows none."""
+    waits = {
+        key: (
+            rules[key].window_s
+            if first_expiry is None or rules[key].attempts_max <= 0
+            else _seconds_until(first_expiry, now)
+        )
+        for key, first_expiry in full.items()
+    }
+    if waits:
+        raise Refused(max(waits.values()), frozenset(waits))
 
 
 def _lock_id(key: str) -> int:
