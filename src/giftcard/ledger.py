@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 from sqlalchemy import BigInteger, Engine, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -120,18 +121,38 @@ def check_entry(entry: Entry) -> None:
 # more of SQLAlchemy's time than running a cached one (see `make bench`).
 _INSERT_TRANSACTION = insert(journal_transactions).returning(journal_transactions.c.id)
 _INSERT_POSTINGS = insert(postings)
-_INSERT_TRANSACTION_AND_POSTINGS = text(
-    "WITH entry AS ("
+# On PostgreSQL the whole entry is one statement, one round trip: the tracked accounts are
+# locked in ascending id order (so that two entries cannot deadlock), each moved only if
+# it stays at or above zero; the journal transaction and its postings are written only if
+# every one of them moved. Otherwise the statement answers no transaction, and `post`
+# finds out which account refused.
+_POST_ENTRY = text(
+    "WITH locked AS ("
+    "SELECT id FROM ledger_accounts WHERE id = ANY(CAST(:moves AS bigint[])) "
+    "ORDER BY id FOR UPDATE), "
+    "moved AS ("
+    "UPDATE ledger_accounts AS account SET balance = account.balance + move.amount "
+    "FROM unnest(CAST(:moves AS bigint[]), CAST(:move_amounts AS bigint[])) "
+    "AS move(account_id, amount) "
+    "WHERE account.id = move.account_id AND account.id IN (SELECT id FROM locked) "
+    "AND account.tracked IS true AND account.currency = :currency "
+    "AND account.balance + move.amount >= 0 "
+    "RETURNING account.id, account.balance), "
+    "entry AS ("
     "INSERT INTO journal_transactions (type, currency, description, actor, customer_id, "
-    "card_id, payment_id, created_at) VALUES (:type, :currency, :description, :actor, "
-    ":customer_id, :card_id, :payment_id, :created_at) RETURNING id), "
+    "card_id, payment_id, created_at) SELECT :type, :currency, :description, :actor, "
+    ":customer_id, :card_id, :payment_id, :created_at "
+    "WHERE (SELECT count(*) FROM moved) = cardinality(CAST(:moves AS bigint[])) "
+    "RETURNING id), "
     "lines AS (INSERT INTO postings (transaction_id, account_id, amount, currency, "
     "balance_after) SELECT entry.id, line.account_id, line.amount, :currency, "
-    "line.balance_after FROM entry, unnest(CAST(:accounts AS bigint[]), "
-    "CAST(:amounts AS bigint[]), CAST(:balances_after AS bigint[])) "
-    "WITH ORDINALITY AS line(account_id, amount, balance_after, position) "
+    "moved.balance FROM entry, unnest(CAST(:accounts AS bigint[]), "
+    "CAST(:amounts AS bigint[])) WITH ORDINALITY AS line(account_id, amount, position) "
+    "LEFT JOIN moved ON moved.id = line.account_id "
     "ORDER BY line.position) "
-    "SELECT id FROM entry"
+    "SELECT (SELECT id FROM entry) AS transaction_id, "
+    "coalesce(array_agg(moved.id), '{}') AS moved, "
+    "coalesce(array_agg(moved.balance), '{}') AS balances FROM moved"
 ).bindparams(bindparam("created_at", type_=journal_transactions.c.created_at.type))
 _AMOUNT = bindparam("b_amount", type_=BigInteger)
 _MOVE = (
@@ -154,10 +175,6 @@ async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> P
     """Move the balances an entry names, then write it as one balanced journal
     transaction with its postings, each recording its account's balance after it."""
     check_entry(entry)
-    balances_after: dict[int, int] = {}
-    for posting in sorted(entry.postings, key=lambda p: p.account_id):
-        if posting.tracked:
-            balances_after[posting.account_id] = await _move(connection, posting, entry.currency)
     journal = {
         "type": entry.type.value,
         "currency": entry.currency,
@@ -168,17 +185,26 @@ async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> P
         "payment_id": entry.payment_id,
         "created_at": now,
     }
+    tracked = sorted((p for p in entry.postings if p.tracked), key=lambda p: p.account_id)
     if connection.dialect.name == "postgresql":
-        # The transaction and its postings in one statement: one round trip, not two.
-        lines = {
-            "accounts": [posting.account_id for posting in entry.postings],
-            "amounts": [posting.amount for posting in entry.postings],
-            "balances_after": [balances_after.get(p.account_id) for p in entry.postings],
-        }
-        transaction_id = (
-            await connection.execute(_INSERT_TRANSACTION_AND_POSTINGS, journal | lines)
-        ).scalar_one()
-        return Posted(transaction_id, now, balances_after)
+        row = (
+            await connection.execute(
+                _POST_ENTRY,
+                journal
+                | {
+                    "moves": [posting.account_id for posting in tracked],
+                    "move_amounts": [posting.amount for posting in tracked],
+                    "accounts": [posting.account_id for posting in entry.postings],
+                    "amounts": [posting.amount for posting in entry.postings],
+                },
+            )
+        ).one()
+        if row.transaction_id is None:
+            await _refuse(connection, tracked, set(row.moved), entry.currency)
+        return Posted(row.transaction_id, now, dict(zip(row.moved, row.balances, strict=True)))
+    balances_after: dict[int, int] = {}
+    for posting in tracked:
+        balances_after[posting.account_id] = await _move(connection, posting, entry.currency)
     transaction_id = (await connection.execute(_INSERT_TRANSACTION, journal)).scalar_one()
     await connection.execute(
         _INSERT_POSTINGS,
@@ -210,6 +236,16 @@ async def _move(connection: AsyncConnection, posting: Posting, currency: str) ->
     ).scalar_one_or_none()
     if new_balance is not None:
         return int(new_balance)
+    await _refuse(connection, [posting], set(), currency)
+
+
+async def _refuse(
+    connection: AsyncConnection, tracked: Sequence[Posting], moved: set[int], currency: str
+) -> NoReturn:
+    """Why the first of `tracked` (in ascending id order) that did not move was refused:
+    an account that cannot take postings in `currency`, or one that would go below zero.
+    The caller's transaction must be rolled back: earlier accounts may have moved."""
+    posting = next(p for p in tracked if p.account_id not in moved)
     account = ledger_accounts.c
     row = (
         await connection.execute(

@@ -28,8 +28,8 @@ from tests.conftest import Shopper, api_key, issue, sign_up
 from tests.round_trips import counting_proxy
 
 # What one more request costs today.
-REDEMPTION_ROUND_TRIPS = 12
-PAYMENT_ROUND_TRIPS = 9
+REDEMPTION_ROUND_TRIPS = 10
+PAYMENT_ROUND_TRIPS = 8
 REDEMPTION_STATEMENTS = 18
 PAYMENT_STATEMENTS = 10
 

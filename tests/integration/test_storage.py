@@ -91,6 +91,132 @@ async def test_ledger_refuses_overdraft_and_writes_nothing(services: Services) -
         assert list(balances) == [0, 0]
 
 
+async def test_ledger_names_the_account_that_refused_and_writes_nothing(
+    services: Services,
+) -> None:
+    """Of three tracked accounts, the one in the middle (in id order) cannot pay: the
+    entry is refused naming that account, even though the others could move, and no
+    balance, journal transaction or posting is left behind."""
+    now = services.clock.now()
+    async with services.db.transaction() as connection:
+        first, middle, last = [
+            await ledger.open_account(
+                connection, ledger.AccountKind.CUSTOMER_AVAILABLE, "USD", now=now
+            )
+            for _ in range(3)
+        ]
+        issuance = await ledger.system_posting(connection, ledger.AccountKind.ISSUANCE, "USD", -20)
+        await ledger.post(
+            connection,
+            ledger.Entry(
+                ledger.TransactionType.ADJUSTMENT,
+                "USD",
+                "funding",
+                "test",
+                [issuance, ledger.Posting(first, 10), ledger.Posting(last, 10)],
+            ),
+            now=now,
+        )
+    with pytest.raises(ledger.InsufficientBalance) as refused:
+        async with services.db.transaction() as connection:
+            await ledger.post(
+                connection,
+                ledger.Entry(
+                    ledger.TransactionType.ADJUSTMENT,
+                    "USD",
+                    "one cannot pay",
+                    "test",
+                    [
+                        ledger.Posting(last, -5),
+                        ledger.Posting(middle, -5),
+                        ledger.Posting(first, -5),
+                        ledger.Posting(issuance.account_id, 15, tracked=False),
+                    ],
+                ),
+                now=now,
+            )
+    assert refused.value.account_id == middle
+    async with services.db.transaction(write=False) as connection:
+        rows = await connection.execute(
+            select(ledger_accounts.c.id, ledger_accounts.c.balance).where(
+                ledger_accounts.c.id.in_([first, middle, last])
+            )
+        )
+        balances = {row.id: row.balance for row in rows}
+        entries = (
+            await connection.execute(text("SELECT COUNT(*) FROM journal_transactions"))
+        ).scalar_one()
+        lines = (await connection.execute(text("SELECT COUNT(*) FROM postings"))).scalar_one()
+    assert balances == {first: 10, middle: 0, last: 10}
+    assert (entries, lines) == (1, 3)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_ledger_locks_accounts_in_ascending_id_order(services: Services) -> None:
+    """While another transaction holds the lower of two accounts, an entry naming the
+    higher one first waits for the lower without holding the higher: accounts are locked
+    in ascending id order whatever order an entry lists them in, so two entries over the
+    same accounts cannot deadlock."""
+    now = services.clock.now()
+    async with services.db.transaction() as connection:
+        lower, higher = sorted(
+            [
+                await ledger.open_account(
+                    connection, ledger.AccountKind.CUSTOMER_AVAILABLE, "USD", now=now
+                )
+                for _ in range(2)
+            ]
+        )
+        issuance = await ledger.system_posting(connection, ledger.AccountKind.ISSUANCE, "USD", -10)
+        await ledger.post(
+            connection,
+            ledger.Entry(
+                ledger.TransactionType.ADJUSTMENT,
+                "USD",
+                "funding",
+                "test",
+                [issuance, ledger.Posting(higher, 10)],
+            ),
+            now=now,
+        )
+    lock = "SELECT id FROM ledger_accounts WHERE id = :id FOR UPDATE"
+    async with services.db.transaction() as holder:
+        await holder.execute(text(lock), {"id": lower})
+
+        async def post_higher_first() -> None:
+            async with services.db.transaction() as connection:
+                await ledger.post(
+                    connection,
+                    ledger.Entry(
+                        ledger.TransactionType.ADJUSTMENT,
+                        "USD",
+                        "higher first",
+                        "test",
+                        [ledger.Posting(higher, -3), ledger.Posting(lower, 3)],
+                    ),
+                    now=now,
+                )
+
+        posting = asyncio.create_task(post_higher_first())
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        for _ in range(200):
+            async with services.db.transaction(write=False) as watcher:
+                if (await watcher.execute(text(waiting))).scalar_one():
+                    break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the entry never waited for the lower account")
+        async with services.db.transaction() as other:
+            await other.execute(text(lock + " NOWAIT"), {"id": higher})
+    await asyncio.wait_for(posting, timeout=10)
+    async with services.db.transaction(write=False) as connection:
+        assert await ledger.balance_of(connection, lower) == 3
+        assert await ledger.balance_of(connection, higher) == 7
+
+
 async def test_ledger_refuses_a_currency_its_account_does_not_hold(services: Services) -> None:
     now = services.clock.now()
     async with services.db.transaction() as connection:
