@@ -107,7 +107,7 @@ class Settings:
     # Namespaces the abuse limits' keys, so that deployments sharing one Redis keep apart.
     limit_key_prefix: str = "giftcard"
     request_body_bytes_max: int = 64 * 1024
-    database_pool_size: int = 10
+    database_pool_size: int = 20
     log_level: str = "INFO"
     log_format: str = "json"
     # The demo store pays with a pretend test card: only a demo may serve it (SPEC §7).
@@ -184,7 +184,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         request_body_bytes_max=_int(
             env, "GIFTCARD_REQUEST_BODY_MAX_BYTES", 64 * 1024, minimum=1024
         ),
-        database_pool_size=_int(env, "GIFTCARD_DATABASE_POOL_SIZE", 10, minimum=1),
+        database_pool_size=_int(env, "GIFTCARD_DATABASE_POOL_SIZE", 20, minimum=1),
         log_level=env.get("GIFTCARD_LOG_LEVEL", "INFO").strip().upper() or "INFO",
         log_format=log_format,
         demo_store=_bool(env, DEMO_STORE_SETTING, False),

@@ -528,7 +528,7 @@ def bank_env(database_url: str, workdir: Path, **extra: str) -> dict[str, str]:
         GIFTCARD_LIMIT_REDEEM_FAILURES_ADDRESS="100000/15minutes",
         GIFTCARD_LIMIT_REDEEM_MISSES_SERVICE="100000/15minutes",
         GIFTCARD_LIMIT_SIGNUPS_ADDRESS="10000/hour",
-        GIFTCARD_DATABASE_POOL_SIZE="10",
+        GIFTCARD_DATABASE_POOL_SIZE="20",
         GIFTCARD_MAIL_DIR=str(workdir / "mail"),
         **extra,
     )

@@ -24,7 +24,7 @@ from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.config import Settings
 from giftcard.services import Services
-from tests.conftest import Shopper, api_key, issue, sign_up
+from tests.conftest import Shopper, api_key, burst, counting_connections, issue, sign_up
 from tests.round_trips import counting_proxy
 
 # What one more request costs today.
@@ -32,6 +32,8 @@ REDEMPTION_ROUND_TRIPS = 10
 PAYMENT_ROUND_TRIPS = 8
 REDEMPTION_STATEMENTS = 18
 PAYMENT_STATEMENTS = 10
+# A small pool, so that a burst needs every connection it allows.
+POOL = 4
 
 
 @asynccontextmanager
@@ -134,3 +136,32 @@ async def test_statements_per_redemption_and_payment(
     print(f"\nstatements on SQLite: redemption {redemption}, payment {payment}")
     assert redemption <= REDEMPTION_STATEMENTS
     assert payment <= PAYMENT_STATEMENTS
+
+
+async def test_a_warm_service_opens_no_connection_for_its_next_burst(
+    settings: Settings, clock: FrozenClock
+) -> None:
+    """Two bursts of requests, each wanting more connections than the pool allows: the
+    first opens at most the pool's size, and the second is served by those, opening none
+    (a new connection costs a connect and the preparing of every statement it runs)."""
+    async with service(replace(settings, database_pool_size=POOL), clock) as http:
+        svc: Services = http.services  # type: ignore[attr-defined]
+        shopper = await sign_up(http)
+        opened = [0]
+
+        def _opened(*_args: Any) -> None:
+            opened[0] += 1
+
+        event.listen(svc.db.engine.sync_engine.pool, "connect", _opened)
+        new_connections = []
+        with counting_connections(svc) as peak:
+            for _ in range(2):
+                before = opened[0]
+                responses = await burst(
+                    *(http.get("/v1/me/balance", headers=shopper.auth) for _ in range(4 * POOL))
+                )
+                assert {response.status_code for response in responses} == {200}
+                new_connections.append(opened[0] - before)
+    assert peak.peak == POOL
+    assert new_connections[0] <= POOL
+    assert new_connections[1] == 0, new_connections
