@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -331,6 +332,50 @@ async def test_sqlite_writers_of_two_processes_never_fail_half_way(database_url:
             await db.dispose()
     assert final == 2 * WRITERS_PER_PROCESS, "an increment was lost"
     assert runs == 2 * WRITERS_PER_PROCESS, f"{runs - 2 * WRITERS_PER_PROCESS} ran again"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_sqlite_a_writer_waiting_for_the_lock_leaves_the_event_loop_running(
+    database_url: str,
+) -> None:
+    """Given another process holding the write lock for a while, a transaction that waits
+    for it lets the event loop serve everything else meanwhile (SQLite's own busy handler
+    would sleep inside the call and stop the loop), and begins once the lock is free."""
+    db = Database(database_url, pool_size=2)
+    await _scratch(db)
+    other = sqlite3.connect(
+        database_url.split("///", 1)[1], isolation_level=None, check_same_thread=False
+    )
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def write(connection: AsyncConnection) -> None:
+        await connection.execute(text("UPDATE scratch SET n = 8"))
+
+    hold_s = 0.5
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(hold_s, lambda: other.execute("COMMIT"))
+        ticker = asyncio.create_task(tick())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        release.start()
+        await asyncio.wait_for(db.run(write), timeout=30)
+        waited_s = loop.time() - started
+        ticker.cancel()
+        assert waited_s >= hold_s * 0.8, "the write must wait for the lock"
+        # Ideally hold_s / 0.01 = 50; a blocked loop would count none while it waited.
+        assert ticks >= 10, ticks
+        assert await _scratch_value(db) == 8
+    finally:
+        release.cancel()
+        other.close()
+        await db.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

@@ -26,10 +26,11 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from giftcard.db import sqlite_inline
 from giftcard.errors import ErrorCode, GiftcardError
 
 log = logging.getLogger(__name__)
@@ -173,14 +174,19 @@ class Database:
         # under a steady load that churn cost more server CPU per request than the rest
         # of the redemption's statements together with their preparing.
         if self.is_sqlite:
+            path = make_url(self.url).database
+            if not path or path == ":memory:":
+                raise ValueError("a SQLite database URL must name a file")
             engine = create_async_engine(
                 self.url,
-                connect_args={"timeout": self.sqlite_busy_timeout_s},
+                async_creator=sqlite_inline.connector(
+                    path, busy_timeout_s=self.sqlite_busy_timeout_s
+                ),
                 hide_parameters=True,
                 pool_size=pool_size,
                 max_overflow=0,
             )
-            _configure_sqlite(engine, busy_timeout_ms=int(self.sqlite_busy_timeout_s * 1000))
+            _configure_sqlite(engine)
             return engine
         options: dict[str, Any] = {
             "pool_size": pool_size,
@@ -326,7 +332,7 @@ def seen_closed(driver_connection: Any) -> bool:
     return bool(driver_connection.is_closed())
 
 
-def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
+def _configure_sqlite(engine: AsyncEngine) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -337,7 +343,6 @@ def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")
