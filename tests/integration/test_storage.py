@@ -92,6 +92,30 @@ async def test_ledger_refuses_overdraft_and_writes_nothing(services: Services) -
         assert list(balances) == [0, 0]
 
 
+def adjustment(description: str, postings: list[ledger.Posting]) -> ledger.Entry:
+    return ledger.Entry(ledger.TransactionType.ADJUSTMENT, "USD", description, "test", postings)
+
+
+async def open_accounts(services: Services, *balances: int) -> list[int]:
+    """New customer balances in USD (ids ascending), holding `balances`."""
+    now = services.clock.now()
+    async with services.db.transaction() as connection:
+        accounts = [
+            await ledger.open_account(
+                connection, ledger.AccountKind.CUSTOMER_AVAILABLE, "USD", now=now
+            )
+            for _ in balances
+        ]
+        pairs = zip(accounts, balances, strict=True)
+        funded = [ledger.Posting(account, amount) for account, amount in pairs if amount]
+        if funded:
+            issuance = await ledger.system_posting(
+                connection, ledger.AccountKind.ISSUANCE, "USD", -sum(balances)
+            )
+            await ledger.post(connection, adjustment("funding", [issuance, *funded]), now=now)
+    return accounts
+
+
 async def test_ledger_names_the_account_that_refused_and_writes_nothing(
     services: Services,
 ) -> None:
@@ -99,43 +123,14 @@ async def test_ledger_names_the_account_that_refused_and_writes_nothing(
     entry is refused naming that account, even though the others could move, and no
     balance, journal transaction or posting is left behind."""
     now = services.clock.now()
-    async with services.db.transaction() as connection:
-        first, middle, last = [
-            await ledger.open_account(
-                connection, ledger.AccountKind.CUSTOMER_AVAILABLE, "USD", now=now
-            )
-            for _ in range(3)
-        ]
-        issuance = await ledger.system_posting(connection, ledger.AccountKind.ISSUANCE, "USD", -20)
-        await ledger.post(
-            connection,
-            ledger.Entry(
-                ledger.TransactionType.ADJUSTMENT,
-                "USD",
-                "funding",
-                "test",
-                [issuance, ledger.Posting(first, 10), ledger.Posting(last, 10)],
-            ),
-            now=now,
-        )
+    first, middle, last = await open_accounts(services, 10, 0, 10)
+    async with services.db.transaction(write=False) as connection:
+        issuance = await ledger.system_posting(connection, ledger.AccountKind.ISSUANCE, "USD", 15)
+    postings = [ledger.Posting(account, -5) for account in (last, middle, first)]
+    entry = adjustment("one cannot pay", [*postings, issuance])
     with pytest.raises(ledger.InsufficientBalance) as refused:
         async with services.db.transaction() as connection:
-            await ledger.post(
-                connection,
-                ledger.Entry(
-                    ledger.TransactionType.ADJUSTMENT,
-                    "USD",
-                    "one cannot pay",
-                    "test",
-                    [
-                        ledger.Posting(last, -5),
-                        ledger.Posting(middle, -5),
-                        ledger.Posting(first, -5),
-                        ledger.Posting(issuance.account_id, 15, tracked=False),
-                    ],
-                ),
-                now=now,
-            )
+            await ledger.post(connection, entry, now=now)
     assert refused.value.account_id == middle
     async with services.db.transaction(write=False) as connection:
         rows = await connection.execute(
@@ -159,44 +154,16 @@ async def test_ledger_locks_accounts_in_ascending_id_order(services: Services) -
     in ascending id order whatever order an entry lists them in, so two entries over the
     same accounts cannot deadlock."""
     now = services.clock.now()
-    async with services.db.transaction() as connection:
-        lower, higher = sorted(
-            [
-                await ledger.open_account(
-                    connection, ledger.AccountKind.CUSTOMER_AVAILABLE, "USD", now=now
-                )
-                for _ in range(2)
-            ]
-        )
-        issuance = await ledger.system_posting(connection, ledger.AccountKind.ISSUANCE, "USD", -10)
-        await ledger.post(
-            connection,
-            ledger.Entry(
-                ledger.TransactionType.ADJUSTMENT,
-                "USD",
-                "funding",
-                "test",
-                [issuance, ledger.Posting(higher, 10)],
-            ),
-            now=now,
-        )
+    lower, higher = await open_accounts(services, 0, 10)
+    assert lower < higher
     lock = "SELECT id FROM ledger_accounts WHERE id = :id FOR UPDATE"
     async with services.db.transaction() as holder:
         await holder.execute(text(lock), {"id": lower})
 
         async def post_higher_first() -> None:
             async with services.db.transaction() as connection:
-                await ledger.post(
-                    connection,
-                    ledger.Entry(
-                        ledger.TransactionType.ADJUSTMENT,
-                        "USD",
-                        "higher first",
-                        "test",
-                        [ledger.Posting(higher, -3), ledger.Posting(lower, 3)],
-                    ),
-                    now=now,
-                )
+                postings = [ledger.Posting(higher, -3), ledger.Posting(lower, 3)]
+                await ledger.post(connection, adjustment("higher first", postings), now=now)
 
         posting = asyncio.create_task(post_higher_first())
         waiting = (
