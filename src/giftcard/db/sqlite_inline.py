@@ -38,9 +38,7 @@ _PAUSE_MAX_S = 0.002
 
 
 def _waitable(error: sqlite3.OperationalError) -> bool:
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is None:
-        return "locked" in str(error) or "busy" in str(error)
+    code = error.sqlite_errorcode
     # BUSY_SNAPSHOT (a read transaction that may no longer write) is not cured by waiting.
     return code & 0xFF in _WAITABLE and code != sqlite3.SQLITE_BUSY_SNAPSHOT
 
@@ -91,9 +89,11 @@ class Connection:
     def cursor(self) -> _CursorOpening:
         return _CursorOpening(self)
 
+    def _new_cursor(self) -> Cursor:
+        return Cursor(self, self._open().cursor())
+
     async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
-        cursor = Cursor(self, self._open().cursor())
-        return await cursor.execute(sql, parameters)
+        return await self._new_cursor().execute(sql, parameters)
 
     async def commit(self) -> None:
         # Inline too, fsync and all: handing the commit alone to a thread, so that the
@@ -105,9 +105,7 @@ class Connection:
         self._open().rollback()
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.stop()
 
     def stop(self) -> None:
         """Close at once: what the adapter calls to terminate a connection."""
@@ -140,13 +138,10 @@ class _CursorOpening:
         self._connection = connection
 
     def __await__(self) -> Any:
-        return self._open().__await__()
-
-    async def _open(self) -> Cursor:
-        return Cursor(self._connection, self._connection._open().cursor())
+        return self.__aenter__().__await__()
 
     async def __aenter__(self) -> Cursor:
-        return await self._open()
+        return self._connection._new_cursor()
 
     async def __aexit__(self, *_: object) -> None:
         return None
@@ -210,12 +205,12 @@ class Cursor:
         self._cursor.arraysize = value
 
 
-def connector(path: str, *, busy_timeout_s: float, **options: Any) -> Callable[[], Any]:
+def connector(path: str, *, busy_timeout_s: float) -> Callable[[], Any]:
     """The engine's `async_creator`: a new connection to the database file at `path`,
     whose own busy timeout is zero (the waiting is done by `Connection`)."""
 
     async def connect() -> Connection:
-        raw = sqlite3.connect(path, timeout=0, check_same_thread=False, **options)
+        raw = sqlite3.connect(path, timeout=0, check_same_thread=False)
         return Connection(raw, busy_timeout_s)
 
     return connect
