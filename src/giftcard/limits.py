@@ -13,7 +13,9 @@ window frees a unit: a guesser with many addresses can pause them, never find a 
 Count first, give back on success. Every attempt reserves one unit on each of its rules
 before it runs, in one atomic step that every worker and server sees; when any rule is
 full the attempt is refused with `too_many_attempts` and reserves nothing. An attempt that
-succeeds gives its units back; a refused one keeps them, so they count as its failure.
+succeeds gives its units back (a redemption, when the units live in its own database,
+in its own transaction: they are given back if and only if it commits); a refused one
+keeps them, so they count as its failure.
 Because the reservation comes first, attempts sent all at once cannot all pass a check
 before any of them counts: of a burst of guesses from one account, exactly as many run
 as the limit allows, however many processes answer them.
@@ -127,12 +129,33 @@ class Store(Protocol):
 
     async def give_back(self, reservation: Reservation) -> None: ...
 
+    async def give_back_in(self, connection: AsyncConnection, reservation: Reservation) -> bool:
+        """Give `reservation` back in the transaction of `connection`, so that it is given
+        back when, and only when, that transaction commits; False when this store does not
+        live in that database, and the units are to be given back after the commit."""
+
     async def check_ready(self) -> None:
         """Raise :class:`GiftcardError` (service_unavailable) when the store is down."""
 
     async def purge(self, *, now: datetime) -> int: ...
 
     async def close(self) -> None: ...
+
+
+class RedeemAttempt:
+    """A redemption under way inside :meth:`AbuseLimits.redeem_attempt`."""
+
+    def __init__(self, store: Store, reservation: Reservation) -> None:
+        self._store = store
+        self._reservation = reservation
+        self.given_back = False
+
+    async def succeeded_in(self, connection: AsyncConnection) -> None:
+        """The last step of a redemption's transaction that succeeded: where the store
+        allows, its units are given back in that transaction, one commit instead of two,
+        and never given back for a redemption that did not commit. A transaction that is
+        retried calls this again, so what counts is the call of the run that committed."""
+        self.given_back = await self._store.give_back_in(connection, self._reservation)
 
 
 class AbuseLimits:
@@ -167,14 +190,15 @@ class AbuseLimits:
     @asynccontextmanager
     async def redeem_attempt(
         self, customer_id: int, address: str, *, looks_up_a_code: bool
-    ) -> AsyncIterator[None]:
+    ) -> AsyncIterator[RedeemAttempt]:
         """Run one redemption inside this block: refused at once while the account or
         the address is locked; their units are given back unless it ends in a
-        :class:`RedemptionError`, whatever that error is. An attempt that `looks_up_a_code`
-        (its code passes the check symbol) also takes a unit of the service-wide limit,
-        in the same atomic step, refused with :class:`RedemptionsPaused` while that is
-        full (and the requester is not locked), and kept only when the code matched no
-        card."""
+        :class:`RedemptionError`, whatever that error is (by the redemption's own
+        transaction when it calls :meth:`RedeemAttempt.succeeded_in`). An attempt that
+        `looks_up_a_code` (its code passes the check symbol) also takes a unit of the
+        service-wide limit, in the same atomic step, refused with
+        :class:`RedemptionsPaused` while that is full (and the requester is not locked),
+        and kept only when the code matched no card."""
         slots = [
             Slot(self.redeem_account, f"customer:{customer_id}"),
             Slot(self.redeem_address, address),
@@ -196,15 +220,18 @@ class AbuseLimits:
             raise TooManyAttempts(
                 _REDEEM_LOCKED_DETAIL, retry_after_s=refused.retry_after_s
             ) from None
+        attempt = RedeemAttempt(self.store, reservation)
         try:
-            yield
+            yield attempt
         except BaseException as error:
+            # Whatever a failed transaction gave back was rolled back with it.
             if not isinstance(error, RedemptionError):
                 await self._give_back(reservation)
             elif looks_up_a_code and not _matched_no_card(error):
                 await self._give_back(reservation.only([service_key]))
             raise
-        await self._give_back(reservation)
+        if not attempt.given_back:
+            await self._give_back(reservation)
 
     def login_attempt(self, email: str, address: str) -> AbstractAsyncContextManager[None]:
         """Run one log-in inside this block: refused at once while this email is locked at
@@ -451,6 +478,10 @@ class DatabaseStore:
         # One DELETE, complete by itself: no transaction around it is needed.
         await self.db.run_alone(work)
 
+    async def give_back_in(self, connection: AsyncConnection, reservation: Reservation) -> bool:
+        await connection.execute(_GIVE_BACK, {"b_ids": list(reservation.row_ids)})
+        return True
+
     async def check_ready(self) -> None:
         """The database is the store; /readyz checks it already."""
 
@@ -599,6 +630,9 @@ class RedisStore:
                 await pipe.execute()
         except (RedisError, OSError) as error:
             raise _redis_down() from error
+
+    async def give_back_in(self, connection: AsyncConnection, reservation: Reservation) -> bool:
+        return False
 
     async def check_ready(self) -> None:
         try:

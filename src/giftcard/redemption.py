@@ -23,7 +23,7 @@ from giftcard.customers import Customer
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards, ledger_accounts
 from giftcard.errors import ErrorCode, RedemptionError
-from giftcard.limits import AbuseLimits, RedemptionsPaused
+from giftcard.limits import AbuseLimits, RedeemAttempt, RedemptionsPaused
 from giftcard.metrics import REDEMPTIONS
 from giftcard.money import REGIONS, format_minor
 from giftcard.unit_of_work import UnitOfWork
@@ -90,8 +90,11 @@ async def redeem(
     *,
     secret_key: bytes,
     actor: str,
+    attempt: RedeemAttempt | None = None,
 ) -> Redemption:
-    """Move a card's value into `customer`'s available balance, or raise RedemptionError."""
+    """Move a card's value into `customer`'s available balance, or raise RedemptionError;
+    the `attempt` of the abuse limits it runs under, if any, is told of its success in
+    its transaction."""
     code = codes.check_code(raw_code)
     digest = codes.code_hash(secret_key, code)
 
@@ -136,6 +139,8 @@ async def redeem(
             transaction_id=posted.transaction_id,
             customer_id=customer.id,
         )
+        if attempt is not None:
+            await attempt.succeeded_in(connection)
         # Counted once the credit is committed, whichever door asked for it.
         uow.on_commit(_count_redeemed)
         return Redemption(
@@ -176,8 +181,12 @@ async def redeem_limited(
     except RedemptionError:
         looks_up_a_code = False
     try:
-        async with limits.redeem_attempt(customer.id, address, looks_up_a_code=looks_up_a_code):
-            return await redeem(uow, customer, raw_code, secret_key=secret_key, actor=actor)
+        async with limits.redeem_attempt(
+            customer.id, address, looks_up_a_code=looks_up_a_code
+        ) as attempt:
+            return await redeem(
+                uow, customer, raw_code, secret_key=secret_key, actor=actor, attempt=attempt
+            )
     except RedemptionError as error:
         REDEMPTIONS.labels(outcome=error.code.value).inc()
         raise

@@ -30,7 +30,7 @@ from tests.round_trips import counting_proxy
 # What one more request costs today.
 REDEMPTION_ROUND_TRIPS = 10
 PAYMENT_ROUND_TRIPS = 8
-REDEMPTION_STATEMENTS = 18
+REDEMPTION_STATEMENTS = 17
 PAYMENT_STATEMENTS = 10
 # A small pool, so that a burst needs every connection it allows.
 POOL = 4
