@@ -133,6 +133,23 @@ async def test_a_cursor_from_another_list_is_refused(
     assert [item["id"] for item in own.json()["data"]] == bob_items[1:]
 
 
+async def test_a_cursor_on_the_oldest_item_gives_an_empty_last_page(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The cursor of the oldest item is a cursor of this history like any other: the
+    page after it is empty, with nothing more, not a refusal."""
+    shopper = await funded_shopper(client, services, [400, 100])
+    oldest = (await whole_history(client, shopper))[-1]["id"]
+
+    after = await client.get(
+        "/v1/me/transactions", params={"starting_after": oldest}, headers=shopper.auth
+    )
+
+    assert after.status_code == 200, after.text
+    assert after.json()["data"] == []
+    assert after.json()["has_more"] is False
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 async def test_paging_survives_movements_numbered_in_one_order_applied_in_another(
     client: httpx.AsyncClient, services: Services
