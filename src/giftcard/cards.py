@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import audit, codes, ids, ledger
 from giftcard.clock import Clock
+from giftcard.db import riders
 from giftcard.db.bulk import allocate_ids, bulk_load, copy_rows, find_existing
 from giftcard.db.engine import Database
 from giftcard.db.tables import card_events, cards, ledger_accounts
@@ -425,6 +426,32 @@ async def record_event(
             "transaction_id": transaction_id,
             "customer_id": customer_id,
             "related_card_id": related_card_id,
+            "created_at": now,
+        },
+    )
+
+
+def record_event_later(
+    connection: AsyncConnection,
+    card_id: int,
+    event_type: str,
+    *,
+    actor: str,
+    now: datetime,
+    transaction_id: int | None = None,
+    customer_id: int | None = None,
+) -> None:
+    """:func:`record_event`, sent with the transaction's next statement (see
+    :mod:`giftcard.db.riders`), for a use case that reads no event back."""
+    riders.insert_later(
+        connection,
+        card_events,
+        {
+            "card_id": card_id,
+            "type": event_type,
+            "actor": actor,
+            "transaction_id": transaction_id,
+            "customer_id": customer_id,
             "created_at": now,
         },
     )

@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from giftcard.db import riders
 from giftcard.db.engine import Database
 from giftcard.db.tables import idempotency_keys
 from giftcard.errors import ErrorCode, GiftcardError
@@ -121,8 +122,10 @@ async def claim(connection: AsyncConnection, keyed: KeyedRequest, *, now: dateti
 
 
 async def complete(connection: AsyncConnection, claim_id: int, response: StoredResponse) -> None:
-    """Write the answer into the claimed row, before the transaction commits."""
-    await connection.execute(
+    """Write the answer into the claimed row, before the transaction commits (the writes
+    queued to ride along go with it)."""
+    await riders.execute(
+        connection,
         _COMPLETE,
         {"b_id": claim_id, "response_status": response.status, "response_body": response.body},
     )

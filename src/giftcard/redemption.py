@@ -18,7 +18,7 @@ from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import codes, ledger
-from giftcard.cards import CardState, effective_state, record_event
+from giftcard.cards import CardState, effective_state, record_event_later
 from giftcard.customers import Customer
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards, ledger_accounts
@@ -130,7 +130,7 @@ async def redeem(
             ),
             now=now,
         )
-        await record_event(
+        record_event_later(
             connection,
             card.id,
             "redeemed",

@@ -28,7 +28,7 @@ from tests.conftest import Shopper, api_key, burst, counting_connections, issue,
 from tests.round_trips import counting_proxy
 
 # What one more request costs today.
-REDEMPTION_ROUND_TRIPS = 10
+REDEMPTION_ROUND_TRIPS = 8
 PAYMENT_ROUND_TRIPS = 8
 REDEMPTION_STATEMENTS = 17
 PAYMENT_STATEMENTS = 10

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from giftcard.db import sqlite_inline
+from giftcard.db import riders, sqlite_inline
 from giftcard.errors import ErrorCode, GiftcardError
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,9 @@ class Database:
     async def _autocommitted(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as connection:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
+            riders.discard(connection)
             yield connection
+            await riders.flush(connection)
 
     @asynccontextmanager
     async def _connection(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
@@ -259,7 +261,9 @@ class Database:
             if self.is_sqlite:
                 await connection.execution_options(giftcard_write=write)
             async with connection.begin():
+                riders.discard(connection)
                 yield connection
+                await riders.flush(connection)
 
     async def run(
         self,
