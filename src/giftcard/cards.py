@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import audit, codes, ids, ledger
@@ -402,6 +402,20 @@ def _raise_not_activatable(row: Row[Any] | None, now: datetime) -> NoReturn:
 
 
 _INSERT_EVENT = insert(card_events)
+# The same as a rider (see giftcard.db.riders), its parameters named its own way.
+_INSERT_EVENT_LATER = insert(card_events).values(
+    {
+        column: bindparam(f"b_event_{column.key}", type_=column.type)
+        for column in (
+            card_events.c.card_id,
+            card_events.c.type,
+            card_events.c.actor,
+            card_events.c.transaction_id,
+            card_events.c.customer_id,
+            card_events.c.created_at,
+        )
+    }
+)
 
 
 async def record_event(
@@ -443,16 +457,16 @@ def record_event_later(
 ) -> None:
     """:func:`record_event`, sent with the transaction's next statement (see
     :mod:`giftcard.db.riders`), for a use case that reads no event back."""
-    riders.insert_later(
+    riders.write_later(
         connection,
-        card_events,
+        _INSERT_EVENT_LATER,
         {
-            "card_id": card_id,
-            "type": event_type,
-            "actor": actor,
-            "transaction_id": transaction_id,
-            "customer_id": customer_id,
-            "created_at": now,
+            "b_event_card_id": card_id,
+            "b_event_type": event_type,
+            "b_event_actor": actor,
+            "b_event_transaction_id": transaction_id,
+            "b_event_customer_id": customer_id,
+            "b_event_created_at": now,
         },
     )
 

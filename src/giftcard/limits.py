@@ -393,6 +393,10 @@ _RESERVE_IN_ONE_CALL = text(
 _GIVE_BACK = delete(limit_reservations).where(
     limit_reservations.c.id.in_(bindparam("b_ids", expanding=True))
 )
+# The same as a rider (see giftcard.db.riders), its parameter named its own way.
+_GIVE_BACK_LATER = delete(limit_reservations).where(
+    limit_reservations.c.id.in_(bindparam("b_given_back_ids", expanding=True))
+)
 
 
 class DatabaseStore:
@@ -482,10 +486,7 @@ class DatabaseStore:
     async def give_back_in(self, connection: AsyncConnection, reservation: Reservation) -> bool:
         # Nothing else in the redemption's transaction touches these rows: the DELETE
         # rides with its next statement (see giftcard.db.riders).
-        riders.write_later(
-            connection,
-            delete(limit_reservations).where(limit_reservations.c.id.in_(reservation.row_ids)),
-        )
+        riders.write_later(connection, _GIVE_BACK_LATER, {"b_given_back_ids": reservation.row_ids})
         return True
 
     async def check_ready(self) -> None:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import bindparam, event, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db import riders
@@ -19,8 +19,22 @@ from giftcard.db.tables import limit_reservations
 from giftcard.services import Services
 
 
-def reservation(services: Services, key: str) -> dict[str, Any]:
-    return {"limit_key": key, "expires_at": services.clock.now() + timedelta(hours=1)}
+def rider(name: str) -> Any:
+    """An insert built once, its parameters named `b_<name>_...`, as riders are."""
+    return insert(limit_reservations).values(
+        limit_key=bindparam(f"b_{name}_key"), expires_at=bindparam(f"b_{name}_expires_at")
+    )
+
+
+FIRST, SECOND = rider("first"), rider("second")
+
+
+def reservation(services: Services, key: str, name: str | None = None) -> dict[str, Any]:
+    """The values of a row of `limit_reservations`; for a rider, named as its are."""
+    values = {"key": key, "expires_at": services.clock.now() + timedelta(hours=1)}
+    if name is None:
+        return {"limit_key": values["key"], "expires_at": values["expires_at"]}
+    return {f"b_{name}_{column}": value for column, value in values.items()}
 
 
 async def keys(db: Database) -> list[str]:
@@ -47,12 +61,11 @@ def counting_statements(db: Database) -> Iterator[list[str]]:
 
 async def test_queued_writes_go_with_the_next_statement(services: Services) -> None:
     """Two queued inserts and the statement after them: on PostgreSQL one statement (one
-    round trip), on SQLite three; each row with its own values, also where the carrying
-    statement's parameters have the same names as the riders' columns."""
+    round trip), on SQLite three; each row with its own values."""
     db = services.db
     async with db.transaction() as connection:
-        riders.insert_later(connection, limit_reservations, reservation(services, "rider-test-1"))
-        riders.insert_later(connection, limit_reservations, reservation(services, "rider-test-2"))
+        riders.write_later(connection, FIRST, reservation(services, "rider-test-1", "first"))
+        riders.write_later(connection, SECOND, reservation(services, "rider-test-2", "second"))
         with counting_statements(db) as sent:
             await riders.execute(
                 connection,
@@ -68,8 +81,31 @@ async def test_queued_writes_are_sent_before_the_commit_when_no_statement_follow
     services: Services,
 ) -> None:
     async with services.db.transaction() as connection:
-        riders.insert_later(connection, limit_reservations, reservation(services, "rider-test"))
+        riders.write_later(connection, FIRST, reservation(services, "rider-test", "first"))
     assert await keys(services.db) == ["rider-test"]
+
+
+async def test_one_rider_queued_twice_is_sent_twice(services: Services) -> None:
+    """The same statement twice cannot be two WITH clauses of one statement (its
+    parameters would meet): each is sent by itself, none is lost."""
+    async with services.db.transaction() as connection:
+        riders.write_later(connection, FIRST, reservation(services, "rider-test-1", "first"))
+        riders.write_later(connection, FIRST, reservation(services, "rider-test-2", "first"))
+    assert await keys(services.db) == ["rider-test-1", "rider-test-2"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_rider_whose_parameter_names_meet_the_carriers_is_refused(
+    services: Services,
+) -> None:
+    """A rider must name its parameters its own way: one that shares a name with the
+    statement it would ride with fails loudly instead of writing the carrier's value."""
+    async with services.db.transaction() as connection:
+        riders.write_later(connection, FIRST, reservation(services, "rider-test-1", "first"))
+        with pytest.raises(ValueError, match="parameter names"):
+            await riders.execute(
+                connection, FIRST, reservation(services, "rider-test-carrier", "first")
+            )
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -84,8 +120,8 @@ async def test_queued_writes_of_a_rolled_back_transaction_are_never_sent(
 
         async def failing_use_case() -> None:
             async with db.transaction() as connection:
-                riders.insert_later(
-                    connection, limit_reservations, reservation(services, "rider-test-lost")
+                riders.write_later(
+                    connection, FIRST, reservation(services, "rider-test-lost", "first")
                 )
                 raise RuntimeError("the use case failed")
 

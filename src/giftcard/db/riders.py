@@ -14,8 +14,8 @@ Rules for a rider, since PostgreSQL runs all parts of one statement on one snaps
 it must not touch a row that the statement it rides with, or another rider, reads or
 writes, and nothing in its transaction may read what it writes before it is sent. Every
 rider here writes a new row (an event) or rows nothing else in its transaction touches
-(a reservation given back). Its values are bound anonymously, so they never meet the
-names of the carrying statement's parameters (which must not be named ``param_N``).
+(a reservation given back). Its parameters have names of their own, checked not to meet
+the carrying statement's or another rider's.
 
 A transaction rolled back takes its riders with it: queued writes are dropped when the
 next transaction on the connection begins.
@@ -23,10 +23,11 @@ next transaction on the connection begins.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import CursorResult, Delete, Insert, Table, Update, insert, literal, select
+from sqlalchemy import CursorResult, Delete, Insert, Update, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.base import Executable
 
@@ -34,52 +35,55 @@ from sqlalchemy.sql.base import Executable
 _RIDERS = "giftcard_riders"
 
 Rider = Insert | Update | Delete
+# What a transaction with nothing left to send carries its last riders with.
+_NOTHING: Executable = select(literal_column("1"))
 
 
-def write_later(connection: AsyncConnection, statement: Rider) -> None:
-    """Queue `statement` (its values bound in it) to ride with the next statement."""
-    connection.info.setdefault(_RIDERS, []).append(statement)
+def write_later(
+    connection: AsyncConnection, statement: Rider, parameters: Mapping[str, Any]
+) -> None:
+    """Queue `statement` with `parameters` to ride with the next statement.
 
-
-def insert_later(connection: AsyncConnection, table: Table, values: Mapping[str, Any]) -> None:
-    """Queue the insert of one row of `table`."""
-    columns = table.c
-    write_later(
-        connection,
-        insert(table).values(
-            {columns[key]: literal(value, columns[key].type) for key, value in values.items()}
-        ),
-    )
+    `statement` is built once, like the hot paths' statements, with parameter names of
+    its own (prefixed by what it is for) that no carrier or other rider uses."""
+    pending: list[tuple[Rider, Mapping[str, Any]]] = connection.info.setdefault(_RIDERS, [])
+    pending.append((statement, parameters))
 
 
 async def execute(
     connection: AsyncConnection, statement: Executable, parameters: Mapping[str, Any] | None = None
 ) -> CursorResult[Any]:
     """Execute `statement` with the writes queued before it."""
-    riders: list[Rider] = connection.info.pop(_RIDERS, [])
-    if riders:
-        if connection.dialect.name == "postgresql":
-            ctes = [rider.cte(f"rider_{number}") for number, rider in enumerate(riders)]
-            statement = statement.add_cte(*ctes)  # type: ignore[attr-defined]
-        else:
-            for rider in riders:
-                await connection.execute(rider)
+    pending: list[tuple[Rider, Mapping[str, Any]]] = connection.info.pop(_RIDERS, [])
+    riders = tuple(rider for rider, _ in pending)
+    # The same statement twice would bind its parameters twice under one name.
+    if pending and connection.dialect.name == "postgresql" and len(set(riders)) == len(riders):
+        merged: dict[str, Any] = {}
+        for _, values in pending:
+            merged.update(values)
+        merged.update(parameters or {})
+        if len(merged) != sum(len(values) for _, values in pending) + len(parameters or {}):
+            raise ValueError("a rider's parameter names meet another's or the carrier's")
+        return await connection.execute(_combined(statement, riders), merged)
+    for rider, values in pending:
+        await connection.execute(rider, values)
     return await connection.execute(statement, parameters)
 
 
 async def flush(connection: AsyncConnection) -> None:
     """Send the writes still queued: on PostgreSQL in one statement."""
-    riders: list[Rider] = connection.info.get(_RIDERS, [])
-    if not riders:
-        return
-    if connection.dialect.name == "postgresql":
-        await execute(connection, select(literal(1)))
-        return
-    connection.info.pop(_RIDERS)
-    for rider in riders:
-        await connection.execute(rider)
+    if connection.info.get(_RIDERS):
+        await execute(connection, _NOTHING)
 
 
 def discard(connection: AsyncConnection) -> None:
     """Forget what an earlier transaction of this connection queued and did not send."""
     connection.info.pop(_RIDERS, None)
+
+
+@functools.lru_cache(maxsize=64)
+def _combined(carrier: Executable, riders: tuple[Rider, ...]) -> Executable:
+    """`carrier` with `riders` as data-modifying WITH clauses, built once per combination
+    (statements compare and hash by identity), so that SQLAlchemy compiles it once."""
+    ctes = [rider.cte(f"rider_{number}") for number, rider in enumerate(riders)]
+    return carrier.add_cte(*ctes)  # type: ignore[attr-defined,no-any-return]
