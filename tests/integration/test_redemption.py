@@ -339,7 +339,7 @@ async def test_same_key_same_body_replays_first_response_and_credits_once(
 
     assert first.status_code == second.status_code == 201, second.text
     assert second.content == first.content
-    assert second.headers["content-type"] == "application/json"
+    assert first.headers["content-type"] == second.headers["content-type"] == "application/json"
     assert second.headers.get("idempotent-replayed") == "true"
     assert "idempotent-replayed" not in first.headers
     assert (await balance_of(client, shopper))["available"] == 2500

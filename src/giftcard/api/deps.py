@@ -118,16 +118,25 @@ async def run_idempotent(
     svc = services(request)
     key = request.headers.get("idempotency-key")
     keyed = None
+    # The answer stored under the key, when it is also the one to send: rendered once.
+    stored_answer: list[str] = []
     if key is not None:
         idempotency.check_key(key)
-        keep = render_stored or render
+
+        def answer(result: T) -> idempotency.StoredResponse:
+            text = _json_text((render_stored or render)(result))
+            if render_stored is None:
+                # The last attempt's: a retried transaction answers again.
+                stored_answer[:] = [text]
+            return idempotency.StoredResponse(status, text)
+
         keyed = idempotency.KeyedRequest(
             scope=who.actor,
             key=key,
             fingerprint=idempotency.fingerprint(
                 svc.settings.secret_key, request.method, request.url.path, body
             ),
-            answer=lambda result: idempotency.StoredResponse(status, _json_text(keep(result))),
+            answer=answer,
             refusal=lambda error: idempotency.StoredResponse(error.status, problem_json(error)),
         )
     try:
@@ -140,6 +149,8 @@ async def run_idempotent(
             media_type="application/problem+json" if stored.status >= 400 else "application/json",
             headers={"Idempotent-Replayed": "true"},
         )
+    if stored_answer:
+        return Response(stored_answer[0], status_code=status, media_type="application/json")
     return JSONResponse(render(result), status_code=status)
 
 
