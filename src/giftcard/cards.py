@@ -401,19 +401,13 @@ def _raise_not_activatable(row: Row[Any] | None, now: datetime) -> NoReturn:
     )
 
 
-_INSERT_EVENT = insert(card_events)
-# The same as a rider (see giftcard.db.riders), its parameters named its own way.
-_INSERT_EVENT_LATER = insert(card_events).values(
+# Executed by itself or as a rider (see giftcard.db.riders): its parameters are named
+# their own way.
+_INSERT_EVENT = insert(card_events).values(
     {
         column: bindparam(f"b_event_{column.key}", type_=column.type)
-        for column in (
-            card_events.c.card_id,
-            card_events.c.type,
-            card_events.c.actor,
-            card_events.c.transaction_id,
-            card_events.c.customer_id,
-            card_events.c.created_at,
-        )
+        for column in card_events.c
+        if column is not card_events.c.id
     }
 )
 
@@ -432,16 +426,16 @@ async def record_event(
 ) -> None:
     await connection.execute(
         _INSERT_EVENT,
-        {
-            "card_id": card_id,
-            "type": event_type,
-            "actor": actor,
-            "reason": reason,
-            "transaction_id": transaction_id,
-            "customer_id": customer_id,
-            "related_card_id": related_card_id,
-            "created_at": now,
-        },
+        _event(
+            card_id,
+            event_type,
+            actor=actor,
+            now=now,
+            reason=reason,
+            transaction_id=transaction_id,
+            customer_id=customer_id,
+            related_card_id=related_card_id,
+        ),
     )
 
 
@@ -457,18 +451,39 @@ def record_event_later(
 ) -> None:
     """:func:`record_event`, sent with the transaction's next statement (see
     :mod:`giftcard.db.riders`), for a use case that reads no event back."""
-    riders.write_later(
-        connection,
-        _INSERT_EVENT_LATER,
-        {
-            "b_event_card_id": card_id,
-            "b_event_type": event_type,
-            "b_event_actor": actor,
-            "b_event_transaction_id": transaction_id,
-            "b_event_customer_id": customer_id,
-            "b_event_created_at": now,
-        },
+    event = _event(
+        card_id,
+        event_type,
+        actor=actor,
+        now=now,
+        transaction_id=transaction_id,
+        customer_id=customer_id,
     )
+    riders.write_later(connection, _INSERT_EVENT, event)
+
+
+def _event(
+    card_id: int,
+    event_type: str,
+    *,
+    actor: str,
+    now: datetime,
+    reason: str | None = None,
+    transaction_id: int | None = None,
+    customer_id: int | None = None,
+    related_card_id: int | None = None,
+) -> dict[str, Any]:
+    """The parameters of :data:`_INSERT_EVENT`."""
+    return {
+        "b_event_card_id": card_id,
+        "b_event_type": event_type,
+        "b_event_actor": actor,
+        "b_event_reason": reason,
+        "b_event_transaction_id": transaction_id,
+        "b_event_customer_id": customer_id,
+        "b_event_related_card_id": related_card_id,
+        "b_event_created_at": now,
+    }
 
 
 # --- support's changes of state ---------------------------------------------------

@@ -390,11 +390,8 @@ _RESERVE_IN_ONE_CALL = text(
     "CAST(:lock_ids AS bigint[]), CAST(:keys AS text[]), CAST(:maxima AS integer[]), "
     "CAST(:expiries AS timestamptz[]), CAST(:at AS timestamptz))"
 )
+# Sent by itself or as a rider (see giftcard.db.riders): its parameter is named its own way.
 _GIVE_BACK = delete(limit_reservations).where(
-    limit_reservations.c.id.in_(bindparam("b_ids", expanding=True))
-)
-# The same as a rider (see giftcard.db.riders), its parameter named its own way.
-_GIVE_BACK_LATER = delete(limit_reservations).where(
     limit_reservations.c.id.in_(bindparam("b_given_back_ids", expanding=True))
 )
 
@@ -478,7 +475,7 @@ class DatabaseStore:
 
     async def give_back(self, reservation: Reservation) -> None:
         async def work(connection: AsyncConnection) -> None:
-            await connection.execute(_GIVE_BACK, {"b_ids": list(reservation.row_ids)})
+            await connection.execute(_GIVE_BACK, {"b_given_back_ids": list(reservation.row_ids)})
 
         # One DELETE, complete by itself: no transaction around it is needed.
         await self.db.run_alone(work)
@@ -486,7 +483,7 @@ class DatabaseStore:
     async def give_back_in(self, connection: AsyncConnection, reservation: Reservation) -> bool:
         # Nothing else in the redemption's transaction touches these rows: the DELETE
         # rides with its next statement (see giftcard.db.riders).
-        riders.write_later(connection, _GIVE_BACK_LATER, {"b_given_back_ids": reservation.row_ids})
+        riders.write_later(connection, _GIVE_BACK, {"b_given_back_ids": list(reservation.row_ids)})
         return True
 
     async def check_ready(self) -> None:
