@@ -16,6 +16,11 @@ full the attempt is refused with `too_many_attempts` and reserves nothing. An at
 succeeds gives its units back (a redemption, when the units live in its own database,
 in its own transaction: they are given back if and only if it commits); a refused one
 keeps them, so they count as its failure.
+On SQLite, which lets one writer at a time in, a redemption of a code counts in its own
+write transaction instead: what it counted there stays true until it commits, so it
+checks the limits before the code is looked at, adds its units only if it is refused,
+and commits them with the refusal. One transaction, and one commit to disk, instead of
+a reservation and a give-back around the redemption's.
 Because the reservation comes first, attempts sent all at once cannot all pass a check
 before any of them counts: of a burst of guesses from one account, exactly as many run
 as the limit allows, however many processes answer them.
@@ -34,6 +39,7 @@ not count again: the lock ends when the window has moved past the failures that 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -135,6 +141,24 @@ class Store(Protocol):
         back when, and only when, that transaction commits; False when this store does not
         live in that database, and the units are to be given back after the commit."""
 
+    @property
+    def counts_in_transaction(self) -> bool:
+        """Whether this store lives in the service's database and what a write transaction
+        of it counts stays true until that transaction commits (one writer at a time):
+        then a redemption checks and keeps its units in its own transaction, with
+        :meth:`check_in` and :meth:`keep_in`."""
+
+    async def check_in(
+        self, connection: AsyncConnection, slots: Sequence[tuple[str, Rule]], *, now: datetime
+    ) -> None:
+        """Raise :class:`Refused` when a slot is full, reserving nothing."""
+
+    async def keep_in(
+        self, connection: AsyncConnection, slots: Sequence[tuple[str, Rule]], *, now: datetime
+    ) -> None:
+        """One unit on every slot, in the transaction of `connection`, whether full or not:
+        the attempt has happened, and counts."""
+
     async def check_ready(self) -> None:
         """Raise :class:`GiftcardError` (service_unavailable) when the store is down."""
 
@@ -144,19 +168,63 @@ class Store(Protocol):
 
 
 class RedeemAttempt:
-    """A redemption under way inside :meth:`AbuseLimits.redeem_attempt`."""
+    """A redemption under way inside :meth:`AbuseLimits.redeem_attempt`. Its transaction
+    calls :meth:`began_in` first, before the code is looked at, then
+    :meth:`succeeded_in` or :meth:`refused_in` last. A transaction that is retried calls
+    them again, so what counts is what the run that committed did."""
 
-    def __init__(self, store: Store, reservation: Reservation) -> None:
-        self._store = store
+    def __init__(
+        self,
+        limits: AbuseLimits,
+        slots: Sequence[tuple[str, Rule]],
+        reservation: Reservation | None,
+        *,
+        now: datetime,
+    ) -> None:
+        self._limits = limits
+        self._slots = slots
+        # None: the units are counted in the redemption's transaction, not reserved before.
         self._reservation = reservation
-        self.given_back = False
+        self._now = now
+        # Whether the transaction dealt with the units, given back or kept.
+        self.settled = False
+
+    @property
+    def counted_in_transaction(self) -> bool:
+        return self._reservation is None
+
+    async def began_in(self, connection: AsyncConnection) -> None:
+        """Where the store counts in the transaction, check the limits: refused with
+        :class:`TooManyAttempts` (or :class:`RedemptionsPaused`) while one is full."""
+        self.settled = False
+        if self._reservation is None:
+            try:
+                await self._limits.store.check_in(connection, self._slots, now=self._now)
+            except Refused as refused:
+                raise self._limits.redeem_refusal(refused) from None
 
     async def succeeded_in(self, connection: AsyncConnection) -> None:
         """The last step of a redemption's transaction that succeeded: where the store
         allows, its units are given back in that transaction, one commit instead of two,
-        and never given back for a redemption that did not commit. A transaction that is
-        retried calls this again, so what counts is the call of the run that committed."""
-        self.given_back = await self._store.give_back_in(connection, self._reservation)
+        and never given back for a redemption that did not commit. Units counted in the
+        transaction were never added."""
+        if self._reservation is None:
+            self.settled = True
+        else:
+            self.settled = await self._limits.store.give_back_in(connection, self._reservation)
+
+    async def refused_in(self, connection: AsyncConnection, error: RedemptionError) -> None:
+        """The last step of a redemption's transaction that commits its refusal `error`:
+        where the store counts in the transaction, its units are added there, all of them
+        for a code that matched no card, and all but the service-wide one otherwise."""
+        if self._reservation is None:
+            kept = [
+                (key, rule)
+                for key, rule in self._slots
+                if _matched_no_card(error) or rule is not self._limits.redeem_service
+            ]
+            await self._limits.store.keep_in(connection, kept, now=self._now)
+            self.settled = True
 
 
 class AbuseLimits:
@@ -199,7 +267,9 @@ class AbuseLimits:
         `looks_up_a_code` (its code passes the check symbol) also takes a unit of the
         service-wide limit, in the same atomic step, refused with
         :class:`RedemptionsPaused` while that is full (and the requester is not locked),
-        and kept only when the code matched no card."""
+        and kept only when the code matched no card. Where the store counts in the
+        transaction, the redemption's transaction does all of this itself (see
+        :class:`RedeemAttempt`) and nothing is reserved before it."""
         slots = [
             Slot(self.redeem_account, f"customer:{customer_id}"),
             Slot(self.redeem_address, address),
@@ -207,32 +277,44 @@ class AbuseLimits:
         if looks_up_a_code:
             slots.append(Slot(self.redeem_service, "service"))
         keyed = [(_key(slot), slot.rule) for slot in slots]
-        service_key = self.store.key(_key(Slot(self.redeem_service, "service")))
+        now = self.clock.now()
+        if looks_up_a_code and self.store.counts_in_transaction:
+            attempt = RedeemAttempt(self, keyed, None, now=now)
+            try:
+                yield attempt
+            except RedemptionError as error:
+                if not attempt.settled:
+                    # Refused without its transaction counting it: counted now, so that
+                    # no refusal goes uncounted.
+                    await self._keep(keyed, error)
+                raise
+            return
         try:
-            reservation = await self.store.reserve(
-                keyed, token=uuid.uuid4().hex, now=self.clock.now()
-            )
+            reservation = await self.store.reserve(keyed, token=uuid.uuid4().hex, now=now)
         except Refused as refused:
-            if refused.full_keys == {service_key}:
-                self._paused_warning.emit(self.redeem_service)
-                raise RedemptionsPaused(
-                    _REDEEM_PAUSED_DETAIL, retry_after_s=refused.retry_after_s
-                ) from None
-            raise TooManyAttempts(
-                _REDEEM_LOCKED_DETAIL, retry_after_s=refused.retry_after_s
-            ) from None
-        attempt = RedeemAttempt(self.store, reservation)
+            raise self.redeem_refusal(refused) from None
+        attempt = RedeemAttempt(self, keyed, reservation, now=now)
         try:
             yield attempt
         except BaseException as error:
             # Whatever a failed transaction gave back was rolled back with it.
+            service_key = self.store.key(_key(Slot(self.redeem_service, "service")))
             if not isinstance(error, RedemptionError):
                 await self._give_back(reservation)
             elif looks_up_a_code and not _matched_no_card(error):
                 await self._give_back(reservation.only([service_key]))
             raise
-        if not attempt.given_back:
+        if not attempt.settled:
             await self._give_back(reservation)
+
+    def redeem_refusal(self, refused: Refused) -> TooManyAttempts:
+        """What a redemption refused by the limits is told: redemptions are paused when
+        only the service-wide limit is full, else the requester is locked."""
+        service_key = self.store.key(_key(Slot(self.redeem_service, "service")))
+        if refused.full_keys == {service_key}:
+            self._paused_warning.emit(self.redeem_service)
+            return RedemptionsPaused(_REDEEM_PAUSED_DETAIL, retry_after_s=refused.retry_after_s)
+        return TooManyAttempts(_REDEEM_LOCKED_DETAIL, retry_after_s=refused.retry_after_s)
 
     def login_attempt(self, email: str, address: str) -> AbstractAsyncContextManager[None]:
         """Run one log-in inside this block: refused at once while this email is locked at
@@ -287,6 +369,18 @@ class AbuseLimits:
             return await self.store.reserve(keyed, token=uuid.uuid4().hex, now=self.clock.now())
         except Refused as refused:
             raise TooManyAttempts(detail, retry_after_s=refused.retry_after_s) from None
+
+    async def _keep(self, slots: Sequence[tuple[str, Rule]], error: RedemptionError) -> None:
+        """Count a refusal `error` after the fact, on `slots` (the service-wide one only
+        for a code that matched no card); one that finds a slot full adds nothing there,
+        where the requester is locked already."""
+        kept = [
+            (key, rule)
+            for key, rule in slots
+            if _matched_no_card(error) or rule is not self.redeem_service
+        ]
+        with contextlib.suppress(Refused):
+            await self.store.reserve(kept, token=uuid.uuid4().hex, now=self.clock.now())
 
     async def _give_back(self, reservation: Reservation) -> None:
         """The attempt has already happened; a store that fails now costs the requester
@@ -385,6 +479,7 @@ _HELD = (
 _RESERVE = insert(limit_reservations).returning(
     limit_reservations.c.id, sort_by_parameter_order=True
 )
+_KEEP = insert(limit_reservations)
 _RESERVE_IN_ONE_CALL = text(
     "SELECT out_key, reserved_id, held, first_expiry FROM giftcard_reserve_limits("
     "CAST(:lock_ids AS bigint[]), CAST(:keys AS text[]), CAST(:maxima AS integer[]), "
@@ -420,35 +515,55 @@ class DatabaseStore:
             return await self._reserve_in_one_call(rules, token=token, now=now)
 
         async def work(connection: AsyncConnection) -> Reservation:
-            if not self.db.is_sqlite:
-                # The lock serialises the attempts on a key; under it, each statement must
-                # see what the attempt before committed, which SERIALIZABLE's snapshot
-                # (taken before the lock was granted) would not.
-                if not self.db.reads_committed:
-                    await connection.execute(text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
-                # Every lock in one statement, taken in key order (unnest yields the array
-                # in order, and each row's lock is taken as it is produced).
-                await connection.execute(_LOCK_KEYS, {"ids": _lock_ids(rules)})
-            held = (await connection.execute(_HELD, {"b_keys": list(rules), "b_now": now})).all()
-            full: dict[str, datetime | None] = {
-                key: first_expiry
-                for key, count, first_expiry in held
-                if count >= rules[key].attempts_max
-            }
-            full |= {key: None for key, rule in rules.items() if rule.attempts_max <= 0}
-            _refuse_if_full(rules, full, now)
-            row_ids = (
-                await connection.execute(
-                    _RESERVE,
-                    [
-                        {"limit_key": key, "expires_at": _expiry(rule, now)}
-                        for key, rule in rules.items()
-                    ],
-                )
-            ).scalars()
+            await self._lock_and_check(connection, rules, now)
+            row_ids = (await connection.execute(_RESERVE, _units(rules, now))).scalars()
             return Reservation(tuple(rules), token, tuple(row_ids))
 
         return await self.db.run(work)
+
+    @property
+    def counts_in_transaction(self) -> bool:
+        # SQLite's write transactions begin with BEGIN IMMEDIATE, one at a time.
+        return self.db.is_sqlite
+
+    async def check_in(
+        self, connection: AsyncConnection, slots: Sequence[tuple[str, Rule]], *, now: datetime
+    ) -> None:
+        if not self.counts_in_transaction:
+            raise TypeError("this store cannot count in a transaction it shares")
+        await self._lock_and_check(connection, {self.key(key): rule for key, rule in slots}, now)
+
+    async def keep_in(
+        self, connection: AsyncConnection, slots: Sequence[tuple[str, Rule]], *, now: datetime
+    ) -> None:
+        if not self.counts_in_transaction:
+            raise TypeError("this store cannot count in a transaction it shares")
+        if slots:
+            rules = {self.key(key): rule for key, rule in slots}
+            await connection.execute(_KEEP, _units(rules, now))
+
+    async def _lock_and_check(
+        self, connection: AsyncConnection, rules: dict[str, Rule], now: datetime
+    ) -> None:
+        """Take the keys' locks for this transaction, then raise :class:`Refused` when any
+        of `rules` is full."""
+        if not self.db.is_sqlite:
+            # The lock serialises the attempts on a key; under it, each statement must
+            # see what the attempt before committed, which SERIALIZABLE's snapshot
+            # (taken before the lock was granted) would not.
+            if not self.db.reads_committed:
+                await connection.execute(text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
+            # Every lock in one statement, taken in key order (unnest yields the array
+            # in order, and each row's lock is taken as it is produced).
+            await connection.execute(_LOCK_KEYS, {"ids": _lock_ids(rules)})
+        held = (await connection.execute(_HELD, {"b_keys": list(rules), "b_now": now})).all()
+        full: dict[str, datetime | None] = {
+            key: first_expiry
+            for key, count, first_expiry in held
+            if count >= rules[key].attempts_max
+        }
+        full |= {key: None for key, rule in rules.items() if rule.attempts_max <= 0}
+        _refuse_if_full(rules, full, now)
 
     async def _reserve_in_one_call(
         self, rules: dict[str, Rule], *, token: str, now: datetime
@@ -520,6 +635,11 @@ def _lock_ids(rules: dict[str, Rule]) -> list[int]:
     """The advisory lock of each key, in key order: two attempts sharing keys take their
     locks in the same order and never deadlock."""
     return [_lock_id(key) for key in sorted(rules)]
+
+
+def _units(rules: dict[str, Rule], now: datetime) -> list[dict[str, Any]]:
+    """The rows of one unit on each of `rules`, reserved `now`."""
+    return [{"limit_key": key, "expires_at": _expiry(rule, now)} for key, rule in rules.items()]
 
 
 def _expiry(rule: Rule, now: datetime) -> datetime:
@@ -637,6 +757,20 @@ class RedisStore:
 
     async def give_back_in(self, connection: AsyncConnection, reservation: Reservation) -> bool:
         return False
+
+    @property
+    def counts_in_transaction(self) -> bool:
+        return False
+
+    async def check_in(
+        self, connection: AsyncConnection, slots: Sequence[tuple[str, Rule]], *, now: datetime
+    ) -> None:
+        raise TypeError("Redis counts outside the database's transactions")
+
+    async def keep_in(
+        self, connection: AsyncConnection, slots: Sequence[tuple[str, Rule]], *, now: datetime
+    ) -> None:
+        raise TypeError("Redis counts outside the database's transactions")
 
     async def check_ready(self) -> None:
         try:

@@ -26,7 +26,7 @@ from giftcard.errors import ErrorCode, RedemptionError
 from giftcard.limits import AbuseLimits, RedeemAttempt, RedemptionsPaused
 from giftcard.metrics import REDEMPTIONS
 from giftcard.money import REGIONS, format_minor
-from giftcard.unit_of_work import UnitOfWork
+from giftcard.unit_of_work import KeptRefusal, UnitOfWork
 
 # The claim on a card, built once (see giftcard.ledger): only an active, unexpired card of
 # the customer's store is taken, and only by one of any number of concurrent attempts.
@@ -93,13 +93,16 @@ async def redeem(
     attempt: RedeemAttempt | None = None,
 ) -> Redemption:
     """Move a card's value into `customer`'s available balance, or raise RedemptionError;
-    the `attempt` of the abuse limits it runs under, if any, is told of its success in
-    its transaction."""
+    the `attempt` of the abuse limits it runs under, if any, is told of its start and of
+    its success or refusal in its transaction. A refusal commits that transaction (see
+    :class:`~giftcard.unit_of_work.KeptRefusal`), with what counts it."""
     code = codes.check_code(raw_code)
     digest = codes.code_hash(secret_key, code)
 
     async def work(connection: AsyncConnection) -> Redemption:
         now = uow.clock.now()
+        if attempt is not None:
+            await attempt.began_in(connection)
         card = (
             await connection.execute(
                 _CLAIM_CARD,
@@ -113,7 +116,11 @@ async def redeem(
             )
         ).one_or_none()
         if card is None:
-            raise await _refusal(connection, digest, customer, now)
+            refusal = await _refusal(connection, digest, customer, now)
+            if attempt is not None:
+                await attempt.refused_in(connection, refusal)
+            # Nothing of the redemption was written: what counts the refusal commits.
+            raise KeptRefusal(refusal)
         posted = await ledger.post(
             connection,
             ledger.Entry(

@@ -16,6 +16,10 @@ that is about the moment (a lock-out, a busy service, a key reused) is not, and 
 is judged afresh. A refusal of the request's own shape (a malformed or mistyped code, an
 amount out of range) comes before the unit of work runs and is not stored either: the
 retry is refused the same way without it.
+
+A refused transaction is rolled back and the refusal stored in one of its own, unless
+the work refuses with :class:`KeptRefusal`: what it wrote before refusing (what the
+refusal counts) then commits, with the refusal stored under the key, in one transaction.
 """
 
 from __future__ import annotations
@@ -46,6 +50,20 @@ _PASSING_REFUSALS = frozenset(
 )
 
 OnCommit = Callable[[], Awaitable[None] | None]
+
+
+class KeptRefusal(Exception):
+    """Raised by a unit of work's `work` to refuse with `error` while keeping what its
+    transaction wrote so far: the transaction commits, with `error` stored under the
+    idempotency key, and then `error` is raised. Only for a refusal that is remembered
+    (a key is never committed without its answer), raised before the work wrote anything
+    that the refusal undoes."""
+
+    def __init__(self, error: GiftcardError) -> None:
+        if not is_remembered(error):
+            raise ValueError(f"{error.code.value} is not remembered under a key: it cannot be kept")
+        super().__init__(error.code.value)
+        self.error = error
 
 
 def is_remembered(error: GiftcardError) -> bool:
@@ -85,30 +103,40 @@ class UnitOfWork:
         self._used = True
         keyed = self.keyed
 
-        async def attempt(connection: AsyncConnection) -> T:
+        async def attempt(connection: AsyncConnection) -> T | KeptRefusal:
             self._on_commit.clear()
             outbox.take_queued(connection)
+            outcome: T | KeptRefusal
             if keyed is None:
-                result = await work(connection)
+                try:
+                    outcome = await work(connection)
+                except KeptRefusal as refusal:
+                    outcome = refusal
             else:
                 claim_id = await idempotency.claim(connection, keyed, now=self.clock.now())
-                result = await work(connection)
-                await idempotency.complete(connection, claim_id, keyed.answer(result))
+                try:
+                    outcome = await work(connection)
+                    answer = keyed.answer(outcome)
+                except KeptRefusal as refusal:
+                    outcome, answer = refusal, keyed.refusal(refusal.error)
+                await idempotency.complete(connection, claim_id, answer)
             if outbox.take_queued(connection) and self._mail_wakeup is not None:
                 self._on_commit.append(self._mail_wakeup)
-            return result
+            return outcome
 
         try:
-            result = await self.db.run(attempt)
+            outcome = await self.db.run(attempt)
         except GiftcardError as error:
             if keyed is not None and is_remembered(error):
                 await self._remember(keyed, error)
             raise
         for callback in self._on_commit:
-            outcome = callback()
-            if inspect.isawaitable(outcome):
-                await outcome
-        return result
+            done = callback()
+            if inspect.isawaitable(done):
+                await done
+        if isinstance(outcome, KeptRefusal):
+            raise outcome.error
+        return outcome
 
     async def _remember(self, keyed: KeyedRequest, error: GiftcardError) -> None:
         """Store a refusal under the key, in a transaction of its own (the refused one
@@ -122,4 +150,4 @@ class UnitOfWork:
         await self.db.run(record)
 
 
-__all__ = ["KeyedRequest", "Replayed", "UnitOfWork", "is_remembered"]
+__all__ = ["KeptRefusal", "KeyedRequest", "Replayed", "UnitOfWork", "is_remembered"]

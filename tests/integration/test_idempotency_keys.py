@@ -19,7 +19,7 @@ from giftcard.db.tables import api_keys, idempotency_keys
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.idempotency import KeyedRequest, Replayed, StoredResponse
 from giftcard.services import Services
-from giftcard.unit_of_work import UnitOfWork
+from giftcard.unit_of_work import KeptRefusal, UnitOfWork
 
 WAIT_S = 30
 
@@ -154,6 +154,31 @@ async def test_lasting_refusals_are_remembered_and_passing_ones_are_not(
         assert await act(services, keyed(f"k-{passing}")) > 0
     # Only the two retries that acted left a row: refusals roll their effects back.
     assert await count(services, api_keys) == 2
+
+
+async def test_a_kept_refusal_commits_what_came_before_it_with_its_answer(
+    services: Services,
+) -> None:
+    """A use case that refuses with KeptRefusal (what it wrote counts the refusal) commits
+    that, and the refusal under its key, in its one transaction; then it is refused. Only
+    a refusal that is remembered can be kept: a key never commits without its answer."""
+
+    async def refuse_keeping(connection: AsyncConnection) -> int:
+        await make_one(connection, services.clock.now())
+        raise KeptRefusal(GiftcardError(ErrorCode.CODE_NOT_FOUND, "no such code"))
+
+    for request in (keyed("kept"), None):
+        with pytest.raises(GiftcardError) as refused:
+            await services.unit_of_work(request).run(refuse_keeping)
+        assert refused.value.code is ErrorCode.CODE_NOT_FOUND
+    assert await count(services, api_keys) == 2
+    with pytest.raises(Replayed) as replayed:
+        await act(services, keyed("kept"))
+    assert replayed.value.response == StoredResponse(404, '{"code":"code_not_found"}')
+    assert await count(services, api_keys) == 2
+
+    with pytest.raises(ValueError, match="too_many_attempts"):
+        KeptRefusal(GiftcardError(ErrorCode.TOO_MANY_ATTEMPTS, "wait"))
 
 
 async def test_on_commit_runs_after_commit_and_not_for_a_rolled_back_attempt(

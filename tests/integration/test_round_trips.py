@@ -18,11 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
+from giftcard.codes import generate_code
 from giftcard.config import Settings
+from giftcard.db.tables import limit_reservations
 from giftcard.services import Services
 from tests.conftest import Shopper, api_key, burst, counting_connections, issue, sign_up
 from tests.round_trips import counting_proxy
@@ -30,7 +32,7 @@ from tests.round_trips import counting_proxy
 # What one more request costs today.
 REDEMPTION_ROUND_TRIPS = 8
 PAYMENT_ROUND_TRIPS = 8
-REDEMPTION_STATEMENTS = 17
+REDEMPTION_STATEMENTS = 12
 PAYMENT_STATEMENTS = 10
 # A small pool, so that a burst needs every connection it allows.
 POOL = 4
@@ -114,6 +116,46 @@ async def test_round_trips_per_redemption_and_payment(
     print(f"\nround trips to PostgreSQL: redemption {redemption}, payment {payment}")
     assert redemption <= REDEMPTION_ROUND_TRIPS
     assert payment <= PAYMENT_ROUND_TRIPS
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_redemption_on_sqlite_is_one_write_transaction_refused_or_not(
+    settings: Settings, clock: FrozenClock
+) -> None:
+    """SQLite writes one transaction at a time, each with its own wait for the disk: a
+    redemption under the abuse limits (counted in the database), with an idempotency
+    key, takes one, whether it credits the code or is refused (an unknown code, whose
+    refusal counts and is stored under the key in that same transaction)."""
+    writes = [0]
+    async with service(settings, clock) as http:
+        svc: Services = http.services  # type: ignore[attr-defined]
+
+        @event.listens_for(svc.db.engine.sync_engine, "before_cursor_execute")
+        def _count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if statement == "BEGIN IMMEDIATE":
+                writes[0] += 1
+
+        admin = await api_key(svc)
+        cards = await issue(http, admin, amount=1000, count=2)
+        shopper = await sign_up(http)
+        outcomes = []
+        for code in (cards[0]["code"], cards[1]["code"], generate_code()):
+            writes[0] = 0
+            response = await http.post(
+                "/v1/me/redemptions",
+                json={"code": code},
+                headers={**shopper.auth, "Idempotency-Key": uuid.uuid4().hex},
+            )
+            outcomes.append((response.status_code, writes[0]))
+        async with svc.db.transaction(write=False) as connection:
+            units = (
+                await connection.execute(
+                    select(func.count()).where(limit_reservations.c.limit_key.contains(":redeem-"))
+                )
+            ).scalar_one()
+    assert outcomes == [(201, 1), (201, 1), (404, 1)]
+    # The refusal counted on the account, the address and the service-wide limit.
+    assert units == 3
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
