@@ -2,6 +2,9 @@
 
 Every use case runs inside :meth:`Database.transaction` (or :meth:`Database.run`, which
 adds retries): one database transaction, committed once, rolled back on any exception.
+On SQLite, the units of work that :meth:`Database.run` has waiting to write share one
+transaction, each in a savepoint (group commit): one lock and one wait for the disk for
+all of them.
 
 SQLite: WAL with ``synchronous=FULL`` (a commit is on disk before it returns, so an
 acknowledged write survives a power cut, not only a crash of the process; NORMAL would
@@ -54,6 +57,9 @@ RETRY_BACKOFF_MAX_S = 1.0
 # (cannot_connect_now): these come before the first statement. (A connection lost
 # mid-transaction is not among them: whether its commit happened is unknown.)
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "53300", "57P03"})
+# SQLite: at most this many writers of one process go in one transaction (see
+# Database._commit_sqlite_batches); more would make the first of them wait for the last.
+SQLITE_BATCH_MAX = 32
 # Where a transaction's connection counts the statements it has finished: a connection
 # found lost before the first of them (one the pool kept across a database restart) did
 # nothing, and the transaction is run again on a new one.
@@ -161,11 +167,16 @@ class Database:
         self.reads_committed = not self.is_sqlite and isolation in (None, "READ COMMITTED")
         self.sqlite_busy_timeout_s = sqlite_busy_timeout_s
         self.engine: AsyncEngine = self._create_engine(pool_size, isolation)
-        # SQLite has one writer at a time. Writers of this process queue here, in order,
-        # rather than in SQLite's busy handler, which polls with growing sleeps and lets
-        # an unlucky writer wait seconds behind later ones. Other processes still meet
-        # at BEGIN IMMEDIATE.
+        # SQLite has one writer at a time. Writers of this process queue here, in order
+        # (units of work in batches, see _commit_sqlite_batches), rather than in SQLite's
+        # busy handler, which polls with growing sleeps and lets an unlucky writer wait
+        # seconds behind later ones. Other processes still meet at BEGIN IMMEDIATE.
         self._sqlite_writer = asyncio.Lock()
+        # Units of work waiting to write on SQLite, and the task committing them in batches.
+        self._sqlite_waiting: list[
+            tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]
+        ] = []
+        self._sqlite_committer: asyncio.Task[None] | None = None
 
     def _create_engine(self, pool_size: int, isolation: str | None) -> AsyncEngine:
         # At most `pool_size` connections, each opened when load first needs it and kept:
@@ -280,6 +291,8 @@ class Database:
         for attempt in range(1, RETRY_ATTEMPTS_MAX + 1):
             statements = [0]
             try:
+                if self.is_sqlite and write:
+                    return await self._in_sqlite_batch(work)
                 async with self._transaction(write=write) as connection:
                     connection.info[_STATEMENTS] = statements
                     return await work(connection)
@@ -307,6 +320,79 @@ class Database:
                 )
                 await asyncio.sleep(random.uniform(0, delay_s))
         raise AssertionError("unreachable")
+
+    async def _in_sqlite_batch(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work` in the next SQLite write transaction of this process, with the
+        others waiting for it then: see :meth:`_commit_sqlite_batches`."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._sqlite_waiting.append((work, future))
+        if self._sqlite_committer is None or self._sqlite_committer.done():
+            self._sqlite_committer = asyncio.create_task(self._commit_sqlite_batches())
+        return await future
+
+    async def _commit_sqlite_batches(self) -> None:
+        """Group commit. SQLite lets one writer in at a time, and each commit waits for
+        the disk (``synchronous=FULL``). The units of work that came while the last
+        transaction ran go in the next one together, up to SQLITE_BATCH_MAX, each in a
+        savepoint of its own: one that fails is rolled back to its savepoint and fails
+        alone, the others go on. Each is answered once the transaction has committed,
+        so nothing is acknowledged before it is on disk; if BEGIN or COMMIT fails, all
+        of them fail and none of them happened."""
+        while self._sqlite_waiting:
+            batch = self._sqlite_waiting[:SQLITE_BATCH_MAX]
+            del self._sqlite_waiting[:SQLITE_BATCH_MAX]
+            await self._commit_sqlite_batch(batch)
+
+    async def _commit_sqlite_batch(
+        self, batch: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]]
+    ) -> None:
+        # Whoever is gone (cancelled while waiting) is left out: its work never runs.
+        batch = [(work, future) for work, future in batch if not future.cancelled()]
+        if not batch:
+            return
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            async with self._sqlite_writer, self._connection(write=True) as connection:
+                if len(batch) == 1:
+                    # Alone: no savepoint; if it fails, its transaction is rolled back.
+                    work, future = batch[0]
+                    outcomes.append((future, await work(connection), None))
+                else:
+                    for work, future in batch:
+                        outcomes.append((future, *await _in_savepoint(connection, work)))
+        except BaseException as error:
+            for _, future in batch:
+                if future.done():
+                    continue
+                if isinstance(error, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for future, result, failure in outcomes:
+            if future.done():
+                continue
+            if failure is not None:
+                future.set_exception(failure)
+            else:
+                future.set_result(result)
+
+
+async def _in_savepoint(
+    connection: AsyncConnection, work: Callable[[AsyncConnection], Awaitable[T]]
+) -> tuple[T | None, Exception | None]:
+    """`work`'s result, or how it failed, its writes then rolled back to the savepoint
+    it ran in (the writes queued to ride along are sent before the savepoint ends)."""
+    try:
+        async with connection.begin_nested():
+            riders.discard(connection)
+            result = await work(connection)
+            await riders.flush(connection)
+    except Exception as error:
+        return None, error
+    return result, None
 
 
 def _count_statements(engine: AsyncEngine) -> None:
