@@ -271,15 +271,22 @@ def _refusal_for_card(card: Row[Any], customer: Customer, now: datetime) -> Rede
     )
 
 
+# A customer's two balances, read together by one statement (so from one snapshot).
+_BALANCES = select(ledger_accounts.c.id, ledger_accounts.c.balance).where(
+    ledger_accounts.c.id.in_([bindparam("b_available_id"), bindparam("b_held_id")])
+)
+
+
 async def balance(db: Database, customer: Customer) -> Balance:
-    async with db.transaction(write=False) as connection:
+    # One statement: on PostgreSQL without BEGIN and COMMIT around it.
+    async with db.reading() as connection:
         rows = (
             await connection.execute(
-                select(ledger_accounts.c.id, ledger_accounts.c.balance).where(
-                    ledger_accounts.c.id.in_(
-                        [customer.available_account_id, customer.held_account_id]
-                    )
-                )
+                _BALANCES,
+                {
+                    "b_available_id": customer.available_account_id,
+                    "b_held_id": customer.held_account_id,
+                },
             )
         ).all()
     by_id = {row.id: int(row.balance) for row in rows}

@@ -32,6 +32,7 @@ from tests.round_trips import counting_proxy
 # What one more request costs today.
 REDEMPTION_ROUND_TRIPS = 8
 PAYMENT_ROUND_TRIPS = 8
+BALANCE_ROUND_TRIPS = 2
 REDEMPTION_STATEMENTS = 12
 PAYMENT_STATEMENTS = 10
 # A small pool, so that a burst needs every connection it allows.
@@ -116,6 +117,26 @@ async def test_round_trips_per_redemption_and_payment(
     print(f"\nround trips to PostgreSQL: redemption {redemption}, payment {payment}")
     assert redemption <= REDEMPTION_ROUND_TRIPS
     assert payment <= PAYMENT_ROUND_TRIPS
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_balance_is_one_round_trip_after_authentication(
+    settings: Settings, clock: FrozenClock
+) -> None:
+    """`GET /v1/me/balance` reads the session, then both balances in one statement without
+    BEGIN and COMMIT: two round trips."""
+    async with (
+        counting_proxy(settings.database_url) as (url, counter),
+        service(replace(settings, database_url=url), clock) as http,
+    ):
+        shopper = await sign_up(http)
+        trips = []
+        for _ in range(2):  # the first warms the service; the second is counted
+            counter.reset()
+            response = await http.get("/v1/me/balance", headers=shopper.auth)
+            assert response.status_code == 200, response.text
+            trips.append(counter.turns)
+    assert trips[-1] <= BALANCE_ROUND_TRIPS, trips
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
