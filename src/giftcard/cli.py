@@ -206,7 +206,8 @@ def serve(
     # named in PROMETHEUS_MULTIPROC_DIR is the operator's, and stays).
     metrics_folder = None
     if worker_count > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        metrics_folder = tempfile.mkdtemp(prefix="giftcard-metrics-")
+        remove_metrics_folders_of_ended_servers()
+        metrics_folder = tempfile.mkdtemp(prefix=f"{METRICS_FOLDER_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
     typer.echo(f"Serving on http://{host}:{port}/ with {worker_count} worker(s)")
     typer.echo(announcement(settings))
@@ -224,6 +225,31 @@ def serve(
     finally:
         if metrics_folder is not None:
             shutil.rmtree(metrics_folder, ignore_errors=True)
+
+
+# The metrics folder `giftcard serve` makes for its workers: this prefix, then the pid of
+# the server that made it.
+METRICS_FOLDER_PREFIX = "giftcard-metrics-"
+
+
+def remove_metrics_folders_of_ended_servers() -> None:
+    """Remove the metrics folders that servers which have ended left in the temporary
+    directory: one killed, or stopped by a signal sent to its whole process group (Ctrl-C
+    on `make run`), ends without removing its own."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{METRICS_FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(METRICS_FOLDER_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and folder.is_dir() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 async def _migrate_once_reachable(settings: Settings) -> None:

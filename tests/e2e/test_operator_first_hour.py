@@ -207,3 +207,26 @@ def test_a_server_of_several_workers_leaves_no_metrics_folder_behind(tmp_path: P
         assert [path.name[:17] for path in temporary.iterdir()] == ["giftcard-metrics-"]
 
     assert list(temporary.iterdir()) == []
+
+
+def test_a_server_removes_the_metrics_folders_that_ended_servers_left(tmp_path: Path) -> None:
+    """A server killed (or stopped with its whole process group, as Ctrl-C on `make run`
+    does) cannot remove its metrics folder; the next server removes the folders of
+    servers that have ended, and leaves those of servers still running."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    left_behind = temporary / f"giftcard-metrics-{ended.pid}-x1y2z3"
+    left_behind.mkdir()
+    (left_behind / "counter_1234.db").write_bytes(b"")
+    running = temporary / f"giftcard-metrics-{os.getpid()}-a1b2c3"
+    running.mkdir()
+    env = {**base_env(f"sqlite:///{tmp_path / 'giftcard.db'}"), "TMPDIR": str(temporary)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+    with running_server(env, tmp_path / "server.log", workers=2):
+        assert not left_behind.exists()
+        assert running.is_dir()
+
+    assert [path.name for path in temporary.iterdir()] == [running.name]
