@@ -189,10 +189,6 @@ class RedeemAttempt:
         # Whether the transaction dealt with the units, given back or kept.
         self.settled = False
 
-    @property
-    def counted_in_transaction(self) -> bool:
-        return self._reservation is None
-
     async def began_in(self, connection: AsyncConnection) -> None:
         """Where the store counts in the transaction, check the limits: refused with
         :class:`TooManyAttempts` (or :class:`RedemptionsPaused`) while one is full."""
@@ -218,11 +214,7 @@ class RedeemAttempt:
         where the store counts in the transaction, its units are added there, all of them
         for a code that matched no card, and all but the service-wide one otherwise."""
         if self._reservation is None:
-            kept = [
-                (key, rule)
-                for key, rule in self._slots
-                if _matched_no_card(error) or rule is not self._limits.redeem_service
-            ]
+            kept = self._limits.kept_after(self._slots, error)
             await self._limits.store.keep_in(connection, kept, now=self._now)
             self.settled = True
 
@@ -244,6 +236,8 @@ class AbuseLimits:
         )
         self.reset_email = Rule.parse("password-reset-email", settings.limit_password_resets_email)
         self._paused_warning = _PausedWarning()
+        # The service-wide limit's key, as the store names it in a Refused.
+        self._service_key = store.key(_key(Slot(self.redeem_service, "service")))
 
     @classmethod
     def build(cls, settings: Settings, db: Database, clock: Clock) -> AbuseLimits:
@@ -298,11 +292,10 @@ class AbuseLimits:
             yield attempt
         except BaseException as error:
             # Whatever a failed transaction gave back was rolled back with it.
-            service_key = self.store.key(_key(Slot(self.redeem_service, "service")))
             if not isinstance(error, RedemptionError):
                 await self._give_back(reservation)
             elif looks_up_a_code and not _matched_no_card(error):
-                await self._give_back(reservation.only([service_key]))
+                await self._give_back(reservation.only([self._service_key]))
             raise
         if not attempt.settled:
             await self._give_back(reservation)
@@ -310,8 +303,7 @@ class AbuseLimits:
     def redeem_refusal(self, refused: Refused) -> TooManyAttempts:
         """What a redemption refused by the limits is told: redemptions are paused when
         only the service-wide limit is full, else the requester is locked."""
-        service_key = self.store.key(_key(Slot(self.redeem_service, "service")))
-        if refused.full_keys == {service_key}:
+        if refused.full_keys == {self._service_key}:
             self._paused_warning.emit(self.redeem_service)
             return RedemptionsPaused(_REDEEM_PAUSED_DETAIL, retry_after_s=refused.retry_after_s)
         return TooManyAttempts(_REDEEM_LOCKED_DETAIL, retry_after_s=refused.retry_after_s)
@@ -374,13 +366,21 @@ class AbuseLimits:
         """Count a refusal `error` after the fact, on `slots` (the service-wide one only
         for a code that matched no card); one that finds a slot full adds nothing there,
         where the requester is locked already."""
-        kept = [
+        with contextlib.suppress(Refused):
+            await self.store.reserve(
+                self.kept_after(slots, error), token=uuid.uuid4().hex, now=self.clock.now()
+            )
+
+    def kept_after(
+        self, slots: Sequence[tuple[str, Rule]], error: RedemptionError
+    ) -> list[tuple[str, Rule]]:
+        """The slots a redemption refused with `error` keeps its units on: all of them
+        for a code that matched no card, all but the service-wide one otherwise."""
+        return [
             (key, rule)
             for key, rule in slots
             if _matched_no_card(error) or rule is not self.redeem_service
         ]
-        with contextlib.suppress(Refused):
-            await self.store.reserve(kept, token=uuid.uuid4().hex, now=self.clock.now())
 
     async def _give_back(self, reservation: Reservation) -> None:
         """The attempt has already happened; a store that fails now costs the requester
