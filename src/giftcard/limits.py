@@ -28,9 +28,11 @@ as the limit allows, however many processes answer them.
 The units live in Redis when GIFTCARD_REDIS_URL is set (one Lua script per reservation:
 a sorted set per rule and identity, its members unique reservation ids scored by time),
 and in the database otherwise (the `limit_reservations` table, changed under a lock per
-key). Time comes from the service's clock, so that tests can move it. No lock is held
-while waiting for anything but the store itself, and nothing is shared between the
-attempts of one process.
+key). On PostgreSQL the attempts of one process that come while a reservation call runs
+go together in the next call, each judged as if it had come alone (group commit: one
+round trip, one commit and one turn on a busy key's lock for all of them). Time comes
+from the service's clock, so that tests can move it. No lock is held while waiting for
+anything but the store itself.
 
 While a requester is locked, every attempt is refused before its code or password is
 looked at, so the lock tells a guesser nothing. Refusals caused by the lock itself do
@@ -39,13 +41,15 @@ not count again: the lock ends when the window has moved past the failures that 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -480,15 +484,91 @@ _RESERVE = insert(limit_reservations).returning(
     limit_reservations.c.id, sort_by_parameter_order=True
 )
 _KEEP = insert(limit_reservations)
-_RESERVE_IN_ONE_CALL = text(
-    "SELECT out_key, reserved_id, held, first_expiry FROM giftcard_reserve_limits("
-    "CAST(:lock_ids AS bigint[]), CAST(:keys AS text[]), CAST(:maxima AS integer[]), "
-    "CAST(:expiries AS timestamptz[]), CAST(:at AS timestamptz))"
+_RESERVE_MANY = text(
+    "SELECT out_attempt, out_key, reserved_id, first_expiry FROM giftcard_reserve_limits_many("
+    "CAST(:lock_ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:keys AS text[]), "
+    "CAST(:maxima AS integer[]), CAST(:expiries AS timestamptz[]), CAST(:at AS timestamptz))"
 )
 # Sent by itself or as a rider (see giftcard.db.riders): its parameter is named its own way.
 _GIVE_BACK = delete(limit_reservations).where(
     limit_reservations.c.id.in_(bindparam("b_given_back_ids", expanding=True))
 )
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """An attempt's reservation waiting to be sent, and where its rows go."""
+
+    rules: dict[str, Rule]
+    now: datetime
+    rows: asyncio.Future[list[Row[Any]]]
+
+
+class _ReservationBatches:
+    """Group commit for reservations on PostgreSQL. While one call of
+    `giftcard_reserve_limits_many` runs, the attempts of this process that come to reserve
+    wait together; when it returns, they go in the next call, judged in the order they
+    came, up to BATCH_MAX at a time. Every attempt gets the rows of its own units or of
+    its full keys, exactly as if it had called alone after those before it; a call that
+    fails fails the attempts it carried, and only them. The units' window is counted at
+    the latest moment of the batch's attempts (they are milliseconds apart)."""
+
+    BATCH_MAX = 64
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._waiting: list[_Waiting] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def reserve(self, rules: dict[str, Rule], now: datetime) -> list[Row[Any]]:
+        waiting = _Waiting(rules, now, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send())
+        return await waiting.rows
+
+    async def _send(self) -> None:
+        batch: list[_Waiting] = []
+        try:
+            while self._waiting:
+                batch = self._waiting[: self.BATCH_MAX]
+                del self._waiting[: self.BATCH_MAX]
+                try:
+                    rows = await self.db.run_alone(functools.partial(_reserve_many, batch))
+                except Exception as error:
+                    for waiting in batch:
+                        if not waiting.rows.done():
+                            waiting.rows.set_exception(error)
+                    continue
+                by_attempt: list[list[Row[Any]]] = [[] for _ in batch]
+                for row in rows:
+                    by_attempt[row.out_attempt].append(row)
+                for waiting, its_rows in zip(batch, by_attempt, strict=True):
+                    if not waiting.rows.done():
+                        waiting.rows.set_result(its_rows)
+        finally:
+            # Stopped (the process is shutting down): no attempt is left waiting.
+            self._sender = None
+            for waiting in (*batch, *self._waiting):
+                waiting.rows.cancel()
+            self._waiting.clear()
+
+
+async def _reserve_many(batch: Sequence[_Waiting], connection: AsyncConnection) -> list[Row[Any]]:
+    lines = [
+        (number, key, rule, waiting.now)
+        for number, waiting in enumerate(batch)
+        for key, rule in waiting.rules.items()
+    ]
+    parameters = {
+        "lock_ids": _lock_ids(key for _, key, _, _ in lines),
+        "attempts": [number for number, _, _, _ in lines],
+        "keys": [key for _, key, _, _ in lines],
+        "maxima": [rule.attempts_max for _, _, rule, _ in lines],
+        "expiries": [_expiry(rule, now) for _, _, rule, now in lines],
+        "at": max(waiting.now for waiting in batch),
+    }
+    return list((await connection.execute(_RESERVE_MANY, parameters)).all())
 
 
 class DatabaseStore:
@@ -503,6 +583,7 @@ class DatabaseStore:
     def __init__(self, db: Database, *, key_prefix: str) -> None:
         self.db = db
         self.key_prefix = key_prefix
+        self._batches = _ReservationBatches(db)
 
     def key(self, key: str) -> str:
         return f"{self.key_prefix}:{key}"
@@ -568,20 +649,10 @@ class DatabaseStore:
     async def _reserve_in_one_call(
         self, rules: dict[str, Rule], *, token: str, now: datetime
     ) -> Reservation:
-        """PostgreSQL: the same steps in one call of the database's own function
-        (migration 0010), committed by itself: one round trip instead of five."""
-
-        async def work(connection: AsyncConnection) -> Sequence[Row[Any]]:
-            parameters = {
-                "lock_ids": _lock_ids(rules),
-                "keys": list(rules),
-                "maxima": [rule.attempts_max for rule in rules.values()],
-                "expiries": [_expiry(rule, now) for rule in rules.values()],
-                "at": now,
-            }
-            return (await connection.execute(_RESERVE_IN_ONE_CALL, parameters)).all()
-
-        rows = await self.db.run_alone(work)
+        """PostgreSQL: the same steps done by the database's own function (migration
+        0011), committed by itself, for this attempt and those of this process that wait
+        with it (see :class:`_ReservationBatches`)."""
+        rows = await self._batches.reserve(rules, now)
         _refuse_if_full(
             rules, {row.out_key: row.first_expiry for row in rows if row.reserved_id is None}, now
         )
@@ -631,10 +702,10 @@ class DatabaseStore:
         """The database belongs to the services; they close it."""
 
 
-def _lock_ids(rules: dict[str, Rule]) -> list[int]:
+def _lock_ids(keys: Iterable[str]) -> list[int]:
     """The advisory lock of each key, in key order: two attempts sharing keys take their
     locks in the same order and never deadlock."""
-    return [_lock_id(key) for key in sorted(rules)]
+    return [_lock_id(key) for key in sorted(set(keys))]
 
 
 def _units(rules: dict[str, Rule], now: datetime) -> list[dict[str, Any]]:

@@ -22,8 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as redis
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import func, select
 
 from giftcard import customers, redemption
 from giftcard.api.app import create_app
@@ -666,30 +665,3 @@ async def test_a_burst_from_many_addresses_checks_exactly_the_service_limit(lab:
 
     assert Counter(r.status_code for r in responses) == {404: 12, 429: 28}
     await lab.assert_counted_in_storage()
-
-
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-async def test_the_reservation_function_runs_only_where_it_counts_under_its_locks(
-    services: Services,
-) -> None:
-    """giftcard_reserve_limits counts what the attempt before it committed only at READ
-    COMMITTED, where each of its statements reads what was committed before it started;
-    in a SERIALIZABLE transaction, whose snapshot is older than its locks, it refuses to
-    run and reserves nothing."""
-    call = text(
-        "SELECT * FROM giftcard_reserve_limits(ARRAY[1]::bigint[], ARRAY['test:key'], "
-        "ARRAY[5], ARRAY[now() + interval '1 minute'], now())"
-    )
-    async with services.db.engine.connect() as connection:
-        await connection.execution_options(isolation_level="SERIALIZABLE")
-        with pytest.raises(DBAPIError, match="READ COMMITTED"):
-            async with connection.begin():
-                await connection.execute(call)
-    async with services.db.engine.connect() as connection:
-        await connection.execution_options(isolation_level="READ COMMITTED")
-        async with connection.begin():
-            (row,) = (await connection.execute(call)).all()
-            assert row.out_key == "test:key"
-            assert row.reserved_id is not None
-            held = await connection.execute(select(func.count()).select_from(limit_reservations))
-            assert held.scalar_one() == 1

@@ -1,0 +1,240 @@
+"""Group commit for the abuse limits' reservations on PostgreSQL: the attempts of one
+process that wait while a reservation call runs go together in the next call of
+`giftcard_reserve_limits_many`, and each is judged exactly as if it had reserved alone,
+after those before it. (Exactness across processes: tests/integration/test_lockouts.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, insert, select, text
+from sqlalchemy.exc import DBAPIError
+
+from giftcard.db.engine import Database
+from giftcard.db.tables import limit_reservations
+from giftcard.limits import DatabaseStore, Refused, Reservation, Rule
+from giftcard.services import Services
+
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+
+CALL = text(
+    "SELECT * FROM giftcard_reserve_limits_many(CAST(:lock_ids AS bigint[]), "
+    "CAST(:attempts AS integer[]), CAST(:keys AS text[]), CAST(:maxima AS integer[]), "
+    "CAST(:expiries AS timestamptz[]), CAST(:at AS timestamptz))"
+)
+
+
+async def call(services: Services, at: datetime, lines: list[tuple[int, str, int]]) -> list[Any]:
+    """Call the function with rows (attempt, key, maximum), each unit a minute long."""
+    async with services.db.engine.connect() as connection:
+        await connection.execution_options(isolation_level="READ COMMITTED")
+        async with connection.begin():
+            rows = await connection.execute(
+                CALL,
+                {
+                    "lock_ids": [1, 2, 3],
+                    "attempts": [attempt for attempt, _, _ in lines],
+                    "keys": [key for _, key, _ in lines],
+                    "maxima": [maximum for _, _, maximum in lines],
+                    "expiries": [at + timedelta(minutes=1) for _ in lines],
+                    "at": at,
+                },
+            )
+            return list(rows.all())
+
+
+async def test_a_batch_is_judged_in_order_as_if_each_attempt_reserved_alone(
+    services: Services,
+) -> None:
+    """Attempts 0 and 1 fill the shared key (2 allowed); attempt 2 is refused on it, with
+    the expiry of the oldest unit in its window, and reserves nothing, not even on its
+    own key; attempt 3, on its own key only, is admitted; attempt 4 meets a key that
+    allows none; a key that held a unit before the call counts it, and that unit's
+    expiry is its first."""
+    now = services.clock.now()
+    earlier_expiry = now + timedelta(seconds=30)
+    async with services.db.transaction() as connection:
+        await connection.execute(
+            insert(limit_reservations), [{"limit_key": "old", "expires_at": earlier_expiry}]
+        )
+
+    rows = await call(
+        services,
+        now,
+        [
+            (0, "shared", 2),
+            (0, "own-0", 5),
+            (1, "shared", 2),
+            (2, "shared", 2),
+            (2, "own-2", 5),
+            (3, "own-3", 5),
+            (4, "none", 0),
+            (5, "old", 2),
+            (6, "old", 2),
+        ],
+    )
+
+    reserved = Counter(row.out_attempt for row in rows if row.reserved_id is not None)
+    assert reserved == {0: 2, 1: 1, 3: 1, 5: 1}
+    refused = {
+        (row.out_attempt, row.out_key): row.first_expiry for row in rows if not row.reserved_id
+    }
+    assert refused == {
+        (2, "shared"): now + timedelta(minutes=1),
+        (4, "none"): None,
+        (6, "old"): earlier_expiry,
+    }
+    async with services.db.transaction(write=False) as connection:
+        held: dict[str, int] = dict(
+            (
+                await connection.execute(
+                    select(limit_reservations.c.limit_key, func.count()).group_by(
+                        limit_reservations.c.limit_key
+                    )
+                )
+            ).all()
+        )
+    assert held == {"shared": 2, "own-0": 1, "own-3": 1, "old": 2}
+
+
+async def test_the_function_runs_only_where_it_counts_under_its_locks(
+    services: Services,
+) -> None:
+    """Each statement of the function reads what was committed before it started only at
+    READ COMMITTED; in a SERIALIZABLE transaction, whose snapshot is older than its
+    locks, it refuses to run and reserves nothing."""
+    async with services.db.engine.connect() as connection:
+        await connection.execution_options(isolation_level="SERIALIZABLE")
+        with pytest.raises(DBAPIError, match="READ COMMITTED"):
+            async with connection.begin():
+                await connection.execute(
+                    CALL,
+                    {
+                        "lock_ids": [1],
+                        "attempts": [0],
+                        "keys": ["test:key"],
+                        "maxima": [5],
+                        "expiries": [services.clock.now() + timedelta(minutes=1)],
+                        "at": services.clock.now(),
+                    },
+                )
+    assert await call(services, services.clock.now(), [(0, "test:key", 5)])
+
+
+@contextmanager
+def counting_calls(db: Database) -> Iterator[list[int]]:
+    """How many attempts each call of the function carried, in the order of the calls."""
+    carried: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if "giftcard_reserve_limits_many" in statement:
+            carried.append(len(set(parameters[1])))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield carried
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_attempts_that_wait_together_go_in_one_call_and_get_exactly_the_limit(
+    services: Services,
+) -> None:
+    """40 attempts at once on a key that allows 7, each also on a key of its own: 7 are
+    admitted and 33 refused, as one at a time would be, in far fewer calls than 40,
+    and the units held are exactly the admitted attempts' ones."""
+    store = DatabaseStore(services.db, key_prefix="batch-test")
+    shared = Rule("shared", 7, 60)
+    own = Rule("own", 1, 60)
+    now = services.clock.now()
+
+    async def attempt(number: int) -> Refused | None:
+        try:
+            await store.reserve(
+                [("shared", shared), (f"own-{number}", own)], token=str(number), now=now
+            )
+        except Refused as refused:
+            return refused
+        return None
+
+    with counting_calls(services.db) as carried:
+        refusals = await asyncio.gather(*(attempt(number) for number in range(40)))
+
+    assert refusals.count(None) == 7
+    for refused in refusals:
+        assert refused is None or refused.full_keys == {store.key("shared")}
+        assert refused is None or 1 <= refused.retry_after_s <= 60
+    assert sum(carried) == 40
+    assert len(carried) < 40, carried
+    async with services.db.transaction(write=False) as connection:
+        units = (
+            await connection.execute(select(func.count()).select_from(limit_reservations))
+        ).scalar_one()
+    assert units == 7 * 2
+
+
+async def test_a_failing_call_fails_the_attempts_it_carried_and_the_next_ones_go_on(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that fails (here, its database refuses it) fails each attempt it carried
+    with its error; the attempts that waited for it go in the next call, and a later
+    attempt finds the store working."""
+    store = DatabaseStore(services.db, key_prefix="batch-test")
+    rule = Rule("rule", 100, 60)
+    now = services.clock.now()
+    run_alone = services.db.run_alone
+    calls = 0
+
+    async def first_call_fails(work: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.05)  # the others come to wait meanwhile
+            raise RuntimeError("the database refused the call")
+        return await run_alone(work)
+
+    monkeypatch.setattr(services.db, "run_alone", first_call_fails)
+    first = asyncio.ensure_future(store.reserve([("a", rule)], token="first", now=now))
+    await asyncio.sleep(0.01)
+    others = [
+        asyncio.ensure_future(store.reserve([(f"b-{n}", rule)], token=str(n), now=now))
+        for n in range(5)
+    ]
+
+    with pytest.raises(RuntimeError, match="refused the call"):
+        await first
+    reservations = await asyncio.gather(*others)
+    assert all(len(reservation.row_ids) == 1 for reservation in reservations)
+    assert calls == 2
+    assert (await store.reserve([("c", rule)], token="later", now=now)).row_ids
+
+
+async def test_an_attempt_given_up_while_it_waits_leaves_the_others_to_their_answers(
+    services: Services,
+) -> None:
+    """A request that goes away (its task cancelled) while its reservation waits does not
+    hold up or fail the attempts that wait with it."""
+    store = DatabaseStore(services.db, key_prefix="batch-test")
+    rule = Rule("rule", 100, 60)
+    now = services.clock.now()
+    attempts = [
+        asyncio.ensure_future(store.reserve([(f"k-{n}", rule)], token=str(n), now=now))
+        for n in range(6)
+    ]
+    await asyncio.sleep(0)  # all six are waiting; the first call is on its way
+    attempts[3].cancel()
+
+    done = await asyncio.gather(*attempts, return_exceptions=True)
+
+    assert isinstance(done[3], asyncio.CancelledError)
+    for number, reservation in enumerate(done):
+        if number != 3:
+            assert isinstance(reservation, Reservation)
+            assert len(reservation.row_ids) == 1
