@@ -41,7 +41,6 @@ not count again: the lock ends when the window has moved past the failures that 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import hashlib
@@ -63,7 +62,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.clock import Clock
 from giftcard.config import Settings
-from giftcard.db import riders
+from giftcard.db import batches, riders
 from giftcard.db.engine import Database
 from giftcard.db.tables import limit_reservations
 from giftcard.errors import ErrorCode, GiftcardError, RedemptionError, TooManyAttempts
@@ -497,64 +496,18 @@ _GIVE_BACK = delete(limit_reservations).where(
 
 @dataclass(frozen=True)
 class _Waiting:
-    """An attempt's reservation waiting to be sent, and where its rows go."""
+    """An attempt's reservation waiting to be sent with others (see
+    :class:`DatabaseStore`)."""
 
     rules: dict[str, Rule]
     now: datetime
-    rows: asyncio.Future[list[Row[Any]]]
 
 
-class _ReservationBatches:
-    """Group commit for reservations on PostgreSQL. While one call of
-    `giftcard_reserve_limits_many` runs, the attempts of this process that come to reserve
-    wait together; when it returns, they go in the next call, judged in the order they
-    came, up to BATCH_MAX at a time. Every attempt gets the rows of its own units or of
-    its full keys, exactly as if it had called alone after those before it; a call that
-    fails fails the attempts it carried, and only them. The units' window is counted at
+async def _reserve_many(
+    batch: Sequence[_Waiting], connection: AsyncConnection
+) -> list[list[Row[Any]]]:
+    """Each attempt's rows: its units, or its full keys. The units' window is counted at
     the latest moment of the batch's attempts (they are milliseconds apart)."""
-
-    BATCH_MAX = 64
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self._waiting: list[_Waiting] = []
-        self._sender: asyncio.Task[None] | None = None
-
-    async def reserve(self, rules: dict[str, Rule], now: datetime) -> list[Row[Any]]:
-        waiting = _Waiting(rules, now, asyncio.get_running_loop().create_future())
-        self._waiting.append(waiting)
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send())
-        return await waiting.rows
-
-    async def _send(self) -> None:
-        batch: list[_Waiting] = []
-        try:
-            while self._waiting:
-                batch = self._waiting[: self.BATCH_MAX]
-                del self._waiting[: self.BATCH_MAX]
-                try:
-                    rows = await self.db.run_alone(functools.partial(_reserve_many, batch))
-                except Exception as error:
-                    for waiting in batch:
-                        if not waiting.rows.done():
-                            waiting.rows.set_exception(error)
-                    continue
-                by_attempt: list[list[Row[Any]]] = [[] for _ in batch]
-                for row in rows:
-                    by_attempt[row.out_attempt].append(row)
-                for waiting, its_rows in zip(batch, by_attempt, strict=True):
-                    if not waiting.rows.done():
-                        waiting.rows.set_result(its_rows)
-        finally:
-            # Stopped (the process is shutting down): no attempt is left waiting.
-            self._sender = None
-            for waiting in (*batch, *self._waiting):
-                waiting.rows.cancel()
-            self._waiting.clear()
-
-
-async def _reserve_many(batch: Sequence[_Waiting], connection: AsyncConnection) -> list[Row[Any]]:
     lines = [
         (number, key, rule, waiting.now)
         for number, waiting in enumerate(batch)
@@ -568,7 +521,10 @@ async def _reserve_many(batch: Sequence[_Waiting], connection: AsyncConnection) 
         "expiries": [_expiry(rule, now) for _, _, rule, now in lines],
         "at": max(waiting.now for waiting in batch),
     }
-    return list((await connection.execute(_RESERVE_MANY, parameters)).all())
+    rows: list[list[Row[Any]]] = [[] for _ in batch]
+    for row in await connection.execute(_RESERVE_MANY, parameters):
+        rows[row.out_attempt].append(row)
+    return rows
 
 
 class DatabaseStore:
@@ -583,7 +539,12 @@ class DatabaseStore:
     def __init__(self, db: Database, *, key_prefix: str) -> None:
         self.db = db
         self.key_prefix = key_prefix
-        self._batches = _ReservationBatches(db)
+        # PostgreSQL: the attempts that come while a reservation call runs go together in
+        # the next one (giftcard_reserve_limits_many, migration 0011), each judged as if
+        # it had come alone, after those before it.
+        self._batches: batches.Batches[_Waiting, list[Row[Any]]] = batches.Batches(
+            lambda attempts: self.db.run_alone(functools.partial(_reserve_many, attempts))
+        )
 
     def key(self, key: str) -> str:
         return f"{self.key_prefix}:{key}"
@@ -649,10 +610,9 @@ class DatabaseStore:
     async def _reserve_in_one_call(
         self, rules: dict[str, Rule], *, token: str, now: datetime
     ) -> Reservation:
-        """PostgreSQL: the same steps done by the database's own function (migration
-        0011), committed by itself, for this attempt and those of this process that wait
-        with it (see :class:`_ReservationBatches`)."""
-        rows = await self._batches.reserve(rules, now)
+        """PostgreSQL: the same steps done by the database's own function, committed by
+        itself, with the attempts of this process that wait with this one."""
+        rows = await self._batches.submit(_Waiting(rules, now))
         _refuse_if_full(
             rules, {row.out_key: row.first_expiry for row in rows if row.reserved_id is None}, now
         )

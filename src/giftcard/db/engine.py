@@ -177,6 +177,8 @@ class Database:
             tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]
         ] = []
         self._sqlite_committer: asyncio.Task[None] | None = None
+        # The batches of giftcard.db.batches.PerDatabase on this database, by their owner.
+        self.batches: dict[object, Any] = {}
 
     def _create_engine(self, pool_size: int, isolation: str | None) -> AsyncEngine:
         # At most `pool_size` connections, each opened when load first needs it and kept:
