@@ -11,16 +11,18 @@ import enum
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import ARRAY, LargeBinary, Row, any_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import audit, ids, ledger
 from giftcard.clock import Clock
+from giftcard.db import batches
 from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import api_keys, customers, identities, password_resets, sessions, staff
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
@@ -369,19 +371,66 @@ async def log_out(db: Database, session_id: int, *, clock: Clock) -> None:
     await db.run(work)
 
 
-# What every request asks first, built once (see giftcard.ledger).
-_SESSION = (
-    select(sessions.c.id.label("session_id"), sessions.c.staff_id, customers)
+# What every request asks first, built once (see giftcard.ledger): who holds each of the
+# secrets a batch of requests brought (see _SESSIONS_HELD), one statement for them all.
+def _held_by_any(column: Any, name: str, *, sqlite: bool) -> Any:
+    if sqlite:
+        return column.in_(bindparam(name, expanding=True))
+    return column == any_(bindparam(name, type_=ARRAY(LargeBinary)))
+
+
+_SESSIONS = {
+    sqlite: select(
+        sessions.c.token_hash, sessions.c.id.label("session_id"), sessions.c.staff_id, customers
+    )
     .select_from(sessions.outerjoin(customers, customers.c.id == sessions.c.customer_id))
     .where(
-        sessions.c.token_hash == bindparam("b_token_hash"),
+        _held_by_any(sessions.c.token_hash, "b_token_hashes", sqlite=sqlite),
         sessions.c.revoked_at.is_(None),
         sessions.c.expires_at > bindparam("b_now"),
     )
+    for sqlite in (False, True)
+}
+_API_KEYS = {
+    sqlite: select(api_keys).where(
+        _held_by_any(api_keys.c.key_hash, "b_key_hashes", sqlite=sqlite),
+        api_keys.c.revoked_at.is_(None),
+    )
+    for sqlite in (False, True)
+}
+
+
+async def _sessions_of(
+    db: Database, held: Sequence[tuple[bytes, datetime]]
+) -> list[Row[Any] | None]:
+    """The live session (with its customer) of each token hash, or None; sessions that
+    ended before the latest moment of the batch are ended for all of it."""
+    async with db.reading() as connection:
+        rows = await connection.execute(
+            _SESSIONS[db.is_sqlite],
+            {
+                "b_token_hashes": [digest for digest, _ in held],
+                "b_now": max(now for _, now in held),
+            },
+        )
+        by_hash = {bytes(row.token_hash): row for row in rows}
+    return [by_hash.get(digest) for digest, _ in held]
+
+
+async def _api_keys_of(db: Database, digests: Sequence[bytes]) -> list[Row[Any] | None]:
+    """The unrevoked API key of each hash, or None."""
+    async with db.reading() as connection:
+        rows = await connection.execute(_API_KEYS[db.is_sqlite], {"b_key_hashes": list(digests)})
+        by_hash = {bytes(row.key_hash): row for row in rows}
+    return [by_hash.get(digest) for digest in digests]
+
+
+# The requests of a process that come to authenticate while a lookup runs are looked up
+# together by the next one (see giftcard.db.batches).
+_SESSIONS_HELD: batches.PerDatabase[tuple[bytes, datetime], Row[Any] | None] = batches.PerDatabase(
+    _sessions_of
 )
-_API_KEY = select(api_keys).where(
-    api_keys.c.key_hash == bindparam("b_key_hash"), api_keys.c.revoked_at.is_(None)
-)
+_API_KEYS_HELD: batches.PerDatabase[bytes, Row[Any] | None] = batches.PerDatabase(_api_keys_of)
 
 
 async def authenticate(db: Database, secret: str, *, clock: Clock) -> Principal | None:
@@ -389,36 +438,31 @@ async def authenticate(db: Database, secret: str, *, clock: Clock) -> Principal 
     if not secret or len(secret) > SECRET_LENGTH_MAX:
         return None
     digest = secret_hash(secret)
-    now = clock.now()
+    if secret.startswith(API_KEY_PREFIX):
+        key_row = await _API_KEYS_HELD.submit(db, digest)
+        return (
+            None
+            if key_row is None
+            else ApiKeyPrincipal(key_row.id, Role(key_row.role), key_row.name)
+        )
+    if not secret.startswith(SESSION_PREFIX):
+        return None
+    row = await _SESSIONS_HELD.submit(db, (digest, clock.now()))
+    if row is None:
+        return None
+    if row.staff_id is None:
+        return CustomerPrincipal(customer_from_row(row), row.session_id)
     # The staff row is read after its session, each as committed when read: a session or
     # a staff member ended between the two reads is already ended here.
     async with db.reading() as connection:
-        if secret.startswith(API_KEY_PREFIX):
-            return await _api_key_principal(connection, digest)
-        if not secret.startswith(SESSION_PREFIX):
-            return None
-        row = (
-            await connection.execute(_SESSION, {"b_token_hash": digest, "b_now": now})
-        ).one_or_none()
-        if row is None:
-            return None
-        if row.staff_id is None:
-            return CustomerPrincipal(customer_from_row(row), row.session_id)
         staff_row = (
             await connection.execute(
                 select(staff).where(staff.c.id == row.staff_id, staff.c.disabled_at.is_(None))
             )
         ).one_or_none()
-        if staff_row is None:
-            return None
-        return StaffPrincipal(staff_row.id, staff_row.email, Role(staff_row.role), row.session_id)
-
-
-async def _api_key_principal(connection: AsyncConnection, digest: bytes) -> ApiKeyPrincipal | None:
-    row = (await connection.execute(_API_KEY, {"b_key_hash": digest})).one_or_none()
-    if row is None:
+    if staff_row is None:
         return None
-    return ApiKeyPrincipal(row.id, Role(row.role), row.name)
+    return StaffPrincipal(staff_row.id, staff_row.email, Role(staff_row.role), row.session_id)
 
 
 async def get_customer(db: Database, customer_id: int) -> Customer:
