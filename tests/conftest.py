@@ -21,6 +21,7 @@ from giftcard import ids, passwords
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.config import Settings
+from giftcard.db.engine import Database
 from giftcard.db.migrate import upgrade
 from giftcard.services import Services
 
@@ -291,6 +292,21 @@ def counting_connections(services: Services) -> Iterator[PeakConnections]:
         event.remove(pool, "checkin", counter.checkin)
 
 
+@contextlib.contextmanager
+def sent_statements(db: Database) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement sent to `db` while in the block, with its parameters, in order."""
+    sent: list[tuple[str, Any]] = []
+
+    def record(_connection: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+
+
 async def burst(*requests: Any, timeout_s: float = 120) -> list[httpx.Response]:
     """Run requests at once, bounded in time (generous for a slow CI machine)."""
     responses: list[httpx.Response] = await asyncio.wait_for(asyncio.gather(*requests), timeout_s)
@@ -309,5 +325,6 @@ __all__ = [
     "counting_connections",
     "issue",
     "replace",
+    "sent_statements",
     "sign_up",
 ]

@@ -6,40 +6,21 @@ key, or nobody for a secret logged out, expired, revoked or made up."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import update
 
 from giftcard import customers
 from giftcard.clock import FrozenClock
 from giftcard.customers import ApiKeyPrincipal, CustomerPrincipal, Role
-from giftcard.db.engine import Database
 from giftcard.db.tables import api_keys
 from giftcard.services import Services
+from tests.conftest import sent_statements
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 PASSWORD = "correct horse battery"
-
-
-@contextmanager
-def counting_lookups(db: Database) -> Iterator[list[str]]:
-    """The statements that looked up sessions or API keys, in order."""
-    lookups: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "FROM sessions" in statement or "FROM api_keys" in statement:
-            lookups.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield lookups
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
 
 
 async def new_session(services: Services, name: str, *, ttl_s: int = 3600) -> customers.Session:
@@ -76,7 +57,7 @@ async def test_many_secrets_at_once_each_get_their_own_holder(
     secrets += [revoked_key, "gcs_made-up", "gck_made-up", "nothing like a secret"]
     secrets *= 4
 
-    with counting_lookups(services.db) as lookups:
+    with sent_statements(services.db) as sent:
         held = await asyncio.gather(
             *(customers.authenticate(services.db, s, clock=services.clock) for s in secrets)
         )
@@ -94,6 +75,7 @@ async def test_many_secrets_at_once_each_get_their_own_holder(
         else:
             assert principal is None
             assert secret not in expected
+    lookups = [s for s, _ in sent if "FROM sessions" in s or "FROM api_keys" in s]
     looked_up = len(secrets) // 9 * 8  # every secret but the one of no known kind
     if backend == "postgresql":
         assert len(lookups) < looked_up, "the lookups did not go together"

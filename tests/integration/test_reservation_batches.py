@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
-from giftcard.db.engine import Database
 from giftcard.db.tables import limit_reservations
 from giftcard.limits import DatabaseStore, Refused, Reservation, Rule
 from giftcard.services import Services
+from tests.conftest import sent_statements
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
@@ -128,22 +126,6 @@ async def test_the_function_runs_only_where_it_counts_under_its_locks(
     assert await call(services, services.clock.now(), [(0, "test:key", 5)])
 
 
-@contextmanager
-def counting_calls(db: Database) -> Iterator[list[int]]:
-    """How many attempts each call of the function carried, in the order of the calls."""
-    carried: list[int] = []
-
-    def count(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if "giftcard_reserve_limits_many" in statement:
-            carried.append(len(set(parameters[1])))
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield carried
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
-
-
 async def test_attempts_that_wait_together_go_in_one_call_and_get_exactly_the_limit(
     services: Services,
 ) -> None:
@@ -164,13 +146,15 @@ async def test_attempts_that_wait_together_go_in_one_call_and_get_exactly_the_li
             return refused
         return None
 
-    with counting_calls(services.db) as carried:
+    with sent_statements(services.db) as sent:
         refusals = await asyncio.gather(*(attempt(number) for number in range(40)))
 
     assert refusals.count(None) == 7
     for refused in refusals:
         assert refused is None or refused.full_keys == {store.key("shared")}
         assert refused is None or 1 <= refused.retry_after_s <= 60
+    # How many attempts each call carried (its second parameter: their numbers).
+    carried = [len(set(p[1])) for s, p in sent if "giftcard_reserve_limits_many" in s]
     assert sum(carried) == 40
     assert len(carried) < 40, carried
     async with services.db.transaction(write=False) as connection:

@@ -4,19 +4,18 @@ that was rolled back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, event, func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db import riders
 from giftcard.db.engine import Database
 from giftcard.db.tables import limit_reservations
 from giftcard.services import Services
+from tests.conftest import sent_statements
 
 
 def rider(name: str) -> Any:
@@ -45,20 +44,6 @@ async def keys(db: Database) -> list[str]:
         return [key for key in rows.scalars() if key.startswith("rider-test")]
 
 
-@contextmanager
-def counting_statements(db: Database) -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def _sent(_connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        sent.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", _sent)
-    try:
-        yield sent
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", _sent)
-
-
 async def test_queued_writes_go_with_the_next_statement(services: Services) -> None:
     """Two queued inserts and the statement after them: on PostgreSQL one statement (one
     round trip), on SQLite three; each row with its own values."""
@@ -66,7 +51,7 @@ async def test_queued_writes_go_with_the_next_statement(services: Services) -> N
     async with db.transaction() as connection:
         riders.write_later(connection, FIRST, reservation(services, "rider-test-1", "first"))
         riders.write_later(connection, SECOND, reservation(services, "rider-test-2", "second"))
-        with counting_statements(db) as sent:
+        with sent_statements(db) as sent:
             await riders.execute(
                 connection,
                 insert(limit_reservations),
