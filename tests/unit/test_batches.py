@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from giftcard.db.batches import Batches
+from giftcard.db.batches import Batches, Failed
 
 
 class Recorder:
@@ -124,3 +124,32 @@ async def test_a_stopped_sender_leaves_no_item_waiting() -> None:
             await item
     recorder.release.set()
     assert await batches.submit(3) == 6
+
+
+async def test_an_item_answered_with_failed_alone_gets_its_error() -> None:
+    async def odd_ones_fail(items: Sequence[int]) -> list[int | Failed]:
+        return [Failed(ValueError(f"{item} is odd")) if item % 2 else item for item in items]
+
+    batches = Batches(odd_ones_fail)
+    done = await asyncio.gather(
+        *(batches.submit(item) for item in range(4)), return_exceptions=True
+    )
+
+    assert done[0] == 0
+    assert done[2] == 2
+    assert [str(done[1]), str(done[3])] == ["1 is odd", "3 is odd"]
+
+
+async def test_an_item_given_up_before_its_call_starts_is_not_sent() -> None:
+    recorder = Recorder()
+    batches = Batches(recorder.send)
+    first = asyncio.ensure_future(batches.submit(1))
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(batches.submit(item)) for item in (2, 3)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()
+    recorder.release.set()
+
+    assert await first == 2
+    assert await waiting[1] == 6
+    assert recorder.calls == [[1], [3]]

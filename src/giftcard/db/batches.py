@@ -9,8 +9,10 @@ connection and, for a write, one commit serve the whole batch, and nothing waits
 timer: a request that comes while nothing runs goes at once.
 
 A call that fails fails only the requests it carried; the ones waiting behind it go in
-the next call. A request that goes away while it waits (its task cancelled) leaves the
-others to their answers.
+the next call. A call may also answer one of its items with :class:`Failed`: that
+request alone gets the error. A request that goes away while it waits (its task
+cancelled) leaves the others to their answers, and is not sent at all if its call has
+not started.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -31,13 +34,20 @@ Answer = TypeVar("Answer")
 BATCH_MAX = 64
 
 
+@dataclass(frozen=True)
+class Failed:
+    """The answer of an item that failed by itself in a call that went on."""
+
+    error: Exception
+
+
 class Batches(Generic[Item, Answer]):
     """Calls of `send`, each with the items that waited while the one before it ran;
-    `send` returns one answer per item, in their order."""
+    `send` returns one answer per item, in their order (or :class:`Failed`)."""
 
     def __init__(
         self,
-        send: Callable[[Sequence[Item]], Awaitable[Sequence[Answer]]],
+        send: Callable[[Sequence[Item]], Awaitable[Sequence[Answer | Failed]]],
         *,
         batch_max: int = BATCH_MAX,
     ) -> None:
@@ -60,6 +70,10 @@ class Batches(Generic[Item, Answer]):
             while self._waiting:
                 batch = self._waiting[: self._batch_max]
                 del self._waiting[: self._batch_max]
+                # Whoever is gone (cancelled while waiting) is left out: it is not sent.
+                batch = [(item, answer) for item, answer in batch if not answer.cancelled()]
+                if not batch:
+                    continue
                 try:
                     answers = await self._send_batch([item for item, _ in batch])
                     if len(answers) != len(batch):
@@ -70,7 +84,11 @@ class Batches(Generic[Item, Answer]):
                             answer.set_exception(error)
                     continue
                 for (_, answer), result in zip(batch, answers, strict=True):
-                    if not answer.done():
+                    if answer.done():
+                        continue
+                    if isinstance(result, Failed):
+                        answer.set_exception(result.error)
+                    else:
                         answer.set_result(result)
         finally:
             # Stopped (the process is shutting down): no request is left waiting.
@@ -86,13 +104,15 @@ class PerDatabase(Generic[Item, Answer]):
     statements run in this process with no round trip to save, each item is sent alone."""
 
     def __init__(
-        self, send: Callable[[Database, Sequence[Item]], Awaitable[Sequence[Answer]]]
+        self, send: Callable[[Database, Sequence[Item]], Awaitable[Sequence[Answer | Failed]]]
     ) -> None:
         self._send = send
 
     async def submit(self, db: Database, item: Item) -> Answer:
         if db.is_sqlite:
             (answer,) = await self._send(db, [item])
+            if isinstance(answer, Failed):
+                raise answer.error
             return answer
         batches: Batches[Item, Answer] | None = db.batches.get(self)
         if batches is None:

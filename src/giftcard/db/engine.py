@@ -24,16 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from giftcard.db import riders, sqlite_inline
+from giftcard.db import batches, riders, sqlite_inline
 from giftcard.errors import ErrorCode, GiftcardError
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ RETRY_BACKOFF_MAX_S = 1.0
 # mid-transaction is not among them: whether its commit happened is unknown.)
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "53300", "57P03"})
 # SQLite: at most this many writers of one process go in one transaction (see
-# Database._commit_sqlite_batches); more would make the first of them wait for the last.
+# Database._commit_sqlite_batch); more would make the first of them wait for the last.
 SQLITE_BATCH_MAX = 32
 # Where a transaction's connection counts the statements it has finished: a connection
 # found lost before the first of them (one the pool kept across a database restart) did
@@ -168,15 +168,14 @@ class Database:
         self.sqlite_busy_timeout_s = sqlite_busy_timeout_s
         self.engine: AsyncEngine = self._create_engine(pool_size, isolation)
         # SQLite has one writer at a time. Writers of this process queue here, in order
-        # (units of work in batches, see _commit_sqlite_batches), rather than in SQLite's
+        # (units of work in batches, see _commit_sqlite_batch), rather than in SQLite's
         # busy handler, which polls with growing sleeps and lets an unlucky writer wait
         # seconds behind later ones. Other processes still meet at BEGIN IMMEDIATE.
         self._sqlite_writer = asyncio.Lock()
-        # Units of work waiting to write on SQLite, and the task committing them in batches.
-        self._sqlite_waiting: list[
-            tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]
-        ] = []
-        self._sqlite_committer: asyncio.Task[None] | None = None
+        # Units of work waiting to write on SQLite, committed in batches.
+        self._sqlite_batches: batches.Batches[Callable[[AsyncConnection], Awaitable[Any]], Any] = (
+            batches.Batches(self._commit_sqlite_batch, batch_max=SQLITE_BATCH_MAX)
+        )
         # The batches of giftcard.db.batches.PerDatabase on this database, by their owner.
         self.batches: dict[object, Any] = {}
 
@@ -294,7 +293,7 @@ class Database:
             statements = [0]
             try:
                 if self.is_sqlite and write:
-                    return await self._in_sqlite_batch(work)
+                    return cast(T, await self._sqlite_batches.submit(work))
                 async with self._transaction(write=write) as connection:
                     connection.info[_STATEMENTS] = statements
                     return await work(connection)
@@ -323,68 +322,26 @@ class Database:
                 await asyncio.sleep(random.uniform(0, delay_s))
         raise AssertionError("unreachable")
 
-    async def _in_sqlite_batch(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run `work` in the next SQLite write transaction of this process, with the
-        others waiting for it then: see :meth:`_commit_sqlite_batches`."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._sqlite_waiting.append((work, future))
-        if self._sqlite_committer is None or self._sqlite_committer.done():
-            self._sqlite_committer = asyncio.create_task(self._commit_sqlite_batches())
-        return await future
-
-    async def _commit_sqlite_batches(self) -> None:
+    async def _commit_sqlite_batch(
+        self, batch: Sequence[Callable[[AsyncConnection], Awaitable[Any]]]
+    ) -> list[Any]:
         """Group commit. SQLite lets one writer in at a time, and each commit waits for
         the disk (``synchronous=FULL``). The units of work that came while the last
-        transaction ran go in the next one together, up to SQLITE_BATCH_MAX, each in a
-        savepoint of its own: one that fails is rolled back to its savepoint and fails
-        alone, the others go on. Each is answered once the transaction has committed,
-        so nothing is acknowledged before it is on disk; if BEGIN or COMMIT fails, all
-        of them fail and none of them happened."""
-        while self._sqlite_waiting:
-            batch = self._sqlite_waiting[:SQLITE_BATCH_MAX]
-            del self._sqlite_waiting[:SQLITE_BATCH_MAX]
-            await self._commit_sqlite_batch(batch)
-
-    async def _commit_sqlite_batch(
-        self, batch: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]]
-    ) -> None:
-        # Whoever is gone (cancelled while waiting) is left out: its work never runs.
-        batch = [(work, future) for work, future in batch if not future.cancelled()]
-        if not batch:
-            return
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        try:
-            async with self._sqlite_writer, self._connection(write=True) as connection:
-                if len(batch) == 1:
-                    # Alone: no savepoint; if it fails, its transaction is rolled back.
-                    work, future = batch[0]
-                    outcomes.append((future, await work(connection), None))
-                else:
-                    for work, future in batch:
-                        outcomes.append((future, *await _in_savepoint(connection, work)))
-        except BaseException as error:
-            for _, future in batch:
-                if future.done():
-                    continue
-                if isinstance(error, asyncio.CancelledError):
-                    future.cancel()
-                else:
-                    future.set_exception(error)
-            if not isinstance(error, Exception):
-                raise
-            return
-        for future, result, failure in outcomes:
-            if future.done():
-                continue
-            if failure is not None:
-                future.set_exception(failure)
-            else:
-                future.set_result(result)
+        transaction ran go in the next one together (giftcard.db.batches), up to
+        SQLITE_BATCH_MAX, each in a savepoint of its own: one that fails is rolled back
+        to its savepoint and fails alone, the others go on. Each is answered once the
+        transaction has committed, so nothing is acknowledged before it is on disk; if
+        BEGIN or COMMIT fails, all of them fail and none of them happened."""
+        async with self._sqlite_writer, self._connection(write=True) as connection:
+            if len(batch) == 1:
+                # Alone: no savepoint; if it fails, its transaction is rolled back.
+                return [await batch[0](connection)]
+            return [await _in_savepoint(connection, work) for work in batch]
 
 
 async def _in_savepoint(
     connection: AsyncConnection, work: Callable[[AsyncConnection], Awaitable[T]]
-) -> tuple[T | None, Exception | None]:
+) -> T | batches.Failed:
     """`work`'s result, or how it failed, its writes then rolled back to the savepoint
     it ran in (the writes queued to ride along are sent before the savepoint ends)."""
     try:
@@ -393,8 +350,8 @@ async def _in_savepoint(
             result = await work(connection)
             await riders.flush(connection)
     except Exception as error:
-        return None, error
-    return result, None
+        return batches.Failed(error)
+    return result
 
 
 def _count_statements(engine: AsyncEngine) -> None:
