@@ -405,23 +405,29 @@ async def _sessions_of(
 ) -> list[Row[Any] | None]:
     """The live session (with its customer) of each token hash, or None; sessions that
     ended before the latest moment of the batch are ended for all of it."""
-    async with db.reading() as connection:
-        rows = await connection.execute(
-            _SESSIONS[db.is_sqlite],
-            {
-                "b_token_hashes": [digest for digest, _ in held],
-                "b_now": max(now for _, now in held),
-            },
-        )
-        by_hash = {bytes(row.token_hash): row for row in rows}
-    return [by_hash.get(digest) for digest, _ in held]
+    digests = [digest for digest, _ in held]
+    parameters = {"b_token_hashes": digests, "b_now": max(now for _, now in held)}
+    return await _rows_by_hash(db, _SESSIONS[db.is_sqlite], "token_hash", digests, parameters)
 
 
 async def _api_keys_of(db: Database, digests: Sequence[bytes]) -> list[Row[Any] | None]:
     """The unrevoked API key of each hash, or None."""
+    parameters = {"b_key_hashes": list(digests)}
+    return await _rows_by_hash(db, _API_KEYS[db.is_sqlite], "key_hash", digests, parameters)
+
+
+async def _rows_by_hash(
+    db: Database,
+    statement: Any,
+    hash_column: str,
+    digests: Sequence[bytes],
+    parameters: dict[str, Any],
+) -> list[Row[Any] | None]:
+    """For each of `digests` in turn, the row of `statement` whose `hash_column` is it,
+    or None: every request of a batch gets its own holder, never another's."""
     async with db.reading() as connection:
-        rows = await connection.execute(_API_KEYS[db.is_sqlite], {"b_key_hashes": list(digests)})
-        by_hash = {bytes(row.key_hash): row for row in rows}
+        rows = await connection.execute(statement, parameters)
+        by_hash = {bytes(row._mapping[hash_column]): row for row in rows}
     return [by_hash.get(digest) for digest in digests]
 
 
