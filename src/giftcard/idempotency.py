@@ -1,12 +1,15 @@
 """Idempotency keys: a retried request acts once and gets the first response again.
 
-The key is claimed inside the use case's own transaction, as its first statement, and
-the response is written into the same row before that transaction commits, so the
-effect and the record of it commit together or not at all. A request that died with
-its server (kill -9, power loss) therefore leaves nothing behind: its retry acts at
-once. A duplicate sent while the first is still running meets the first's uncommitted
-row on the unique key (scope, key) and waits for it to commit — PostgreSQL's unique
-index makes it wait, SQLite has one writer at a time — and then gets its answer back.
+The key is claimed inside the use case's own transaction, riding with its first
+statement that carries riders (:mod:`giftcard.db.riders`: on PostgreSQL no round trip
+of its own), and the response is written into the same row before that transaction
+commits, so the effect and the record of it commit together or not at all. A request
+that died with its server (kill -9, power loss) therefore leaves nothing behind: its
+retry acts at once. A duplicate sent while the first is still running meets the first's
+uncommitted row on the unique key (scope, key) and waits for it to commit — PostgreSQL's
+unique index makes it wait, SQLite has one writer at a time. Writing the answer then
+finds the row answered by another transaction, not claimed by this one: the duplicate's
+transaction is rolled back, whatever it did, and the first's answer is given back.
 
 A key is scoped to its caller; the request is remembered only as a keyed hash (the body
 may hold a gift card code), and the stored answer is what the door chose to keep (never
@@ -79,56 +82,120 @@ def check_key(key: str) -> None:
         )
 
 
-# Built once (see giftcard.ledger), one for each dialect's name.
+@dataclass(frozen=True)
+class Claim:
+    """A key claimed in a transaction, to be completed with its answer."""
+
+    scope: str
+    key: str
+    fingerprint: bytes
+
+
+# Built once (see giftcard.ledger), one for each dialect's name. The claim rides with
+# another statement, so its parameters have names of their own (see giftcard.db.riders).
 _CLAIMS = {
     dialect: insert(idempotency_keys)
+    .values(
+        scope=bindparam("b_claim_scope"),
+        key=bindparam("b_claim_key"),
+        fingerprint=bindparam("b_claim_fingerprint"),
+        created_at=bindparam("b_claim_created_at", type_=idempotency_keys.c.created_at.type),
+    )
     .on_conflict_do_nothing(index_elements=["scope", "key"])
-    .returning(idempotency_keys.c.id)
     for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
 }
-_COMPLETE = update(idempotency_keys).where(idempotency_keys.c.id == bindparam("b_id"))
+# Only a row this transaction claimed has no answer yet: a row is only ever committed
+# with its answer.
+_COMPLETE = (
+    update(idempotency_keys)
+    .where(
+        idempotency_keys.c.scope == bindparam("b_done_scope"),
+        idempotency_keys.c.key == bindparam("b_done_key"),
+        idempotency_keys.c.response_status.is_(None),
+    )
+    .values(response_status=bindparam("b_done_status"), response_body=bindparam("b_done_body"))
+    .returning(idempotency_keys.c.id)
+)
+_ANSWERED = select(
+    idempotency_keys.c.fingerprint,
+    idempotency_keys.c.response_status,
+    idempotency_keys.c.response_body,
+).where(
+    idempotency_keys.c.scope == bindparam("b_scope"),
+    idempotency_keys.c.key == bindparam("b_key"),
+    idempotency_keys.c.response_status.is_not(None),
+)
 
 
-async def claim(connection: AsyncConnection, keyed: KeyedRequest, *, now: datetime) -> int:
-    """Claim the key in this transaction and return its row's id, or raise
-    :class:`Replayed` with the answer a finished request left under it."""
-    new_id = (
-        await connection.execute(
-            _CLAIMS[connection.dialect.name],
+def claim(connection: AsyncConnection, keyed: KeyedRequest, *, now: datetime) -> Claim:
+    """Claim the key in this transaction, with its next statement that carries riders
+    (at the latest with :func:`complete`). A key another request holds makes that
+    statement wait until the other's transaction ends."""
+    statement = _CLAIMS[connection.dialect.name]
+    riders.write_later(
+        connection,
+        statement,
+        {
+            "b_claim_scope": keyed.scope,
+            "b_claim_key": keyed.key,
+            "b_claim_fingerprint": keyed.fingerprint,
+            "b_claim_created_at": now,
+        },
+    )
+    return Claim(keyed.scope, keyed.key, keyed.fingerprint)
+
+
+async def complete(connection: AsyncConnection, claimed: Claim, response: StoredResponse) -> None:
+    """Write the answer into the claimed row, before the transaction commits (the writes
+    queued to ride along go with it), or raise :class:`Replayed` with the answer another
+    request left under the key (or a refusal if that request was another): the caller's
+    transaction must then be rolled back."""
+    if riders.is_queued(connection, _CLAIMS[connection.dialect.name]):
+        # The row to complete must be written before the statement that completes it.
+        await riders.flush(connection)
+    done = (
+        await riders.execute(
+            connection,
+            _COMPLETE,
             {
-                "scope": keyed.scope,
-                "key": keyed.key,
-                "fingerprint": keyed.fingerprint,
-                "created_at": now,
+                "b_done_scope": claimed.scope,
+                "b_done_key": claimed.key,
+                "b_done_status": response.status,
+                "b_done_body": response.body,
             },
         )
     ).scalar_one_or_none()
-    if new_id is not None:
-        return int(new_id)
-    # Only committed rows conflict here, and a row is only ever committed with its answer.
-    row = (
-        await connection.execute(
-            select(idempotency_keys).where(
-                idempotency_keys.c.scope == keyed.scope, idempotency_keys.c.key == keyed.key
-            )
+    if done is None:
+        await _answer_of(connection, claimed)
+        # The answered row met was purged since (keys are kept a day): nothing was done.
+        raise GiftcardError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "This Idempotency-Key was being forgotten as this request came; nothing was "
+            "done. Please retry.",
         )
-    ).one()
-    if not hmac.compare_digest(row.fingerprint, keyed.fingerprint):
+
+
+async def replay_if_answered(db: Database, keyed: KeyedRequest) -> None:
+    """Raise :class:`Replayed` (or the refusal of a key reused) if the key has an answer
+    committed: for a request that failed after another with its key was answered."""
+    async with db.reading() as connection:
+        await _answer_of(connection, Claim(keyed.scope, keyed.key, keyed.fingerprint))
+
+
+async def _answer_of(connection: AsyncConnection, claimed: Claim) -> None:
+    """Raise what a request under `claimed`'s key is answered if the key has an answer;
+    return if it has none."""
+    row = (
+        await connection.execute(_ANSWERED, {"b_scope": claimed.scope, "b_key": claimed.key})
+    ).one_or_none()
+    if row is None:
+        return
+    if not hmac.compare_digest(row.fingerprint, claimed.fingerprint):
         raise GiftcardError(
             ErrorCode.IDEMPOTENCY_KEY_REUSED,
             "This Idempotency-Key was already used with a different request.",
         )
     raise Replayed(StoredResponse(row.response_status, row.response_body))
-
-
-async def complete(connection: AsyncConnection, claim_id: int, response: StoredResponse) -> None:
-    """Write the answer into the claimed row, before the transaction commits (the writes
-    queued to ride along go with it)."""
-    await riders.execute(
-        connection,
-        _COMPLETE,
-        {"b_id": claim_id, "response_status": response.status, "response_body": response.body},
-    )
 
 
 async def purge(db: Database, *, now: datetime) -> int:

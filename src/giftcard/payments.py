@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from giftcard import ids, ledger
 from giftcard.clock import Clock
 from giftcard.customers import Customer, RefundPreference, customer_from_row
+from giftcard.db import riders
 from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import customers, ledger_accounts, payments, refunds
 from giftcard.errors import ErrorCode, GiftcardError, LedgerInvariantError, validation_error
@@ -236,7 +237,7 @@ async def _pay(
         if connection.dialect.name == "postgresql"
         else _CUSTOMER_AND_BALANCE
     )
-    found = (await connection.execute(query, {"b_id": request.customer_id})).one_or_none()
+    found = (await riders.execute(connection, query, {"b_id": request.customer_id})).one_or_none()
     if found is None:
         raise _no_customer(request.customer_id)
     customer = customer_from_row(found)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from giftcard import codes, ledger
 from giftcard.cards import CardState, effective_state, record_event_later
 from giftcard.customers import Customer
+from giftcard.db import riders
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards, ledger_accounts
 from giftcard.errors import ErrorCode, RedemptionError
@@ -104,7 +105,8 @@ async def redeem(
         if attempt is not None:
             await attempt.began_in(connection)
         card = (
-            await connection.execute(
+            await riders.execute(
+                connection,
                 _CLAIM_CARD,
                 {
                     "b_code_hash": digest,

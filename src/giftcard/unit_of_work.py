@@ -1,13 +1,14 @@
 """The unit of work: one use case, one database transaction, retried where the database
 allows it, with what must ride along.
 
-Every writing use case runs its work through :meth:`UnitOfWork.run`, the one retry
-place (:meth:`giftcard.db.engine.Database.run`: serialization failures, deadlocks,
-SQLite's "database is locked"). Bound to an idempotency key, the unit of work claims the
-key as the transaction's first statement and stores the door's answer before it commits
-(see :mod:`giftcard.idempotency`); callbacks given to :meth:`UnitOfWork.on_commit` run
-only once the transaction has committed, never for an attempt that was rolled back. A
-transaction that queued an email wakes this process's sender once it committed.
+Every writing use case runs its work through :meth:`UnitOfWork.run`, the one retry place
+(:meth:`giftcard.db.engine.Database.run`: serialization failures, deadlocks, SQLite's
+"database is locked"). Bound to an idempotency key, the unit of work claims the key in
+the transaction (riding with the work's first statement that carries riders) and stores
+the door's answer before it commits (see :mod:`giftcard.idempotency`); callbacks given
+to :meth:`UnitOfWork.on_commit` run only once the transaction has committed, never for
+an attempt that was rolled back. A transaction that queued an email wakes this process's
+sender once it committed.
 
 Which refusals are remembered under a key is decided here, for every door alike: a
 refusal that says something lasting about the request (an unknown code, a balance too
@@ -113,22 +114,31 @@ class UnitOfWork:
                 except KeptRefusal as refusal:
                     outcome = refusal
             else:
-                claim_id = await idempotency.claim(connection, keyed, now=self.clock.now())
+                claimed = idempotency.claim(connection, keyed, now=self.clock.now())
                 try:
                     outcome = await work(connection)
                     answer = keyed.answer(outcome)
                 except KeptRefusal as refusal:
                     outcome, answer = refusal, keyed.refusal(refusal.error)
-                await idempotency.complete(connection, claim_id, answer)
+                await idempotency.complete(connection, claimed, answer)
             if outbox.take_queued(connection) and self._mail_wakeup is not None:
                 self._on_commit.append(self._mail_wakeup)
             return outcome
 
         try:
             outcome = await self.db.run(attempt)
+        except Replayed:
+            raise
         except GiftcardError as error:
             if keyed is not None and is_remembered(error):
                 await self._remember(keyed, error)
+            raise
+        except Exception:
+            # The work may have failed on what another request under the key did and
+            # committed (its claim rides with a later statement than the work's first):
+            # that request's answer is this one's.
+            if keyed is not None:
+                await idempotency.replay_if_answered(self.db, keyed)
             raise
         for callback in self._on_commit:
             done = callback()
@@ -144,8 +154,8 @@ class UnitOfWork:
         answer is the one to give: :class:`Replayed` carries it."""
 
         async def record(connection: AsyncConnection) -> None:
-            claim_id = await idempotency.claim(connection, keyed, now=self.clock.now())
-            await idempotency.complete(connection, claim_id, keyed.refusal(error))
+            claimed = idempotency.claim(connection, keyed, now=self.clock.now())
+            await idempotency.complete(connection, claimed, keyed.refusal(error))
 
         await self.db.run(record)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import idempotency
 from giftcard.clock import FrozenClock
+from giftcard.db import riders
 from giftcard.db.tables import api_keys, idempotency_keys
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.idempotency import KeyedRequest, Replayed, StoredResponse
@@ -34,11 +36,14 @@ def keyed(key: str, body: str = "same body") -> KeyedRequest:
     )
 
 
-async def make_one(connection: AsyncConnection, now: object) -> int:
-    """The effect under test: one new row."""
+async def make_one(connection: AsyncConnection, now: object, *, carries: bool = True) -> int:
+    """The effect under test: one new row, written by a statement that carries riders
+    (the key's claim with it), as a use case's first statement does, or that does not."""
+    execute = riders.execute if carries else _execute_alone
     return int(
         (
-            await connection.execute(
+            await execute(
+                connection,
                 insert(api_keys)
                 .values(
                     name="thing",
@@ -47,10 +52,14 @@ async def make_one(connection: AsyncConnection, now: object) -> int:
                     prefix="gck_test",
                     created_at=now,
                 )
-                .returning(api_keys.c.id)
+                .returning(api_keys.c.id),
             )
         ).scalar_one()
     )
+
+
+async def _execute_alone(connection: AsyncConnection, statement: Any) -> Any:
+    return await connection.execute(statement)
 
 
 async def count(services: Services, table: object) -> int:
@@ -127,6 +136,56 @@ async def test_a_duplicate_waits_for_the_first_and_replays_its_answer(
         await asyncio.wait_for(duplicate, WAIT_S)
     assert replayed.value.response == StoredResponse(201, f'{{"made":{made}}}')
     assert await count(services, api_keys) == 1
+
+
+# SQLite runs one writer at a time: a duplicate cannot act beside the first there.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_duplicate_whose_claim_comes_last_is_rolled_back_and_replays(
+    services: Services,
+) -> None:
+    """Given a use case none of whose statements carries the key's claim (it is written
+    just before the answer), when a duplicate runs beside the first, then both act in
+    their transactions, only the one whose claim came first commits, and the other is
+    rolled back and answered with the first's answer."""
+    inside = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def slow(connection: AsyncConnection) -> int:
+        made = await make_one(connection, services.clock.now(), carries=False)
+        inside.set()
+        await asyncio.wait_for(finish.wait(), WAIT_S)
+        return made
+
+    async def quick(connection: AsyncConnection) -> int:
+        return await make_one(connection, services.clock.now(), carries=False)
+
+    first = asyncio.create_task(services.unit_of_work(keyed("k-late")).run(slow))
+    await asyncio.wait_for(inside.wait(), WAIT_S)
+    duplicate = await asyncio.wait_for(services.unit_of_work(keyed("k-late")).run(quick), WAIT_S)
+    finish.set()
+    with pytest.raises(Replayed) as replayed:
+        await asyncio.wait_for(first, WAIT_S)
+    assert replayed.value.response == StoredResponse(201, f'{{"made":{duplicate}}}')
+    assert await count(services, api_keys) == 1
+    assert await count(services, idempotency_keys) == 1
+
+
+async def test_a_request_that_fails_on_what_its_key_did_gets_that_answer(
+    services: Services,
+) -> None:
+    """Given a request answered under a key, when a retry's work fails on what the first
+    committed (here: any error the use case did not expect, raised before the claim was
+    written), then the retry is answered with the first's answer, not the error."""
+    made = await act(services, keyed("k-fails"))
+
+    async def fail(connection: AsyncConnection) -> int:
+        raise RuntimeError("a unique row the first request made")
+
+    with pytest.raises(Replayed) as replayed:
+        await services.unit_of_work(keyed("k-fails")).run(fail)
+    assert replayed.value.response == StoredResponse(201, f'{{"made":{made}}}')
+    with pytest.raises(RuntimeError):
+        await services.unit_of_work(keyed("k-never-answered")).run(fail)
 
 
 async def test_lasting_refusals_are_remembered_and_passing_ones_are_not(

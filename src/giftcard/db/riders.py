@@ -1,7 +1,8 @@
 """Writes that ride along with the next statement of their transaction.
 
-A use case often ends with writes whose results nothing reads: a card's event, abuse-limit
-units given back. Sent by itself each would cost a round trip, and on PostgreSQL a round
+A use case often has writes whose results nothing reads at once: a card's event,
+abuse-limit units given back, the claim on an idempotency key (read only when its answer
+is written). Sent by itself each would cost a round trip, and on PostgreSQL a round
 trip costs the service more CPU than a short statement costs the server. Such a write is
 queued on its transaction's connection with :func:`write_later` and sent with the next
 statement that goes through :func:`execute` or, at the latest, just before the transaction
@@ -10,12 +11,12 @@ block ends without an error). On PostgreSQL the riders become data-modifying WIT
 clauses of that statement, one round trip for all; on SQLite they run one after the
 other just before it (there a statement is a function call, not a round trip).
 
-Rules for a rider, since PostgreSQL runs all parts of one statement on one snapshot:
-it must not touch a row that the statement it rides with, or another rider, reads or
+Rules for a rider, since PostgreSQL runs all parts of one statement on one snapshot: it
+must not touch a row that the statement it rides with, or another rider, reads or
 writes, and nothing in its transaction may read what it writes before it is sent. Every
-rider here writes a new row (an event) or rows nothing else in its transaction touches
-(a reservation given back). Its parameters have names of their own, checked not to meet
-the carrying statement's or another rider's.
+rider here writes a new row (an event, a key's claim) or rows nothing else in its
+transaction touches (a reservation given back). Its parameters have names of their own,
+checked not to meet the carrying statement's or another rider's.
 
 A transaction rolled back takes its riders with it: queued writes are dropped when the
 next transaction on the connection begins.
@@ -68,6 +69,12 @@ async def execute(
     for rider, values in pending:
         await connection.execute(rider, values)
     return await connection.execute(statement, parameters)
+
+
+def is_queued(connection: AsyncConnection, statement: Rider) -> bool:
+    """Whether `statement` waits in this transaction to ride with the next statement."""
+    pending: list[tuple[Rider, Mapping[str, Any]]] = connection.info.get(_RIDERS, [])
+    return any(rider is statement for rider, _ in pending)
 
 
 async def flush(connection: AsyncConnection) -> None:

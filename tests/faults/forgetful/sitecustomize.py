@@ -15,8 +15,8 @@ from giftcard import idempotency
 _claim = idempotency.claim
 
 
-async def _forgetful_claim(connection: Any, keyed: Any, *, now: datetime) -> int:
-    return await _claim(connection, dataclasses.replace(keyed, key=uuid.uuid4().hex), now=now)
+def _forgetful_claim(connection: Any, keyed: Any, *, now: datetime) -> Any:
+    return _claim(connection, dataclasses.replace(keyed, key=uuid.uuid4().hex), now=now)
 
 
 idempotency.claim = _forgetful_claim
