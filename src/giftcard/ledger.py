@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sqlalchemy import BigInteger, Engine, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -220,6 +220,119 @@ async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> P
         ],
     )
     return Posted(transaction_id, now, balances_after)
+
+
+# Many entries in one statement (PostgreSQL): their tracked accounts locked in ascending
+# id order, each moved once by the sum of its postings; the journal transactions (ids
+# drawn first, so that each entry knows its own) and their postings are written only if
+# every account moved and none went below zero at any posting, in the entries' order:
+# what posting them one after the other would have done. Otherwise nothing answers a
+# transaction, and `post_many` refuses the whole batch.
+_POST_ENTRIES = text(
+    "WITH line AS MATERIALIZED (SELECT * FROM unnest(CAST(:line_entries AS int[]), "
+    "CAST(:line_accounts AS bigint[]), CAST(:line_amounts AS bigint[]), "
+    "CAST(:line_tracked AS boolean[]), CAST(:line_currencies AS text[])) WITH ORDINALITY "
+    "AS line(entry, account_id, amount, tracked, currency, position)), "
+    "move AS (SELECT account_id, min(currency) AS currency, sum(amount) AS amount "
+    "FROM line WHERE tracked GROUP BY account_id), "
+    "locked AS (SELECT id FROM ledger_accounts WHERE id IN (SELECT account_id FROM move) "
+    "ORDER BY id FOR UPDATE), "
+    "moved AS (UPDATE ledger_accounts AS account SET balance = account.balance + move.amount "
+    "FROM move WHERE account.id = move.account_id AND account.id IN (SELECT id FROM locked) "
+    "AND account.tracked IS true AND account.currency = move.currency "
+    "AND account.balance + move.amount >= 0 RETURNING account.id, account.balance), "
+    "after AS MATERIALIZED (SELECT line.entry, line.position, line.account_id, "
+    "moved.balance - coalesce(sum(line.amount) OVER (PARTITION BY line.account_id "
+    "ORDER BY line.position ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0) "
+    "AS balance FROM line JOIN moved ON moved.id = line.account_id WHERE line.tracked), "
+    "good AS (SELECT (SELECT count(*) FROM moved) = (SELECT count(*) FROM move) "
+    "AND NOT EXISTS (SELECT 1 FROM after WHERE balance < 0) AS ok), "
+    "entry AS MATERIALIZED (SELECT e.*, nextval(pg_get_serial_sequence("
+    "'journal_transactions', 'id')) AS id FROM unnest(CAST(:types AS text[]), "
+    "CAST(:currencies AS text[]), CAST(:descriptions AS text[]), CAST(:actors AS text[]), "
+    "CAST(:customer_ids AS bigint[]), CAST(:card_ids AS bigint[]), "
+    "CAST(:payment_ids AS bigint[])) WITH ORDINALITY AS e(type, currency, description, "
+    "actor, customer_id, card_id, payment_id, number) WHERE (SELECT ok FROM good)), "
+    "journal AS (INSERT INTO journal_transactions (id, type, currency, description, actor, "
+    "customer_id, card_id, payment_id, created_at) SELECT id, type, currency, description, "
+    "actor, customer_id, card_id, payment_id, :created_at FROM entry ORDER BY number), "
+    "lines AS (INSERT INTO postings (transaction_id, account_id, amount, currency, "
+    "balance_after) SELECT entry.id, line.account_id, line.amount, line.currency, "
+    "after.balance FROM line JOIN entry ON entry.number = line.entry "
+    "LEFT JOIN after ON after.position = line.position ORDER BY line.position) "
+    "SELECT (SELECT array_agg(id ORDER BY number) FROM entry) AS transaction_ids, "
+    "(SELECT array_agg(entry ORDER BY position) FROM after) AS entries, "
+    "(SELECT array_agg(account_id ORDER BY position) FROM after) AS accounts, "
+    "(SELECT array_agg(balance ORDER BY position) FROM after) AS balances, "
+    "(SELECT array_agg(id) FROM moved) AS moved"
+).bindparams(bindparam("created_at", type_=journal_transactions.c.created_at.type))
+
+
+async def post_many(
+    connection: AsyncConnection, entries: Sequence[Entry], *, now: datetime
+) -> list[Posted]:
+    """:func:`post` for each of `entries`, in their order, in one statement on
+    PostgreSQL. All of them are posted or none: when one of them would take an account
+    below zero (or posts to an unusable one), this raises as :func:`post` does for it,
+    and the caller's transaction must be rolled back."""
+    currency_of: dict[int, str] = {}
+    for entry in entries:
+        check_entry(entry)
+        for posting in entry.postings:
+            if currency_of.setdefault(posting.account_id, entry.currency) != entry.currency:
+                raise LedgerInvariantError(f"account {posting.account_id} in two currencies")
+    if connection.dialect.name != "postgresql":
+        return [await post(connection, entry, now=now) for entry in entries]
+    lines: dict[str, list[object]] = {
+        name: [] for name in ("entries", "accounts", "amounts", "tracked", "currencies")
+    }
+    for number, entry in enumerate(entries, start=1):
+        for posting in entry.postings:
+            for name, value in zip(
+                lines,
+                (number, posting.account_id, posting.amount, posting.tracked, entry.currency),
+                strict=True,
+            ):
+                lines[name].append(value)
+    row = (
+        await connection.execute(
+            _POST_ENTRIES,
+            {f"line_{name}": values for name, values in lines.items()}
+            | {
+                "types": [entry.type.value for entry in entries],
+                "currencies": [entry.currency for entry in entries],
+                "descriptions": [entry.description[:500] for entry in entries],
+                "actors": [entry.actor for entry in entries],
+                "customer_ids": [entry.customer_id for entry in entries],
+                "card_ids": [entry.card_id for entry in entries],
+                "payment_ids": [entry.payment_id for entry in entries],
+                "created_at": now,
+            },
+        )
+    ).one()
+    if row.transaction_ids is None:
+        await _refuse_many(connection, entries, row)
+    balances_after: list[dict[int, int]] = [{} for _ in entries]
+    for number, account_id, balance in zip(row.entries, row.accounts, row.balances, strict=True):
+        balances_after[number - 1][account_id] = int(balance)
+    return [
+        Posted(transaction_id, now, after)
+        for transaction_id, after in zip(row.transaction_ids, balances_after, strict=True)
+    ]
+
+
+async def _refuse_many(connection: AsyncConnection, entries: Sequence[Entry], row: Any) -> NoReturn:
+    """Why a batch of entries was refused: an account that did not move (see
+    :func:`_refuse`), or else the first that the entries' order took below zero."""
+    moved = set(row.moved or ())
+    for entry in entries:
+        tracked = sorted((p for p in entry.postings if p.tracked), key=lambda p: p.account_id)
+        if any(posting.account_id not in moved for posting in tracked):
+            await _refuse(connection, tracked, moved, entry.currency)
+    for account_id, balance in zip(row.accounts or (), row.balances or (), strict=True):
+        if balance < 0:
+            raise InsufficientBalance(account_id)
+    raise LedgerInvariantError("a batch of entries was refused for no reason found")
 
 
 async def _move(connection: AsyncConnection, posting: Posting, currency: str) -> int:
