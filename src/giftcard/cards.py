@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import BigInteger, Row, Text, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import audit, codes, ids, ledger
@@ -460,6 +461,58 @@ def record_event_later(
         customer_id=customer_id,
     )
     riders.write_later(connection, _INSERT_EVENT, event)
+
+
+# The events of many cards in one statement, riding along (PostgreSQL's arrays).
+_EVENT_ROWS = (
+    func.unnest(
+        bindparam("b_events_card_id", type_=ARRAY(BigInteger)),
+        bindparam("b_events_actor", type_=ARRAY(Text)),
+        bindparam("b_events_transaction_id", type_=ARRAY(BigInteger)),
+        bindparam("b_events_customer_id", type_=ARRAY(BigInteger)),
+    )
+    .table_valued("card_id", "actor", "transaction_id", "customer_id")
+    .render_derived()
+)
+_INSERT_EVENTS = insert(card_events).from_select(
+    ["card_id", "type", "actor", "transaction_id", "customer_id", "created_at"],
+    select(
+        _EVENT_ROWS.c.card_id,
+        bindparam("b_events_type", type_=card_events.c.type.type),
+        _EVENT_ROWS.c.actor,
+        _EVENT_ROWS.c.transaction_id,
+        _EVENT_ROWS.c.customer_id,
+        bindparam("b_events_created_at", type_=card_events.c.created_at.type),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    card_id: int
+    actor: str
+    transaction_id: int | None = None
+    customer_id: int | None = None
+
+
+def record_events_later(
+    connection: AsyncConnection, event_type: str, events: Sequence[Event], *, now: datetime
+) -> None:
+    """:func:`record_event_later` for many cards at once, in one statement (PostgreSQL)."""
+    if connection.dialect.name != "postgresql":
+        raise RuntimeError("many events in one statement need PostgreSQL's arrays")
+    riders.write_later(
+        connection,
+        _INSERT_EVENTS,
+        {
+            "b_events_card_id": [event.card_id for event in events],
+            "b_events_actor": [event.actor for event in events],
+            "b_events_transaction_id": [event.transaction_id for event in events],
+            "b_events_customer_id": [event.customer_id for event in events],
+            "b_events_type": event_type,
+            "b_events_created_at": now,
+        },
+    )
 
 
 def _event(

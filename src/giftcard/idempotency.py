@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import Integer, Text, bindparam, delete, func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -173,6 +174,106 @@ async def complete(connection: AsyncConnection, claimed: Claim, response: Stored
             "This Idempotency-Key was being forgotten as this request came; nothing was "
             "done. Please retry.",
         )
+
+
+# Many keys at once (PostgreSQL), in a fixed order so that two batches claiming some of
+# the same keys wait for each other instead of deadlocking.
+_CLAIM_MANY = text(
+    "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at) "
+    "SELECT claim.scope, claim.key, claim.fingerprint, :created_at "
+    "FROM unnest(CAST(:scopes AS text[]), CAST(:keys AS text[]), "
+    "CAST(:fingerprints AS bytea[])) AS claim(scope, key, fingerprint) "
+    "ORDER BY claim.scope, claim.key "
+    "ON CONFLICT (scope, key) DO NOTHING RETURNING scope, key"
+).bindparams(bindparam("created_at", type_=idempotency_keys.c.created_at.type))
+# The answers of many claimed keys, and the claims of requests left unanswered taken
+# back (they run again by themselves, and claim their keys again).
+_ANSWERS = (
+    func.unnest(
+        bindparam("b_done_scopes", type_=ARRAY(Text)),
+        bindparam("b_done_keys", type_=ARRAY(Text)),
+        bindparam("b_done_statuses", type_=ARRAY(Integer)),
+        bindparam("b_done_bodies", type_=ARRAY(Text)),
+    )
+    .table_valued("scope", "key", "status", "body")
+    .render_derived()
+)
+_COMPLETE_MANY = (
+    update(idempotency_keys)
+    .where(
+        idempotency_keys.c.scope == _ANSWERS.c.scope,
+        idempotency_keys.c.key == _ANSWERS.c.key,
+        idempotency_keys.c.response_status.is_(None),
+    )
+    .values(response_status=_ANSWERS.c.status, response_body=_ANSWERS.c.body)
+    .returning(idempotency_keys.c.id)
+)
+_DROPPED = (
+    func.unnest(
+        bindparam("b_drop_scopes", type_=ARRAY(Text)), bindparam("b_drop_keys", type_=ARRAY(Text))
+    )
+    .table_valued("scope", "key")
+    .render_derived()
+)
+_DROP_MANY = delete(idempotency_keys).where(
+    tuple_(idempotency_keys.c.scope, idempotency_keys.c.key).in_(
+        select(_DROPPED.c.scope, _DROPPED.c.key)
+    ),
+    idempotency_keys.c.response_status.is_(None),
+)
+
+
+async def claim_many(
+    connection: AsyncConnection, keyed: Sequence[KeyedRequest], *, now: datetime
+) -> list[Claim | None]:
+    """:func:`claim` for many keys (each once) in one statement, sent now (PostgreSQL):
+    for each, its claim, or None where the key is another request's."""
+    rows = await connection.execute(
+        _CLAIM_MANY,
+        {
+            "scopes": [request.scope for request in keyed],
+            "keys": [request.key for request in keyed],
+            "fingerprints": [request.fingerprint for request in keyed],
+            "created_at": now,
+        },
+    )
+    claimed = {(row.scope, row.key) for row in rows}
+    return [
+        Claim(request.scope, request.key, request.fingerprint)
+        if (request.scope, request.key) in claimed
+        else None
+        for request in keyed
+    ]
+
+
+async def complete_many(
+    connection: AsyncConnection,
+    answers: Sequence[tuple[Claim, StoredResponse]],
+    dropped: Sequence[Claim] = (),
+) -> None:
+    """:func:`complete` for many keys claimed by :func:`claim_many` (with the writes
+    queued to ride along), and the claims of `dropped` taken back."""
+    if dropped:
+        riders.write_later(
+            connection,
+            _DROP_MANY,
+            {
+                "b_drop_scopes": [claimed.scope for claimed in dropped],
+                "b_drop_keys": [claimed.key for claimed in dropped],
+            },
+        )
+    done = await riders.execute(
+        connection,
+        _COMPLETE_MANY,
+        {
+            "b_done_scopes": [claimed.scope for claimed, _ in answers],
+            "b_done_keys": [claimed.key for claimed, _ in answers],
+            "b_done_statuses": [response.status for _, response in answers],
+            "b_done_bodies": [response.body for _, response in answers],
+        },
+    )
+    if len(done.all()) != len(answers):
+        raise RuntimeError("a key claimed in this transaction was not there to answer")
 
 
 async def replay_if_answered(db: Database, keyed: KeyedRequest) -> None:

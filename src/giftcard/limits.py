@@ -212,6 +212,35 @@ class RedeemAttempt:
         else:
             self.settled = await self._limits.store.give_back_in(connection, self._reservation)
 
+    @property
+    def reserved(self) -> bool:
+        """Whether its units were reserved before its transaction (else that transaction
+        counts them: see :meth:`began_in`)."""
+        return self._reservation is not None
+
+    @staticmethod
+    async def all_succeeded_in(
+        connection: AsyncConnection, attempts: Sequence[RedeemAttempt]
+    ) -> None:
+        """:meth:`succeeded_in` for the reserved attempts of many redemptions that
+        succeed in one transaction, their units given back by one statement."""
+        if not attempts:
+            return
+        limits = attempts[0]._limits
+        reservations = [attempt._reservation for attempt in attempts]
+        if any(attempt._limits is not limits for attempt in attempts) or None in reservations:
+            raise ValueError("attempts of one store, each with its units reserved")
+        given_back = await limits.store.give_back_in(
+            connection,
+            Reservation(
+                tuple(key for r in reservations if r for key in r.keys),
+                "",
+                tuple(row_id for r in reservations if r for row_id in r.row_ids),
+            ),
+        )
+        for attempt in attempts:
+            attempt.settled = given_back
+
     async def refused_in(self, connection: AsyncConnection, error: RedemptionError) -> None:
         """The last step of a redemption's transaction that commits its refusal `error`:
         where the store counts in the transaction, its units are added there, all of them

@@ -5,29 +5,46 @@ The claim on the card is one guarded UPDATE (`... WHERE code_hash = :h AND state
 come back; the rest find nothing to update and are told why by :func:`_refusal`. The
 card's state and the customer's balance change in the same transaction, so neither can
 happen without the other.
+
+On PostgreSQL, the redemptions of a process that come while a batch of them is being
+committed go together in the next (group commit, :func:`_redeem_batch`): one
+transaction of a few statements over arrays claims all their keys and cards and posts
+one journal transaction for each, the same guards deciding as for one alone. What a
+batch cannot settle runs by itself, so a refusal is the same whichever way it came.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from babel.dates import format_date
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard import codes, ledger
-from giftcard.cards import CardState, effective_state, record_event_later
+from giftcard import codes, idempotency, ledger
+from giftcard.cards import (
+    CardState,
+    Event,
+    effective_state,
+    record_event_later,
+    record_events_later,
+)
 from giftcard.customers import Customer
-from giftcard.db import riders
-from giftcard.db.engine import Database
+from giftcard.db import batches, riders
+from giftcard.db.engine import Database, is_database_unreachable, unavailable
 from giftcard.db.tables import cards, ledger_accounts
 from giftcard.errors import ErrorCode, RedemptionError
+from giftcard.idempotency import KeyedRequest
 from giftcard.limits import AbuseLimits, RedeemAttempt, RedemptionsPaused
 from giftcard.metrics import REDEMPTIONS
 from giftcard.money import REGIONS, format_minor
 from giftcard.unit_of_work import KeptRefusal, UnitOfWork
+
+log = logging.getLogger(__name__)
 
 # The claim on a card, built once (see giftcard.ledger): only an active, unexpired card of
 # the customer's store is taken, and only by one of any number of concurrent attempts.
@@ -99,6 +116,11 @@ async def redeem(
     :class:`~giftcard.unit_of_work.KeptRefusal`), with what counts it."""
     code = codes.check_code(raw_code)
     digest = codes.code_hash(secret_key, code)
+    if uow.db.reads_committed and (attempt is None or attempt.reserved):
+        settled = await _BATCHES.submit(uow.db, _Waiting(uow, customer, digest, actor, attempt))
+        if isinstance(settled, Redemption):
+            _count_redeemed()
+            return settled
 
     async def work(connection: AsyncConnection) -> Redemption:
         now = uow.clock.now()
@@ -123,22 +145,7 @@ async def redeem(
                 await attempt.refused_in(connection, refusal)
             # Nothing of the redemption was written: what counts the refusal commits.
             raise KeptRefusal(refusal)
-        posted = await ledger.post(
-            connection,
-            ledger.Entry(
-                type=ledger.TransactionType.REDEMPTION,
-                currency=card.currency,
-                description=f"Gift card ending {card.last4} redeemed",
-                actor=actor,
-                customer_id=customer.id,
-                card_id=card.id,
-                postings=[
-                    ledger.Posting(card.account_id, -card.amount),
-                    ledger.Posting(customer.available_account_id, card.amount),
-                ],
-            ),
-            now=now,
-        )
+        posted = await ledger.post(connection, _entry(card, customer, actor), now=now)
         record_event_later(
             connection,
             card.id,
@@ -202,6 +209,180 @@ async def redeem_limited(
     except RedemptionsPaused:
         REDEMPTIONS.labels(outcome="paused").inc()
         raise
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A redemption waiting to go in the next batch."""
+
+    uow: UnitOfWork
+    customer: Customer
+    digest: bytes
+    actor: str
+    attempt: RedeemAttempt | None
+
+
+class _Alone:
+    """The answer of a redemption its batch did not settle: it runs by itself."""
+
+
+_ALONE = _Alone()
+
+# The claim on many cards (PostgreSQL), in the order of their code hashes, so that two
+# batches with a code in common wait for each other instead of deadlocking; each card
+# answers with the number of the redemption that took it and its customer's held balance.
+_CLAIM_CARDS = text(
+    "UPDATE cards SET state = :redeemed, redeemed_at = :now, "
+    "redeemed_customer_id = claim.customer_id FROM (SELECT * FROM unnest("
+    "CAST(:numbers AS int[]), CAST(:digests AS bytea[]), CAST(:regions AS text[]), "
+    "CAST(:customer_ids AS bigint[]), CAST(:held_ids AS bigint[])) "
+    "AS claim(number, digest, region, customer_id, held_id) ORDER BY claim.digest) AS claim "
+    "WHERE cards.code_hash = claim.digest AND cards.state = :active "
+    "AND cards.region = claim.region AND (cards.expires_at IS NULL OR cards.expires_at > :now) "
+    "RETURNING claim.number, cards.id, cards.account_id, cards.amount, cards.currency, "
+    "cards.serial, cards.last4, "
+    "(SELECT balance FROM ledger_accounts WHERE id = claim.held_id) AS held"
+).bindparams(
+    bindparam("now", type_=cards.c.redeemed_at.type),
+    active=CardState.ACTIVE.value,
+    redeemed=CardState.REDEEMED.value,
+)
+
+
+async def _redeem_batch(db: Database, batch: Sequence[_Waiting]) -> list[Redemption | _Alone]:
+    """Group commit of redemptions on PostgreSQL: the redemptions of this process that
+    waited while the last batch ran go in one transaction of a few statements, whatever
+    their number: their keys claimed, their cards claimed, one journal transaction each
+    (:func:`giftcard.ledger.post_many`), their events and answers written, their units
+    given back. Each is answered only after the commit. A redemption that this batch
+    cannot settle (its code taken by no card or by another of the batch, its key another
+    request's or another's of the batch, a request alone) runs by itself afterwards, as
+    it would have without batches; if the batch fails, all of them do. So a refusal is
+    worded, counted and remembered exactly as before, and one bad request never fails
+    its neighbours."""
+    if len(batch) < 2:
+        return [_ALONE for _ in batch]
+    chosen: list[int] = []
+    digests: set[bytes] = set()
+    keys: set[tuple[str, str]] = set()
+    for number, waiting in enumerate(batch):
+        keyed = waiting.uow.keyed
+        if waiting.digest in digests or (keyed and (keyed.scope, keyed.key) in keys):
+            continue
+        digests.add(waiting.digest)
+        if keyed:
+            keys.add((keyed.scope, keyed.key))
+        chosen.append(number)
+    settled: dict[int, Redemption] = {}
+    try:
+        async with db.transaction() as connection:
+            settled = await _settle(connection, batch, chosen)
+    except Exception as error:
+        if is_database_unreachable(error):
+            # Whether it committed is unknown: answered as one request alone would be.
+            raise unavailable() from error
+        log.warning("a batch of redemptions failed; each runs by itself", exc_info=True)
+        return [_ALONE for _ in batch]
+    return [settled.get(number, _ALONE) for number in range(len(batch))]
+
+
+async def _settle(
+    connection: AsyncConnection, batch: Sequence[_Waiting], chosen: Sequence[int]
+) -> dict[int, Redemption]:
+    now = batch[0].uow.clock.now()
+    keyed = [(n, request) for n in chosen if (request := batch[n].uow.keyed) is not None]
+    claims: dict[int, tuple[idempotency.Claim, KeyedRequest]] = {}
+    if keyed:
+        claimed = await idempotency.claim_many(
+            connection, [request for _, request in keyed], now=now
+        )
+        claims = {
+            n: (claim, request)
+            for (n, request), claim in zip(keyed, claimed, strict=True)
+            if claim is not None
+        }
+    going = [n for n in chosen if batch[n].uow.keyed is None or n in claims]
+    if not going:
+        return {}
+    rows = (
+        await connection.execute(
+            _CLAIM_CARDS,
+            {
+                "numbers": going,
+                "digests": [batch[n].digest for n in going],
+                "regions": [batch[n].customer.region for n in going],
+                "customer_ids": [batch[n].customer.id for n in going],
+                "held_ids": [batch[n].customer.held_account_id for n in going],
+                "now": now,
+            },
+        )
+    ).all()
+    cards_of = {row.number: row for row in sorted(rows, key=lambda row: row.number)}
+    if cards_of:
+        posted = await ledger.post_many(
+            connection,
+            [_entry(card, batch[n].customer, batch[n].actor) for n, card in cards_of.items()],
+            now=now,
+        )
+    else:
+        posted = []
+    settled: dict[int, Redemption] = {}
+    for (n, card), entry in zip(cards_of.items(), posted, strict=True):
+        customer = batch[n].customer
+        settled[n] = Redemption(
+            transaction_id=entry.transaction_id,
+            amount=card.amount,
+            currency=card.currency,
+            balance=Balance(
+                card.currency, entry.balances_after[customer.available_account_id], int(card.held)
+            ),
+            card_serial=card.serial,
+            card_last4=card.last4,
+            created_at=now,
+        )
+    if settled:
+        record_events_later(
+            connection,
+            "redeemed",
+            [
+                Event(
+                    cards_of[n].id, batch[n].actor, redemption.transaction_id, batch[n].customer.id
+                )
+                for n, redemption in settled.items()
+            ],
+            now=now,
+        )
+        await RedeemAttempt.all_succeeded_in(
+            connection, [a for n in settled if (a := batch[n].attempt) is not None]
+        )
+    answers = [
+        (claims[n][0], claims[n][1].answer(redemption))
+        for n, redemption in settled.items()
+        if n in claims
+    ]
+    dropped = [claim for n, (claim, _) in claims.items() if n not in settled]
+    if answers or dropped:
+        await idempotency.complete_many(connection, answers, dropped)
+    return settled
+
+
+def _entry(card: Row[Any], customer: Customer, actor: str) -> ledger.Entry:
+    """A redemption's journal transaction: the card's value into the available balance."""
+    return ledger.Entry(
+        type=ledger.TransactionType.REDEMPTION,
+        currency=card.currency,
+        description=f"Gift card ending {card.last4} redeemed",
+        actor=actor,
+        customer_id=customer.id,
+        card_id=card.id,
+        postings=[
+            ledger.Posting(card.account_id, -card.amount),
+            ledger.Posting(customer.available_account_id, card.amount),
+        ],
+    )
+
+
+_BATCHES: batches.PerDatabase[_Waiting, Redemption | _Alone] = batches.PerDatabase(_redeem_batch)
 
 
 def _count_redeemed() -> None:
