@@ -224,23 +224,26 @@ _DROP_MANY = delete(idempotency_keys).where(
 
 
 async def claim_many(
-    connection: AsyncConnection, keyed: Sequence[KeyedRequest], *, now: datetime
+    connection: AsyncConnection, keyed: Sequence[KeyedRequest | None], *, now: datetime
 ) -> list[Claim | None]:
     """:func:`claim` for many keys (each once) in one statement, sent now (PostgreSQL):
-    for each, its claim, or None where the key is another request's."""
-    rows = await connection.execute(
-        _CLAIM_MANY,
-        {
-            "scopes": [request.scope for request in keyed],
-            "keys": [request.key for request in keyed],
-            "fingerprints": [request.fingerprint for request in keyed],
-            "created_at": now,
-        },
-    )
-    claimed = {(row.scope, row.key) for row in rows}
+    for each, its claim, or None where the key is another request's (or there is none)."""
+    requests = [request for request in keyed if request is not None]
+    claimed: set[tuple[str, str]] = set()
+    if requests:
+        rows = await connection.execute(
+            _CLAIM_MANY,
+            {
+                "scopes": [request.scope for request in requests],
+                "keys": [request.key for request in requests],
+                "fingerprints": [request.fingerprint for request in requests],
+                "created_at": now,
+            },
+        )
+        claimed = {(row.scope, row.key) for row in rows}
     return [
         Claim(request.scope, request.key, request.fingerprint)
-        if (request.scope, request.key) in claimed
+        if request is not None and (request.scope, request.key) in claimed
         else None
         for request in keyed
     ]

@@ -23,6 +23,14 @@ REQUESTS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 
+# Group commit on PostgreSQL: how many requests one transaction settled, by use case
+# (`redemptions`, `payments`); requests left to run alone are not counted here.
+GROUP_COMMITS = Histogram(
+    "giftcard_group_commit_size",
+    "Requests settled together by one transaction, by use case",
+    ["use_case"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 # Every attempt to deliver an email, by its kind and how it ended: `sent`, `retried`
 # (refused or unreachable, to be tried again) or `failed` (given up). Counted by the
 # process that sent it: `giftcard serve`'s own senders appear in its /metrics.

@@ -15,7 +15,7 @@ batch cannot settle runs by itself, so a refusal is the same whichever way it ca
 
 from __future__ import annotations
 
-import logging
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +25,7 @@ from babel.dates import format_date
 from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard import codes, idempotency, ledger
+from giftcard import codes, ledger
 from giftcard.cards import (
     CardState,
     Event,
@@ -35,16 +35,13 @@ from giftcard.cards import (
 )
 from giftcard.customers import Customer
 from giftcard.db import batches, riders
-from giftcard.db.engine import Database, is_database_unreachable, unavailable
+from giftcard.db.engine import Database
 from giftcard.db.tables import cards, ledger_accounts
 from giftcard.errors import ErrorCode, RedemptionError
-from giftcard.idempotency import KeyedRequest
 from giftcard.limits import AbuseLimits, RedeemAttempt, RedemptionsPaused
 from giftcard.metrics import REDEMPTIONS
 from giftcard.money import REGIONS, format_minor
-from giftcard.unit_of_work import KeptRefusal, UnitOfWork
-
-log = logging.getLogger(__name__)
+from giftcard.unit_of_work import KeptRefusal, RunAlone, UnitOfWork, run_together
 
 # The claim on a card, built once (see giftcard.ledger): only an active, unexpired card of
 # the customer's store is taken, and only by one of any number of concurrent attempts.
@@ -222,12 +219,6 @@ class _Waiting:
     attempt: RedeemAttempt | None
 
 
-class _Alone:
-    """The answer of a redemption its batch did not settle: it runs by itself."""
-
-
-_ALONE = _Alone()
-
 # The claim on many cards (PostgreSQL), in the order of their code hashes, so that two
 # batches with a code in common wait for each other instead of deadlocking; each card
 # answers with the number of the redemption that took it and its customer's held balance.
@@ -249,61 +240,29 @@ _CLAIM_CARDS = text(
 )
 
 
-async def _redeem_batch(db: Database, batch: Sequence[_Waiting]) -> list[Redemption | _Alone]:
-    """Group commit of redemptions on PostgreSQL: the redemptions of this process that
-    waited while the last batch ran go in one transaction of a few statements, whatever
-    their number: their keys claimed, their cards claimed, one journal transaction each
-    (:func:`giftcard.ledger.post_many`), their events and answers written, their units
-    given back. Each is answered only after the commit. A redemption that this batch
-    cannot settle (its code taken by no card or by another of the batch, its key another
-    request's or another's of the batch, a request alone) runs by itself afterwards, as
-    it would have without batches; if the batch fails, all of them do. So a refusal is
-    worded, counted and remembered exactly as before, and one bad request never fails
-    its neighbours."""
-    if len(batch) < 2:
-        return [_ALONE for _ in batch]
-    chosen: list[int] = []
-    digests: set[bytes] = set()
-    keys: set[tuple[str, str]] = set()
-    for number, waiting in enumerate(batch):
-        keyed = waiting.uow.keyed
-        if waiting.digest in digests or (keyed and (keyed.scope, keyed.key) in keys):
-            continue
-        digests.add(waiting.digest)
-        if keyed:
-            keys.add((keyed.scope, keyed.key))
-        chosen.append(number)
-    settled: dict[int, Redemption] = {}
-    try:
-        async with db.transaction() as connection:
-            settled = await _settle(connection, batch, chosen)
-    except Exception as error:
-        if is_database_unreachable(error):
-            # Whether it committed is unknown: answered as one request alone would be.
-            raise unavailable() from error
-        log.warning("a batch of redemptions failed; each runs by itself", exc_info=True)
-        return [_ALONE for _ in batch]
-    return [settled.get(number, _ALONE) for number in range(len(batch))]
+async def _redeem_batch(db: Database, batch: Sequence[_Waiting]) -> list[Redemption | RunAlone]:
+    """Group commit of redemptions on PostgreSQL (see
+    :func:`~giftcard.unit_of_work.run_together`): the redemptions of this process that
+    waited while the last batch ran go in one transaction: their keys claimed, their
+    cards claimed by one guarded UPDATE, one journal transaction each
+    (:func:`giftcard.ledger.post_many`), their events and answers written and their units
+    given back with one statement. A code that matched no active card of its region (or
+    was sent twice in the batch) is left to run by itself, so a refusal is worded,
+    counted and remembered exactly as before, and one bad request never fails its
+    neighbours."""
+
+    return await run_together(
+        db,
+        [waiting.uow for waiting in batch],
+        [waiting.digest for waiting in batch],
+        functools.partial(_settle, batch),
+        what="redemptions",
+    )
 
 
 async def _settle(
-    connection: AsyncConnection, batch: Sequence[_Waiting], chosen: Sequence[int]
+    batch: Sequence[_Waiting], connection: AsyncConnection, going: Sequence[int], now: datetime
 ) -> dict[int, Redemption]:
-    now = batch[0].uow.clock.now()
-    keyed = [(n, request) for n in chosen if (request := batch[n].uow.keyed) is not None]
-    claims: dict[int, tuple[idempotency.Claim, KeyedRequest]] = {}
-    if keyed:
-        claimed = await idempotency.claim_many(
-            connection, [request for _, request in keyed], now=now
-        )
-        claims = {
-            n: (claim, request)
-            for (n, request), claim in zip(keyed, claimed, strict=True)
-            if claim is not None
-        }
-    going = [n for n in chosen if batch[n].uow.keyed is None or n in claims]
-    if not going:
-        return {}
     rows = (
         await connection.execute(
             _CLAIM_CARDS,
@@ -317,15 +276,14 @@ async def _settle(
             },
         )
     ).all()
+    if not rows:
+        return {}
     cards_of = {row.number: row for row in sorted(rows, key=lambda row: row.number)}
-    if cards_of:
-        posted = await ledger.post_many(
-            connection,
-            [_entry(card, batch[n].customer, batch[n].actor) for n, card in cards_of.items()],
-            now=now,
-        )
-    else:
-        posted = []
+    posted = await ledger.post_many(
+        connection,
+        [_entry(card, batch[n].customer, batch[n].actor) for n, card in cards_of.items()],
+        now=now,
+    )
     settled: dict[int, Redemption] = {}
     for (n, card), entry in zip(cards_of.items(), posted, strict=True):
         customer = batch[n].customer
@@ -340,29 +298,18 @@ async def _settle(
             card_last4=card.last4,
             created_at=now,
         )
-    if settled:
-        record_events_later(
-            connection,
-            "redeemed",
-            [
-                Event(
-                    cards_of[n].id, batch[n].actor, redemption.transaction_id, batch[n].customer.id
-                )
-                for n, redemption in settled.items()
-            ],
-            now=now,
-        )
-        await RedeemAttempt.all_succeeded_in(
-            connection, [a for n in settled if (a := batch[n].attempt) is not None]
-        )
-    answers = [
-        (claims[n][0], claims[n][1].answer(redemption))
-        for n, redemption in settled.items()
-        if n in claims
-    ]
-    dropped = [claim for n, (claim, _) in claims.items() if n not in settled]
-    if answers or dropped:
-        await idempotency.complete_many(connection, answers, dropped)
+    record_events_later(
+        connection,
+        "redeemed",
+        [
+            Event(cards_of[n].id, batch[n].actor, redemption.transaction_id, batch[n].customer.id)
+            for n, redemption in settled.items()
+        ],
+        now=now,
+    )
+    await RedeemAttempt.all_succeeded_in(
+        connection, [a for n in settled if (a := batch[n].attempt) is not None]
+    )
     return settled
 
 
@@ -382,7 +329,7 @@ def _entry(card: Row[Any], customer: Customer, actor: str) -> ledger.Entry:
     )
 
 
-_BATCHES: batches.PerDatabase[_Waiting, Redemption | _Alone] = batches.PerDatabase(_redeem_batch)
+_BATCHES: batches.PerDatabase[_Waiting, Redemption | RunAlone] = batches.PerDatabase(_redeem_batch)
 
 
 def _count_redeemed() -> None:

@@ -21,24 +21,34 @@ retry is refused the same way without it.
 A refused transaction is rolled back and the refusal stored in one of its own, unless
 the work refuses with :class:`KeptRefusal`: what it wrote before refusing (what the
 refusal counts) then commits, with the refusal stored under the key, in one transaction.
+
+:func:`run_together` is group commit for the hot use cases on PostgreSQL (redemptions,
+payments): the units of work of many requests done by one transaction of a few
+statements over arrays, their keys claimed and answered in it as here, and whatever
+that transaction cannot settle left to :meth:`UnitOfWork.run`, one by one.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import idempotency
 from giftcard.clock import Clock
-from giftcard.db.engine import Database
+from giftcard.db.engine import Database, is_database_unreachable, unavailable
 from giftcard.errors import ErrorCode, GiftcardError
 from giftcard.idempotency import KeyedRequest, Replayed
 from giftcard.mail import outbox
+from giftcard.metrics import GROUP_COMMITS
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # Refusals that depend on when the request came, not on what it asked.
 _PASSING_REFUSALS = frozenset(
@@ -160,4 +170,88 @@ class UnitOfWork:
         await self.db.run(record)
 
 
-__all__ = ["KeptRefusal", "KeyedRequest", "Replayed", "UnitOfWork", "is_remembered"]
+class RunAlone:
+    """What :func:`run_together` answers for a unit of work its batch did not settle: it
+    is to run by itself, with :meth:`UnitOfWork.run`."""
+
+
+RUN_ALONE = RunAlone()
+
+
+async def run_together(
+    db: Database,
+    units: Sequence[UnitOfWork],
+    distinct: Sequence[Hashable],
+    settle: Callable[[AsyncConnection, list[int], datetime], Awaitable[dict[int, T]]],
+    *,
+    what: str,
+) -> list[T | RunAlone]:
+    """Group commit: the work of many units of work of one use case in one transaction,
+    for a use case whose work can be done for many requests by a few statements over
+    arrays. `settle` is given the numbers of the units to do (in `units`' order) and
+    returns the result of each it did; what it leaves, it must not have written. Their
+    keys are claimed first and answered last, as :meth:`UnitOfWork.run` does for one;
+    each is answered only once the transaction has committed.
+
+    A unit that is not settled is answered :data:`RUN_ALONE`, to run by itself: one whose
+    key another request holds, the second of two with one key or one `distinct` value
+    (what the use case cannot do twice in one statement), one that `settle` leaves (a
+    refusal, worded and remembered as it is for one alone), and one alone in its batch
+    (it costs fewer statements by itself). If the batch fails, all of them run alone;
+    if its connection was lost, whether it committed is unknown, and all of them are
+    refused as one alone would be: :func:`~giftcard.db.engine.unavailable`."""
+    if len(units) < 2:
+        return [RUN_ALONE for _ in units]
+    chosen: list[int] = []
+    seen: set[Hashable] = set()
+    keys: set[tuple[str, str]] = set()
+    for number, (unit, value) in enumerate(zip(units, distinct, strict=True)):
+        key = (unit.keyed.scope, unit.keyed.key) if unit.keyed else None
+        if value in seen or key in keys:
+            continue
+        seen.add(value)
+        if key:
+            keys.add(key)
+        chosen.append(number)
+
+    async def work(connection: AsyncConnection) -> dict[int, T]:
+        now = units[0].clock.now()
+        claims = await idempotency.claim_many(
+            connection, [units[number].keyed for number in chosen], now=now
+        )
+        claimed = dict(zip(chosen, claims, strict=True))
+        going = [n for n in chosen if units[n].keyed is None or claimed[n] is not None]
+        settled = await settle(connection, going, now) if going else {}
+        answers = [
+            (claim, keyed.answer(settled[n]))
+            for n, claim in claimed.items()
+            if claim is not None and n in settled and (keyed := units[n].keyed) is not None
+        ]
+        dropped = [claim for n, claim in claimed.items() if claim is not None and n not in settled]
+        if answers or dropped:
+            await idempotency.complete_many(connection, answers, dropped)
+        return settled
+
+    try:
+        async with db.transaction() as connection:
+            settled = await work(connection)
+    except Exception as error:
+        if is_database_unreachable(error):
+            raise unavailable() from error
+        log.warning("a batch of %s failed; each runs by itself", what, exc_info=True)
+        return [RUN_ALONE for _ in units]
+    if settled:
+        GROUP_COMMITS.labels(use_case=what).observe(len(settled))
+    return [settled.get(number, RUN_ALONE) for number in range(len(units))]
+
+
+__all__ = [
+    "RUN_ALONE",
+    "KeptRefusal",
+    "KeyedRequest",
+    "Replayed",
+    "RunAlone",
+    "UnitOfWork",
+    "is_remembered",
+    "run_together",
+]
