@@ -267,6 +267,7 @@ class PeakConnections:
     def __init__(self) -> None:
         self.current = 0
         self.peak = 0
+        self.reset()
 
     def checkout(self, *_: Any) -> None:
         self.current += 1
@@ -277,6 +278,39 @@ class PeakConnections:
 
     def reset(self) -> None:
         self.peak = self.current
+        self._batches_before = {
+            use_case: batches_of_more_than(use_case, self.BATCH_MIN - 1)
+            for use_case in ("payments", "redemptions")
+        }
+
+    # A batch of group commit (PostgreSQL) this big settled requests that were in flight
+    # together on one connection: it proves a race as many connections do.
+    BATCH_MIN = 9
+
+    def overlapped(self, minimum: int) -> bool:
+        """Whether `minimum` connections were in use at once since the last reset, or a
+        batch of at least BATCH_MIN requests was settled together."""
+        before = getattr(self, "_batches_before", {})
+        return self.peak >= minimum or any(
+            batches_of_more_than(use_case, self.BATCH_MIN - 1) > count
+            for use_case, count in before.items()
+        )
+
+
+def batches_of_more_than(use_case: str, size: int) -> float:
+    """How many transactions of group commit in this process settled more than `size`
+    requests of `use_case` (`size` one of the histogram's bounds)."""
+    from prometheus_client import REGISTRY
+
+    labels = {"use_case": use_case}
+    every = REGISTRY.get_sample_value("giftcard_group_commit_size_count", labels) or 0.0
+    smaller = (
+        REGISTRY.get_sample_value(
+            "giftcard_group_commit_size_bucket", {**labels, "le": f"{float(size)}"}
+        )
+        or 0.0
+    )
+    return every - smaller
 
 
 @contextlib.contextmanager
@@ -321,6 +355,7 @@ __all__ = [
     "Shopper",
     "api_key",
     "assert_problem",
+    "batches_of_more_than",
     "burst",
     "counting_connections",
     "issue",

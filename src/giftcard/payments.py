@@ -23,23 +23,26 @@ row (`... WHERE status = 'authorized'`, `... WHERE captured_amount - refunded_am
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import BigInteger, Row, any_, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import ids, ledger
 from giftcard.clock import Clock
 from giftcard.customers import Customer, RefundPreference, customer_from_row
-from giftcard.db import riders
+from giftcard.db import batches, riders
 from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import customers, ledger_accounts, payments, refunds
 from giftcard.errors import ErrorCode, GiftcardError, LedgerInvariantError, validation_error
 from giftcard.money import AMOUNT_MINOR_MAX, format_minor
-from giftcard.unit_of_work import UnitOfWork
+from giftcard.unit_of_work import RunAlone, UnitOfWork, run_together
 
 ORDER_ID_LENGTH_MAX = 255
 # Holds released per sweep; the sweeper loops until none are left.
@@ -198,8 +201,13 @@ _PAYMENT_LOCKED = _PAYMENT.with_for_update()
 async def create(
     uow: UnitOfWork, request: PaymentRequest, *, hold_ttl_s: int, actor: str
 ) -> Payment:
-    """Apply the balance to an order: captured at once, or held until captured."""
+    """Apply the balance to an order: captured at once, or held until captured. On
+    PostgreSQL, payments that come together commit together (see :func:`_pay_batch`)."""
     check_request(request)
+    if uow.db.reads_committed:
+        paid = await _BATCHES.submit(uow.db, _Waiting(uow, request, hold_ttl_s, actor))
+        if isinstance(paid, Payment):
+            return paid
 
     async def work(connection: AsyncConnection) -> Payment:
         return await _pay(
@@ -272,8 +280,7 @@ def _no_customer(customer_id: int) -> GiftcardError:
     )
 
 
-async def _insert(
-    connection: AsyncConnection,
+def _payment_values(
     request: PaymentRequest,
     customer: Customer,
     gift: int,
@@ -281,9 +288,9 @@ async def _insert(
     hold_ttl_s: int,
     actor: str,
     now: datetime,
-) -> Row[Any]:
+) -> dict[str, Any]:
     captured = status is PaymentStatus.CAPTURED
-    values = {
+    return {
         "customer_id": customer.id,
         "order_id": request.order_id,
         "currency": customer.currency,
@@ -298,6 +305,19 @@ async def _insert(
         "created_at": now,
         "updated_at": now,
     }
+
+
+async def _insert(
+    connection: AsyncConnection,
+    request: PaymentRequest,
+    customer: Customer,
+    gift: int,
+    status: PaymentStatus,
+    hold_ttl_s: int,
+    actor: str,
+    now: datetime,
+) -> Row[Any]:
+    values = _payment_values(request, customer, gift, status, hold_ttl_s, actor, now)
     try:
         return (await connection.execute(_INSERT_PAYMENT, values)).one()
     except IntegrityError as error:
@@ -320,6 +340,22 @@ async def _apply(
     actor: str,
     now: datetime,
 ) -> None:
+    await ledger.post(
+        connection,
+        await _payment_entry(connection, customer, payment_id, gift, status, actor),
+        now=now,
+    )
+
+
+async def _payment_entry(
+    connection: AsyncConnection,
+    customer: Customer,
+    payment_id: int,
+    gift: int,
+    status: PaymentStatus,
+    actor: str,
+) -> ledger.Entry:
+    """What the balance pays for a payment: to the store at once, or held."""
     currency = customer.currency
     if status is PaymentStatus.CAPTURED:
         entry_type = ledger.TransactionType.PAYMENT
@@ -331,19 +367,108 @@ async def _apply(
         entry_type = ledger.TransactionType.HOLD
         target = ledger.Posting(customer.held_account_id, gift)
         description = f"Held {format_minor(gift, currency)} for an order"
-    await ledger.post(
-        connection,
-        ledger.Entry(
-            type=entry_type,
-            currency=currency,
-            description=description,
-            actor=actor,
-            customer_id=customer.id,
-            payment_id=payment_id,
-            postings=[ledger.Posting(customer.available_account_id, -gift), target],
-        ),
-        now=now,
+    return ledger.Entry(
+        type=entry_type,
+        currency=currency,
+        description=description,
+        actor=actor,
+        customer_id=customer.id,
+        payment_id=payment_id,
+        postings=[ledger.Posting(customer.available_account_id, -gift), target],
     )
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A payment waiting to go in the next batch."""
+
+    uow: UnitOfWork
+    request: PaymentRequest
+    hold_ttl_s: int
+    actor: str
+
+
+# The customers of many payments with their available balances, whose rows a batch
+# locks in ascending id order, as the ledger does.
+_CUSTOMERS_AND_BALANCES_LOCKED = (
+    select(customers, ledger_accounts.c.balance.label("available_balance"))
+    .join_from(customers, ledger_accounts, ledger_accounts.c.id == customers.c.available_account_id)
+    .where(customers.c.id == any_(bindparam("b_ids", type_=ARRAY(BigInteger))))
+    .order_by(ledger_accounts.c.id)
+    .with_for_update(of=ledger_accounts)
+)
+_INSERT_PAYMENTS = insert(payments).returning(*payments.c, sort_by_parameter_order=True)
+
+
+async def _pay_batch(db: Database, batch: Sequence[_Waiting]) -> list[Payment | RunAlone]:
+    """Group commit of payments on PostgreSQL (see
+    :func:`~giftcard.unit_of_work.run_together`): the payments of this process that
+    waited while the last batch ran go in one transaction. Their customers' balances
+    are locked together, then each payment takes its part of its customer's balance in
+    its turn, as it would have alone after those before it (many payments from one
+    balance share one lock instead of queueing for it); their rows are written by one
+    INSERT and their journal transactions by :func:`giftcard.ledger.post_many`. A payment
+    for a customer not found or in another currency is left to run by itself, and is
+    refused as before; an order that already has a live payment fails the batch, whose
+    payments then each run by themselves."""
+    return await run_together(
+        db,
+        [waiting.uow for waiting in batch],
+        [(waiting.request.customer_id, waiting.request.order_id) for waiting in batch],
+        functools.partial(_settle, batch),
+        what="payments",
+    )
+
+
+async def _settle(
+    batch: Sequence[_Waiting], connection: AsyncConnection, going: Sequence[int], now: datetime
+) -> dict[int, Payment]:
+    customer_ids = sorted({batch[n].request.customer_id for n in going})
+    rows = (await connection.execute(_CUSTOMERS_AND_BALANCES_LOCKED, {"b_ids": customer_ids})).all()
+    found = {row.id: (customer_from_row(row), int(row.available_balance)) for row in rows}
+    available = {customer_id: balance for customer_id, (_, balance) in found.items()}
+    planned: list[tuple[int, Customer, int, PaymentStatus]] = []
+    for n in going:
+        request = batch[n].request
+        if request.customer_id not in found:
+            continue
+        customer = found[request.customer_id][0]
+        if request.currency != customer.currency:
+            continue
+        gift = balance_part(request.use_balance, available[customer.id], request.amount)
+        available[customer.id] -= gift
+        status = PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED
+        planned.append((n, customer, gift, status))
+    if not planned:
+        return {}
+    inserted = (
+        await connection.execute(
+            _INSERT_PAYMENTS,
+            [
+                _payment_values(
+                    batch[n].request,
+                    customer,
+                    gift,
+                    status,
+                    batch[n].hold_ttl_s,
+                    batch[n].actor,
+                    now,
+                )
+                for n, customer, gift, status in planned
+            ],
+        )
+    ).all()
+    entries = [
+        await _payment_entry(connection, customer, row.id, gift, status, batch[n].actor)
+        for (n, customer, gift, status), row in zip(planned, inserted, strict=True)
+        if gift
+    ]
+    if entries:
+        await ledger.post_many(connection, entries, now=now)
+    return {n: payment_from_row(row) for (n, _, _, _), row in zip(planned, inserted, strict=True)}
+
+
+_BATCHES: batches.PerDatabase[_Waiting, Payment | RunAlone] = batches.PerDatabase(_pay_batch)
 
 
 async def _get(connection: AsyncConnection, payment_id: int, *, lock: bool = False) -> Payment:

@@ -1,0 +1,169 @@
+"""Group commit of payments on PostgreSQL (`giftcard.payments._pay_batch`): the payments
+of a process that come together commit in one transaction, each taking its part of its
+customer's balance in its turn; what a batch cannot settle runs by itself, and a batch
+that fails leaves every payment in it to run by itself."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+
+from giftcard import ledger
+from giftcard.api.app import create_app
+from giftcard.clock import FrozenClock
+from giftcard.config import Settings
+from giftcard.services import Services
+from giftcard.verify import verify
+from tests.conftest import api_key, batches_of_more_than, burst, sent_statements
+from tests.integration.test_payments_concurrency import balance_of, funded_shopper
+
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+
+CONCURRENCY = 32
+
+
+@pytest.fixture
+async def batch_services(settings: Settings, clock: FrozenClock) -> AsyncIterator[Services]:
+    svc = Services.build(replace(settings, database_pool_size=CONCURRENCY), clock=clock)
+    yield svc
+    await svc.close()
+
+
+@pytest.fixture
+async def batch_client(batch_services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(
+        app=create_app(services=batch_services), client=("203.0.113.9", 4711)
+    )
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+def pay(
+    client: httpx.AsyncClient,
+    merchant: dict[str, str],
+    customer_id: str,
+    order_id: str,
+    amount: int,
+    *,
+    key: str | None = None,
+    currency: str = "USD",
+    capture: bool = True,
+) -> Any:
+    return client.post(
+        "/v1/payments",
+        json={
+            "customer_id": customer_id,
+            "order_id": order_id,
+            "amount": amount,
+            "currency": currency,
+            "use_balance": "max",
+            "capture": capture,
+        },
+        headers={**merchant, "Idempotency-Key": key or uuid.uuid4().hex},
+    )
+
+
+@pytest.mark.parametrize("capture", [True, False], ids=["captured", "held"])
+async def test_payments_from_one_balance_take_it_in_turn_in_one_transaction(
+    batch_client: httpx.AsyncClient, batch_services: Services, capture: bool
+) -> None:
+    """Given a balance of 5,000 and 32 orders of 300 paid from it at once, then the
+    balance pays 16 orders in full, one in part and none of the rest, never more than it
+    holds; each payment's journal transaction records the balance right after it; and
+    most of them were settled together, in far fewer statements than alone."""
+    admin = await api_key(batch_services)
+    merchant = await api_key(batch_services, "merchant")
+    shopper = await funded_shopper(batch_client, admin, 5000)
+    before = batches_of_more_than("payments", 8)
+    with sent_statements(batch_services.db) as sent:
+        responses = await burst(
+            *(
+                pay(batch_client, merchant, shopper.id, f"turn-{n}", 300, capture=capture)
+                for n in range(CONCURRENCY)
+            )
+        )
+    assert [r.status_code for r in responses] == [201] * CONCURRENCY, [r.text for r in responses]
+    assert batches_of_more_than("payments", 8) > before, "the payments did not go together"
+    assert len(sent) < CONCURRENCY * 3, len(sent)
+    gifts = sorted((r.json()["gift_card_amount"] for r in responses), reverse=True)
+    assert gifts == [300] * 16 + [200] + [0] * 15
+    balance = await balance_of(batch_client, shopper)
+    assert balance["available"] == 0
+    assert balance["held"] == (0 if capture else 5000)
+    history = (
+        await batch_client.get("/v1/me/transactions?limit=100", headers=shopper.auth)
+    ).json()["data"]
+    afters = [item["balance_after"] for item in history if item["type"] != "redemption"]
+    assert sorted(afters, reverse=True) == [5000 - 300 * n for n in range(1, 17)] + [0]
+    assert (await verify(batch_services.db)).problems == []
+
+
+async def test_what_a_payment_batch_cannot_settle_is_answered_as_if_alone(
+    batch_client: httpx.AsyncClient, batch_services: Services
+) -> None:
+    """Given good payments sent together with one for an unknown customer, one in another
+    currency, one for an order that already has a live payment, one order twice under two
+    keys and one request twice under one key, then the good ones are paid and every other
+    request gets the answer it would have got alone."""
+    admin = await api_key(batch_services)
+    merchant = await api_key(batch_services, "merchant")
+    shopper = await funded_shopper(batch_client, admin, 10_000)
+    first = await pay(batch_client, merchant, shopper.id, "paid-before", 100)
+    assert first.status_code == 201
+    customer = shopper.id
+    responses = await burst(
+        *(pay(batch_client, merchant, customer, f"good-{n}", 100) for n in range(8)),
+        pay(batch_client, merchant, "cus_" + "2" * 13, "nobody", 100),
+        pay(batch_client, merchant, customer, "euros", 100, currency="EUR"),
+        pay(batch_client, merchant, customer, "twice", 100, key="twice-a"),
+        pay(batch_client, merchant, customer, "twice", 100, key="twice-b"),
+        pay(batch_client, merchant, customer, "same-key", 100, key="same-key"),
+        pay(batch_client, merchant, customer, "same-key", 100, key="same-key"),
+    )
+    assert [r.status_code for r in responses[:8]] == [201] * 8, [r.text for r in responses]
+    nobody, euros, twice_a, twice_b, same_a, same_b = responses[8:]
+    assert nobody.status_code == 404
+    assert euros.json()["code"] == "currency_mismatch"
+    assert sorted([twice_a.status_code, twice_b.status_code]) == [201, 409]
+    assert same_a.json() == same_b.json()
+    assert {
+        same_a.headers.get("Idempotent-Replayed"),
+        same_b.headers.get("Idempotent-Replayed"),
+    } == {
+        None,
+        "true",
+    }
+    again = await pay(batch_client, merchant, customer, "paid-before", 100)
+    assert again.json()["code"] == "invalid_state"
+    assert (await balance_of(batch_client, shopper))["available"] == 10_000 - 11 * 100
+    assert (await verify(batch_services.db)).problems == []
+
+
+async def test_a_payment_batch_that_fails_leaves_each_payment_to_run_alone(
+    batch_client: httpx.AsyncClient, batch_services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a batch whose statement fails (here: the journal refuses it), then each of its
+    payments ran again by itself and was paid once, and nothing of the batch was kept."""
+    admin = await api_key(batch_services)
+    merchant = await api_key(batch_services, "merchant")
+    shopper = await funded_shopper(batch_client, admin, 1000)
+    failed: list[int] = []
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        failed.append(len(args[1]))
+        raise ledger.LedgerInvariantError("refused for the test")
+
+    monkeypatch.setattr(ledger, "post_many", failing)
+    responses = await burst(
+        *(pay(batch_client, merchant, shopper.id, f"fail-{n}", 100) for n in range(12))
+    )
+    assert failed, "no batch was tried"
+    assert [r.status_code for r in responses] == [201] * 12, [r.text for r in responses]
+    assert sorted(r.json()["gift_card_amount"] for r in responses) == [0, 0] + [100] * 10
+    assert (await balance_of(batch_client, shopper))["available"] == 0
+    assert (await verify(batch_services.db)).problems == []
