@@ -297,6 +297,22 @@ class PeakConnections:
         )
 
 
+@pytest.fixture
+def failing_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every batch of group commit fails (its journal transactions are refused) until
+    the test ends; the sizes of the batches tried, in order."""
+    from giftcard import ledger
+
+    tried: list[int] = []
+
+    async def failing(_connection: Any, entries: Any, **_: Any) -> Any:
+        tried.append(len(entries))
+        raise ledger.LedgerInvariantError("refused for the test")
+
+    monkeypatch.setattr(ledger, "post_many", failing)
+    return tried
+
+
 def batches_of_more_than(use_case: str, size: int) -> float:
     """How many transactions of group commit in this process settled more than `size`
     requests of `use_case` (`size` one of the histogram's bounds)."""

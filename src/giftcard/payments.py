@@ -258,7 +258,8 @@ async def _pay(
     available = int(found.available_balance)
     gift = balance_part(request.use_balance, available, request.amount)
     status = PaymentStatus.CAPTURED if request.capture else PaymentStatus.AUTHORIZED
-    row = await _insert(connection, request, customer, gift, status, hold_ttl_s, actor, now)
+    values = _payment_values(request, customer, gift, status, hold_ttl_s, actor, now)
+    row = await _insert(connection, request, values)
     if gift:
         await _apply(connection, customer, row.id, gift, status, actor, now)
     # The row as inserted is the payment: applying it moves balances, not the row.
@@ -308,16 +309,8 @@ def _payment_values(
 
 
 async def _insert(
-    connection: AsyncConnection,
-    request: PaymentRequest,
-    customer: Customer,
-    gift: int,
-    status: PaymentStatus,
-    hold_ttl_s: int,
-    actor: str,
-    now: datetime,
+    connection: AsyncConnection, request: PaymentRequest, values: dict[str, Any]
 ) -> Row[Any]:
-    values = _payment_values(request, customer, gift, status, hold_ttl_s, actor, now)
     try:
         return (await connection.execute(_INSERT_PAYMENT, values)).one()
     except IntegrityError as error:

@@ -8,19 +8,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 import httpx
 import pytest
 
-from giftcard import ledger
 from giftcard.api.app import create_app
 from giftcard.clock import FrozenClock
 from giftcard.config import Settings
 from giftcard.services import Services
 from giftcard.verify import verify
-from tests.conftest import api_key, batches_of_more_than, burst, sent_statements
-from tests.integration.test_payments_concurrency import balance_of, funded_shopper
+from tests.conftest import Shopper, api_key, batches_of_more_than, burst, sent_statements
+from tests.integration.test_payments_concurrency import balance_of, funded_shopper, pay
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
@@ -43,29 +41,8 @@ async def batch_client(batch_services: Services) -> AsyncIterator[httpx.AsyncCli
         yield http
 
 
-def pay(
-    client: httpx.AsyncClient,
-    merchant: dict[str, str],
-    customer_id: str,
-    order_id: str,
-    amount: int,
-    *,
-    key: str | None = None,
-    currency: str = "USD",
-    capture: bool = True,
-) -> Any:
-    return client.post(
-        "/v1/payments",
-        json={
-            "customer_id": customer_id,
-            "order_id": order_id,
-            "amount": amount,
-            "currency": currency,
-            "use_balance": "max",
-            "capture": capture,
-        },
-        headers={**merchant, "Idempotency-Key": key or uuid.uuid4().hex},
-    )
+def keyed(key: str | None = None) -> dict[str, str]:
+    return {"Idempotency-Key": key or uuid.uuid4().hex}
 
 
 @pytest.mark.parametrize("capture", [True, False], ids=["captured", "held"])
@@ -83,7 +60,15 @@ async def test_payments_from_one_balance_take_it_in_turn_in_one_transaction(
     with sent_statements(batch_services.db) as sent:
         responses = await burst(
             *(
-                pay(batch_client, merchant, shopper.id, f"turn-{n}", 300, capture=capture)
+                pay(
+                    batch_client,
+                    merchant,
+                    shopper,
+                    f"turn-{n}",
+                    300,
+                    capture=capture,
+                    headers=keyed(),
+                )
                 for n in range(CONCURRENCY)
             )
         )
@@ -113,21 +98,24 @@ async def test_what_a_payment_batch_cannot_settle_is_answered_as_if_alone(
     admin = await api_key(batch_services)
     merchant = await api_key(batch_services, "merchant")
     shopper = await funded_shopper(batch_client, admin, 10_000)
-    first = await pay(batch_client, merchant, shopper.id, "paid-before", 100)
+    first = await pay(batch_client, merchant, shopper, "paid-before", 100, headers=keyed())
     assert first.status_code == 201
-    customer = shopper.id
+    nobody = Shopper("cus_" + "2" * 13, "nobody@example.com", "", "US")
     responses = await burst(
-        *(pay(batch_client, merchant, customer, f"good-{n}", 100) for n in range(8)),
-        pay(batch_client, merchant, "cus_" + "2" * 13, "nobody", 100),
-        pay(batch_client, merchant, customer, "euros", 100, currency="EUR"),
-        pay(batch_client, merchant, customer, "twice", 100, key="twice-a"),
-        pay(batch_client, merchant, customer, "twice", 100, key="twice-b"),
-        pay(batch_client, merchant, customer, "same-key", 100, key="same-key"),
-        pay(batch_client, merchant, customer, "same-key", 100, key="same-key"),
+        *(
+            pay(batch_client, merchant, shopper, f"good-{n}", 100, headers=keyed())
+            for n in range(8)
+        ),
+        pay(batch_client, merchant, nobody, "nobody", 100, headers=keyed()),
+        pay(batch_client, merchant, shopper, "euros", 100, currency="EUR", headers=keyed()),
+        pay(batch_client, merchant, shopper, "twice", 100, headers=keyed("twice-a")),
+        pay(batch_client, merchant, shopper, "twice", 100, headers=keyed("twice-b")),
+        pay(batch_client, merchant, shopper, "same-key", 100, headers=keyed("same-key")),
+        pay(batch_client, merchant, shopper, "same-key", 100, headers=keyed("same-key")),
     )
     assert [r.status_code for r in responses[:8]] == [201] * 8, [r.text for r in responses]
-    nobody, euros, twice_a, twice_b, same_a, same_b = responses[8:]
-    assert nobody.status_code == 404
+    unknown, euros, twice_a, twice_b, same_a, same_b = responses[8:]
+    assert unknown.status_code == 404
     assert euros.json()["code"] == "currency_mismatch"
     assert sorted([twice_a.status_code, twice_b.status_code]) == [201, 409]
     assert same_a.json() == same_b.json()
@@ -138,31 +126,27 @@ async def test_what_a_payment_batch_cannot_settle_is_answered_as_if_alone(
         None,
         "true",
     }
-    again = await pay(batch_client, merchant, customer, "paid-before", 100)
+    again = await pay(batch_client, merchant, shopper, "paid-before", 100, headers=keyed())
     assert again.json()["code"] == "invalid_state"
     assert (await balance_of(batch_client, shopper))["available"] == 10_000 - 11 * 100
     assert (await verify(batch_services.db)).problems == []
 
 
 async def test_a_payment_batch_that_fails_leaves_each_payment_to_run_alone(
-    batch_client: httpx.AsyncClient, batch_services: Services, monkeypatch: pytest.MonkeyPatch
+    batch_client: httpx.AsyncClient, batch_services: Services, failing_batches: list[int]
 ) -> None:
     """Given a batch whose statement fails (here: the journal refuses it), then each of its
     payments ran again by itself and was paid once, and nothing of the batch was kept."""
     admin = await api_key(batch_services)
     merchant = await api_key(batch_services, "merchant")
     shopper = await funded_shopper(batch_client, admin, 1000)
-    failed: list[int] = []
-
-    async def failing(*args: Any, **kwargs: Any) -> Any:
-        failed.append(len(args[1]))
-        raise ledger.LedgerInvariantError("refused for the test")
-
-    monkeypatch.setattr(ledger, "post_many", failing)
     responses = await burst(
-        *(pay(batch_client, merchant, shopper.id, f"fail-{n}", 100) for n in range(12))
+        *(
+            pay(batch_client, merchant, shopper, f"fail-{n}", 100, headers=keyed())
+            for n in range(12)
+        )
     )
-    assert failed, "no batch was tried"
+    assert failing_batches, "no batch was tried"
     assert [r.status_code for r in responses] == [201] * 12, [r.text for r in responses]
     assert sorted(r.json()["gift_card_amount"] for r in responses) == [0, 0] + [100] * 10
     assert (await balance_of(batch_client, shopper))["available"] == 0

@@ -107,6 +107,7 @@ def pay(
     use_balance: str | int = "max",
     capture: bool = True,
     headers: dict[str, str] | None = None,
+    currency: str = "USD",
 ) -> Any:
     return client.post(
         "/v1/payments",
@@ -114,7 +115,7 @@ def pay(
             "customer_id": shopper.id,
             "order_id": order_id,
             "amount": amount,
-            "currency": "USD",
+            "currency": currency,
             "use_balance": use_balance,
             "capture": capture,
         },
