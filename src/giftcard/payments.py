@@ -261,7 +261,8 @@ async def _pay(
     values = _payment_values(request, customer, gift, status, hold_ttl_s, actor, now)
     row = await _insert(connection, request, values)
     if gift:
-        await _apply(connection, customer, row.id, gift, status, actor, now)
+        entry = await _payment_entry(connection, customer, row.id, gift, status, actor)
+        await ledger.post(connection, entry, now=now)
     # The row as inserted is the payment: applying it moves balances, not the row.
     return payment_from_row(row)
 
@@ -322,22 +323,6 @@ async def _insert(
                 param="order_id",
             ) from None
         raise
-
-
-async def _apply(
-    connection: AsyncConnection,
-    customer: Customer,
-    payment_id: int,
-    gift: int,
-    status: PaymentStatus,
-    actor: str,
-    now: datetime,
-) -> None:
-    await ledger.post(
-        connection,
-        await _payment_entry(connection, customer, payment_id, gift, status, actor),
-        now=now,
-    )
 
 
 async def _payment_entry(

@@ -6,14 +6,11 @@ that fails leaves every payment in it to run by itself."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import httpx
 import pytest
 
-from giftcard.api.app import create_app
-from giftcard.clock import FrozenClock
 from giftcard.config import Settings
 from giftcard.services import Services
 from giftcard.verify import verify
@@ -26,19 +23,9 @@ CONCURRENCY = 32
 
 
 @pytest.fixture
-async def batch_services(settings: Settings, clock: FrozenClock) -> AsyncIterator[Services]:
-    svc = Services.build(replace(settings, database_pool_size=CONCURRENCY), clock=clock)
-    yield svc
-    await svc.close()
-
-
-@pytest.fixture
-async def batch_client(batch_services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(
-        app=create_app(services=batch_services), client=("203.0.113.9", 4711)
-    )
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        yield http
+def settings(settings: Settings) -> Settings:
+    """A pool with room for every request at once."""
+    return replace(settings, database_pool_size=CONCURRENCY)
 
 
 def keyed(key: str | None = None) -> dict[str, str]:
@@ -47,21 +34,21 @@ def keyed(key: str | None = None) -> dict[str, str]:
 
 @pytest.mark.parametrize("capture", [True, False], ids=["captured", "held"])
 async def test_payments_from_one_balance_take_it_in_turn_in_one_transaction(
-    batch_client: httpx.AsyncClient, batch_services: Services, capture: bool
+    client: httpx.AsyncClient, services: Services, capture: bool
 ) -> None:
     """Given a balance of 5,000 and 32 orders of 300 paid from it at once, then the
     balance pays 16 orders in full, one in part and none of the rest, never more than it
     holds; each payment's journal transaction records the balance right after it; and
     most of them were settled together, in far fewer statements than alone."""
-    admin = await api_key(batch_services)
-    merchant = await api_key(batch_services, "merchant")
-    shopper = await funded_shopper(batch_client, admin, 5000)
+    admin = await api_key(services)
+    merchant = await api_key(services, "merchant")
+    shopper = await funded_shopper(client, admin, 5000)
     before = batches_of_more_than("payments", 8)
-    with sent_statements(batch_services.db) as sent:
+    with sent_statements(services.db) as sent:
         responses = await burst(
             *(
                 pay(
-                    batch_client,
+                    client,
                     merchant,
                     shopper,
                     f"turn-{n}",
@@ -77,41 +64,38 @@ async def test_payments_from_one_balance_take_it_in_turn_in_one_transaction(
     assert len(sent) < CONCURRENCY * 3, len(sent)
     gifts = sorted((r.json()["gift_card_amount"] for r in responses), reverse=True)
     assert gifts == [300] * 16 + [200] + [0] * 15
-    balance = await balance_of(batch_client, shopper)
+    balance = await balance_of(client, shopper)
     assert balance["available"] == 0
     assert balance["held"] == (0 if capture else 5000)
-    history = (
-        await batch_client.get("/v1/me/transactions?limit=100", headers=shopper.auth)
-    ).json()["data"]
+    history = (await client.get("/v1/me/transactions?limit=100", headers=shopper.auth)).json()[
+        "data"
+    ]
     afters = [item["balance_after"] for item in history if item["type"] != "redemption"]
     assert sorted(afters, reverse=True) == [5000 - 300 * n for n in range(1, 17)] + [0]
-    assert (await verify(batch_services.db)).problems == []
+    assert (await verify(services.db)).problems == []
 
 
 async def test_what_a_payment_batch_cannot_settle_is_answered_as_if_alone(
-    batch_client: httpx.AsyncClient, batch_services: Services
+    client: httpx.AsyncClient, services: Services
 ) -> None:
     """Given good payments sent together with one for an unknown customer, one in another
     currency, one for an order that already has a live payment, one order twice under two
     keys and one request twice under one key, then the good ones are paid and every other
     request gets the answer it would have got alone."""
-    admin = await api_key(batch_services)
-    merchant = await api_key(batch_services, "merchant")
-    shopper = await funded_shopper(batch_client, admin, 10_000)
-    first = await pay(batch_client, merchant, shopper, "paid-before", 100, headers=keyed())
+    admin = await api_key(services)
+    merchant = await api_key(services, "merchant")
+    shopper = await funded_shopper(client, admin, 10_000)
+    first = await pay(client, merchant, shopper, "paid-before", 100, headers=keyed())
     assert first.status_code == 201
     nobody = Shopper("cus_" + "2" * 13, "nobody@example.com", "", "US")
     responses = await burst(
-        *(
-            pay(batch_client, merchant, shopper, f"good-{n}", 100, headers=keyed())
-            for n in range(8)
-        ),
-        pay(batch_client, merchant, nobody, "nobody", 100, headers=keyed()),
-        pay(batch_client, merchant, shopper, "euros", 100, currency="EUR", headers=keyed()),
-        pay(batch_client, merchant, shopper, "twice", 100, headers=keyed("twice-a")),
-        pay(batch_client, merchant, shopper, "twice", 100, headers=keyed("twice-b")),
-        pay(batch_client, merchant, shopper, "same-key", 100, headers=keyed("same-key")),
-        pay(batch_client, merchant, shopper, "same-key", 100, headers=keyed("same-key")),
+        *(pay(client, merchant, shopper, f"good-{n}", 100, headers=keyed()) for n in range(8)),
+        pay(client, merchant, nobody, "nobody", 100, headers=keyed()),
+        pay(client, merchant, shopper, "euros", 100, currency="EUR", headers=keyed()),
+        pay(client, merchant, shopper, "twice", 100, headers=keyed("twice-a")),
+        pay(client, merchant, shopper, "twice", 100, headers=keyed("twice-b")),
+        pay(client, merchant, shopper, "same-key", 100, headers=keyed("same-key")),
+        pay(client, merchant, shopper, "same-key", 100, headers=keyed("same-key")),
     )
     assert [r.status_code for r in responses[:8]] == [201] * 8, [r.text for r in responses]
     unknown, euros, twice_a, twice_b, same_a, same_b = responses[8:]
@@ -126,28 +110,25 @@ async def test_what_a_payment_batch_cannot_settle_is_answered_as_if_alone(
         None,
         "true",
     }
-    again = await pay(batch_client, merchant, shopper, "paid-before", 100, headers=keyed())
+    again = await pay(client, merchant, shopper, "paid-before", 100, headers=keyed())
     assert again.json()["code"] == "invalid_state"
-    assert (await balance_of(batch_client, shopper))["available"] == 10_000 - 11 * 100
-    assert (await verify(batch_services.db)).problems == []
+    assert (await balance_of(client, shopper))["available"] == 10_000 - 11 * 100
+    assert (await verify(services.db)).problems == []
 
 
 async def test_a_payment_batch_that_fails_leaves_each_payment_to_run_alone(
-    batch_client: httpx.AsyncClient, batch_services: Services, failing_batches: list[int]
+    client: httpx.AsyncClient, services: Services, failing_batches: list[int]
 ) -> None:
     """Given a batch whose statement fails (here: the journal refuses it), then each of its
     payments ran again by itself and was paid once, and nothing of the batch was kept."""
-    admin = await api_key(batch_services)
-    merchant = await api_key(batch_services, "merchant")
-    shopper = await funded_shopper(batch_client, admin, 1000)
+    admin = await api_key(services)
+    merchant = await api_key(services, "merchant")
+    shopper = await funded_shopper(client, admin, 1000)
     responses = await burst(
-        *(
-            pay(batch_client, merchant, shopper, f"fail-{n}", 100, headers=keyed())
-            for n in range(12)
-        )
+        *(pay(client, merchant, shopper, f"fail-{n}", 100, headers=keyed()) for n in range(12))
     )
     assert failing_batches, "no batch was tried"
     assert [r.status_code for r in responses] == [201] * 12, [r.text for r in responses]
     assert sorted(r.json()["gift_card_amount"] for r in responses) == [0, 0] + [100] * 10
-    assert (await balance_of(batch_client, shopper))["available"] == 0
-    assert (await verify(batch_services.db)).problems == []
+    assert (await balance_of(client, shopper))["available"] == 0
+    assert (await verify(services.db)).problems == []
