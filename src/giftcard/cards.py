@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import BigInteger, Row, Text, bindparam, func, insert, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import BigInteger, Row, Text, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import audit, codes, ids, ledger
 from giftcard.clock import Clock
 from giftcard.db import riders
-from giftcard.db.bulk import allocate_ids, bulk_load, copy_rows, find_existing
+from giftcard.db.bulk import allocate_ids, array_rows, bulk_load, copy_rows, find_existing
 from giftcard.db.engine import Database
 from giftcard.db.tables import card_events, cards, ledger_accounts
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
@@ -464,15 +463,11 @@ def record_event_later(
 
 
 # The events of many cards in one statement, riding along (PostgreSQL's arrays).
-_EVENT_ROWS = (
-    func.unnest(
-        bindparam("b_events_card_id", type_=ARRAY(BigInteger)),
-        bindparam("b_events_actor", type_=ARRAY(Text)),
-        bindparam("b_events_transaction_id", type_=ARRAY(BigInteger)),
-        bindparam("b_events_customer_id", type_=ARRAY(BigInteger)),
-    )
-    .table_valued("card_id", "actor", "transaction_id", "customer_id")
-    .render_derived()
+_EVENT_ROWS = array_rows(
+    card_id=("b_events_card_id", BigInteger()),
+    actor=("b_events_actor", Text()),
+    transaction_id=("b_events_transaction_id", BigInteger()),
+    customer_id=("b_events_customer_id", BigInteger()),
 )
 _INSERT_EVENTS = insert(card_events).from_select(
     ["card_id", "type", "actor", "transaction_id", "customer_id", "created_at"],

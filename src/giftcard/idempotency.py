@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Text, bindparam, delete, func, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Integer, Text, bindparam, delete, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db import riders
+from giftcard.db.bulk import array_rows
 from giftcard.db.engine import Database
 from giftcard.db.tables import idempotency_keys
 from giftcard.errors import ErrorCode, GiftcardError
@@ -188,15 +188,11 @@ _CLAIM_MANY = text(
 ).bindparams(bindparam("created_at", type_=idempotency_keys.c.created_at.type))
 # The answers of many claimed keys, and the claims of requests left unanswered taken
 # back (they run again by themselves, and claim their keys again).
-_ANSWERS = (
-    func.unnest(
-        bindparam("b_done_scopes", type_=ARRAY(Text)),
-        bindparam("b_done_keys", type_=ARRAY(Text)),
-        bindparam("b_done_statuses", type_=ARRAY(Integer)),
-        bindparam("b_done_bodies", type_=ARRAY(Text)),
-    )
-    .table_valued("scope", "key", "status", "body")
-    .render_derived()
+_ANSWERS = array_rows(
+    scope=("b_done_scopes", Text()),
+    key=("b_done_keys", Text()),
+    status=("b_done_statuses", Integer()),
+    body=("b_done_bodies", Text()),
 )
 _COMPLETE_MANY = (
     update(idempotency_keys)
@@ -208,13 +204,7 @@ _COMPLETE_MANY = (
     .values(response_status=_ANSWERS.c.status, response_body=_ANSWERS.c.body)
     .returning(idempotency_keys.c.id)
 )
-_DROPPED = (
-    func.unnest(
-        bindparam("b_drop_scopes", type_=ARRAY(Text)), bindparam("b_drop_keys", type_=ARRAY(Text))
-    )
-    .table_valued("scope", "key")
-    .render_derived()
-)
+_DROPPED = array_rows(scope=("b_drop_scopes", Text()), key=("b_drop_keys", Text()))
 _DROP_MANY = delete(idempotency_keys).where(
     tuple_(idempotency_keys.c.scope, idempotency_keys.c.key).in_(
         select(_DROPPED.c.scope, _DROPPED.c.key)

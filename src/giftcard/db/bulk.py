@@ -19,12 +19,24 @@ from typing import Any
 from sqlalchemy import Column, Table, Text, any_, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.types import TypeEngine
 
 BULK_ROWS_MAX = 1_000_000
 # SQLite's page cache while a bulk load runs (the default is 2 MiB). Unique keys drawn at
 # random (a card's serial and code hash) touch index pages all over the file; with a
 # small cache nearly every insert evicts a page and reads one back.
 SQLITE_BULK_CACHE_KIB = 131_072
+
+
+def array_rows(**columns: tuple[str, TypeEngine[Any]]) -> TableValuedAlias:
+    """Rows given column by column as array parameters (PostgreSQL's unnest), as a table
+    a statement built once can select from: `column=(parameter name, element type)`."""
+    return (
+        func.unnest(*(bindparam(name, type_=ARRAY(type_)) for name, type_ in columns.values()))
+        .table_valued(*columns)
+        .render_derived()
+    )
 
 
 @asynccontextmanager
