@@ -227,15 +227,15 @@ class RedeemAttempt:
         if not attempts:
             return
         limits = attempts[0]._limits
-        reservations = [attempt._reservation for attempt in attempts]
-        if any(attempt._limits is not limits for attempt in attempts) or None in reservations:
+        reservations = [a._reservation for a in attempts if a._reservation is not None]
+        if len(reservations) != len(attempts) or any(a._limits is not limits for a in attempts):
             raise ValueError("attempts of one store, each with its units reserved")
         given_back = await limits.store.give_back_in(
             connection,
             Reservation(
-                tuple(key for r in reservations if r for key in r.keys),
+                tuple(key for r in reservations for key in r.keys),
                 "",
-                tuple(row_id for r in reservations if r for row_id in r.row_ids),
+                tuple(row_id for r in reservations for row_id in r.row_ids),
             ),
         )
         for attempt in attempts:

@@ -403,15 +403,13 @@ async def _settle(
 ) -> dict[int, Payment]:
     customer_ids = sorted({batch[n].request.customer_id for n in going})
     rows = (await connection.execute(_CUSTOMERS_AND_BALANCES_LOCKED, {"b_ids": customer_ids})).all()
-    found = {row.id: (customer_from_row(row), int(row.available_balance)) for row in rows}
-    available = {customer_id: balance for customer_id, (_, balance) in found.items()}
+    found = {row.id: customer_from_row(row) for row in rows}
+    available = {row.id: int(row.available_balance) for row in rows}
     planned: list[tuple[int, Customer, int, PaymentStatus]] = []
     for n in going:
         request = batch[n].request
-        if request.customer_id not in found:
-            continue
-        customer = found[request.customer_id][0]
-        if request.currency != customer.currency:
+        customer = found.get(request.customer_id)
+        if customer is None or request.currency != customer.currency:
             continue
         gift = balance_part(request.use_balance, available[customer.id], request.amount)
         available[customer.id] -= gift

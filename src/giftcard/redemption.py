@@ -156,19 +156,7 @@ async def redeem(
             await attempt.succeeded_in(connection)
         # Counted once the credit is committed, whichever door asked for it.
         uow.on_commit(_count_redeemed)
-        return Redemption(
-            transaction_id=posted.transaction_id,
-            amount=card.amount,
-            currency=card.currency,
-            balance=Balance(
-                card.currency,
-                posted.balances_after[customer.available_account_id],
-                int(card.held),
-            ),
-            card_serial=card.serial,
-            card_last4=card.last4,
-            created_at=now,
-        )
+        return _redemption(card, posted, customer)
 
     return await uow.run(work)
 
@@ -250,7 +238,6 @@ async def _redeem_batch(db: Database, batch: Sequence[_Waiting]) -> list[Redempt
     was sent twice in the batch) is left to run by itself, so a refusal is worded,
     counted and remembered exactly as before, and one bad request never fails its
     neighbours."""
-
     return await run_together(
         db,
         [waiting.uow for waiting in batch],
@@ -284,20 +271,10 @@ async def _settle(
         [_entry(card, batch[n].customer, batch[n].actor) for n, card in cards_of.items()],
         now=now,
     )
-    settled: dict[int, Redemption] = {}
-    for (n, card), entry in zip(cards_of.items(), posted, strict=True):
-        customer = batch[n].customer
-        settled[n] = Redemption(
-            transaction_id=entry.transaction_id,
-            amount=card.amount,
-            currency=card.currency,
-            balance=Balance(
-                card.currency, entry.balances_after[customer.available_account_id], int(card.held)
-            ),
-            card_serial=card.serial,
-            card_last4=card.last4,
-            created_at=now,
-        )
+    settled = {
+        n: _redemption(card, entry, batch[n].customer)
+        for (n, card), entry in zip(cards_of.items(), posted, strict=True)
+    }
     record_events_later(
         connection,
         "redeemed",
@@ -311,6 +288,21 @@ async def _settle(
         connection, [a for n in settled if (a := batch[n].attempt) is not None]
     )
     return settled
+
+
+def _redemption(card: Row[Any], posted: ledger.Posted, customer: Customer) -> Redemption:
+    """What a redemption answers: the card it took, and the balance right after it."""
+    return Redemption(
+        transaction_id=posted.transaction_id,
+        amount=card.amount,
+        currency=card.currency,
+        balance=Balance(
+            card.currency, posted.balances_after[customer.available_account_id], int(card.held)
+        ),
+        card_serial=card.serial,
+        card_last4=card.last4,
+        created_at=posted.created_at,
+    )
 
 
 def _entry(card: Row[Any], customer: Customer, actor: str) -> ledger.Entry:
