@@ -33,8 +33,8 @@ from tests.round_trips import counting_proxy
 REDEMPTION_ROUND_TRIPS = 7
 PAYMENT_ROUND_TRIPS = 7
 BALANCE_ROUND_TRIPS = 2
-REDEMPTION_STATEMENTS = 12
-PAYMENT_STATEMENTS = 10
+REDEMPTION_STATEMENTS = 11
+PAYMENT_STATEMENTS = 9
 # A small pool, so that a burst needs every connection it allows.
 POOL = 4
 
