@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from giftcard.api.app import create_app
 from giftcard.codes import generate_code
+from giftcard.config import Settings
 from giftcard.db.engine import Database
 from giftcard.services import Services
 from tests.conftest import api_key, assert_problem, issue, sign_up
@@ -69,3 +74,25 @@ async def test_home_page_links_to_the_docs(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert 'href="/docs"' in response.text
+
+
+async def test_a_serving_app_sets_what_it_built_aside_from_full_collections(
+    settings: Settings, services: Services
+) -> None:
+    """An app that builds its own services (as `giftcard serve` does) has the garbage
+    collector set aside what exists once it has started, so that full collections under
+    load walk only what requests made since; when it stops it gives it back. An app
+    handed its services (as tests do) leaves the collector alone."""
+    gc.unfreeze()  # what an app of another test, still running, would have set aside
+    serving = create_app(settings)
+    async with serving.router.lifespan_context(serving), _client(serving) as http:
+        assert gc.get_freeze_count() > 0
+        assert (await http.get("/healthz")).status_code == 200
+    assert gc.get_freeze_count() == 0
+    handed = create_app(services=services)
+    async with handed.router.lifespan_context(handed):
+        assert gc.get_freeze_count() == 0
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
