@@ -158,6 +158,10 @@ class Measured:
     # wrk's CPU time over the run's wall time: how much of one core the load generator
     # itself took from the server it shares the machine with.
     client_cpu_share: float
+    # CPU time per request answered 201, in ms: the server's processes, and PostgreSQL's
+    # (all of its processes on this machine) when it is the database.
+    server_cpu_ms: float | None = None
+    postgres_cpu_ms: float | None = None
 
     def per_second(self) -> float:
         return self.count / self.elapsed_s if self.elapsed_s else 0.0
@@ -668,8 +672,11 @@ async def _redeem_http(
                     for number, code in enumerate(part_codes)
                 ),
             )
+        meter = CpuMeter(server.pid, postgres=env["GIFTCARD_DATABASE_URL"].startswith("postgres"))
         await _wrk(base_url, "/v1/me/redemptions", redemptions["warm-up"], WARM_UP_SECONDS)
-        run = HttpRun(await _wrk(base_url, "/v1/me/redemptions", redemptions["measured"], seconds))
+        run = HttpRun(
+            await _wrk(base_url, "/v1/me/redemptions", redemptions["measured"], seconds, meter)
+        )
         if payments:
             warm_up = work / f"{label}-payments-warm-up.txt"
             spread, hot = work / f"{label}-payments.txt", work / f"{label}-payments-hot.txt"
@@ -686,8 +693,8 @@ async def _redeem_http(
                     ),
                 )
             await _wrk(base_url, "/v1/payments", warm_up, WARM_UP_SECONDS)
-            run.paid = await _wrk(base_url, "/v1/payments", spread, seconds)
-            run.paid_hot = await _wrk(base_url, "/v1/payments", hot, seconds)
+            run.paid = await _wrk(base_url, "/v1/payments", spread, seconds, meter)
+            run.paid_hot = await _wrk(base_url, "/v1/payments", hot, seconds, meter)
         run.rss_mib_max = _rss_mib_max(server.pid)
         return run
     finally:
@@ -712,9 +719,12 @@ def _write_lines(path: Path, requests: Iterable[tuple[str, dict[str, object]]]) 
             handle.write(f"{token}\t{json.dumps(body, separators=(',', ':'))}\n")
 
 
-async def _wrk(base_url: str, path: str, lines: Path, seconds: int) -> Measured:
+async def _wrk(
+    base_url: str, path: str, lines: Path, seconds: int, meter: CpuMeter | None = None
+) -> Measured:
     """Send the requests of `lines` with wrk (2 threads, 32 connections) for `seconds`,
-    each at most once; 201 is success, anything else a failure."""
+    each at most once; 201 is success, anything else a failure. With a `meter`, also
+    what CPU each success cost the server and the database."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
@@ -722,6 +732,7 @@ async def _wrk(base_url: str, path: str, lines: Path, seconds: int) -> Measured:
     command += ["--timeout", f"{REQUEST_TIMEOUT_S}s", "-s", str(WRK_SCRIPT), base_url]
     command += ["--", path, str(lines), str(WRK_THREADS), secrets.token_hex(8)]
     cpu_before = _children_cpu_s()
+    used_before = meter.read() if meter else None
     process = await asyncio.create_subprocess_exec(
         *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -740,7 +751,7 @@ async def _wrk(base_url: str, path: str, lines: Path, seconds: int) -> Measured:
     if figures["spare"]:
         raise BenchError(f"{lines.name} ran out of requests: give wrk more lines")
     elapsed_s = figures["duration_us"] / 1e6
-    return Measured(
+    measured = Measured(
         count=figures["created"],
         elapsed_s=elapsed_s,
         p50_ms=figures["p50_us"] / 1000,
@@ -748,6 +759,41 @@ async def _wrk(base_url: str, path: str, lines: Path, seconds: int) -> Measured:
         failures=figures["refused"] + figures["socket_errors"],
         client_cpu_share=(_children_cpu_s() - cpu_before) / elapsed_s,
     )
+    if meter and used_before and measured.count:
+        server_s, postgres_s = meter.read()
+        measured.server_cpu_ms = (server_s - used_before[0]) * 1000 / measured.count
+        if postgres_s is not None and used_before[1] is not None:
+            measured.postgres_cpu_ms = (postgres_s - used_before[1]) * 1000 / measured.count
+    return measured
+
+
+@dataclass(frozen=True)
+class CpuMeter:
+    """The CPU time used so far by the server's processes (its process group) and, when
+    `postgres`, by every PostgreSQL process on this machine (the benchmark's server is
+    local), in seconds (Linux)."""
+
+    server_group: int
+    postgres: bool
+
+    def read(self) -> tuple[float, float | None]:
+        server = postgres = 0.0
+        for status in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                name, rest = status.read_text().rsplit(")", 1)
+                fields = rest.split()
+                # After the state: ppid, process group, ...; user and system time 11-12.
+                used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            except (OSError, IndexError, ValueError):
+                continue
+            if int(fields[2]) == self.server_group:
+                server += used
+            elif name.endswith("(postgres"):
+                postgres += used
+        return server, (postgres if self.postgres else None)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _children_cpu_s() -> float:
@@ -832,7 +878,13 @@ def _figures(latencies: Latencies | Measured | None, pgbench: Pgbench) -> dict[s
         "p50_ms": round(latencies.percentile_ms(50), 1),
         "p99_ms": round(latencies.percentile_ms(99), 1),
         "x_pgbench": round(rate / pgbench.tps, 3) if pgbench.tps else None,
+        "server_cpu_ms": _rounded(getattr(latencies, "server_cpu_ms", None)),
+        "postgres_cpu_ms": _rounded(getattr(latencies, "postgres_cpu_ms", None)),
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
 
 
 def _write_results(
@@ -902,8 +954,9 @@ def _markdown(document: dict[str, Any]) -> str:
         f"pgbench TPC-B (scale {pgbench['scale']}, {pgbench['clients']} clients), same server, "
         f"same run: **{tps} tps**",
         "",
-        "| backend | what | per second | p50 ms | p99 ms | × pgbench | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | what | per second | p50 ms | p99 ms | × pgbench | failed "
+        "| CPU ms a request: server + PostgreSQL |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     backends: Any = document["backends"]
     for backend in backends:
@@ -924,22 +977,22 @@ def _markdown(document: dict[str, Any]) -> str:
             lines.append(
                 f"| {backend['backend']} | {what} | {figures['per_second']:,.0f} | "
                 f"{figures['p50_ms']:.1f} | {figures['p99_ms']:.1f} | {ratio} | "
-                f"{figures['failures']} |"
+                f"{figures['failures']} | {_cpu_cell(figures)} |"
             )
         if backend["client_cpu_share"] is not None:
             lines.append(
                 f"| {backend['backend']} | the client's own CPU during the redemptions, "
-                f"share of one core | {backend['client_cpu_share']:.2f} | | | | |"
+                f"share of one core | {backend['client_cpu_share']:.2f} | | | | | |"
             )
         if backend["server_rss_mib_max"] is not None:
             lines.append(
                 f"| {backend['backend']} | largest server process after the load, MiB | "
-                f"{backend['server_rss_mib_max']:,.0f} | | | | |"
+                f"{backend['server_rss_mib_max']:,.0f} | | | | | |"
             )
         if backend["issue_s"] is not None:
             lines.append(
                 f"| {backend['backend']} | `cards issue` of the cards, seconds | "
-                f"{backend['issue_s']:.2f} | | | | |"
+                f"{backend['issue_s']:.2f} | | | | | |"
             )
         read = backend["history"]
         for key, which in (("first_page_ms", "first page"), ("deep_page_ms", "page")):
@@ -949,16 +1002,24 @@ def _markdown(document: dict[str, Any]) -> str:
             lines.append(
                 f"| {backend['backend']} | history of {read['entries']:,} entries, {which}"
                 f"{where}, ms through the use case (median; p99 in its column) | "
-                f"{read[key]['median']:.2f} | | {read[key]['p99']:.2f} | | |"
+                f"{read[key]['median']:.2f} | | {read[key]['p99']:.2f} | | | |"
             )
         if backend["copy_s"] is not None:
-            ratio = backend["issue_s"] / backend["copy_s"] if backend["issue_s"] else None
+            times = backend["issue_s"] / backend["copy_s"] if backend["issue_s"] else None
             lines.append(
                 f"| {backend['backend']} | COPY of the same rows into the same schema, "
-                f"seconds (`cards issue` took {ratio:.1f}× as long) | "
-                f"{backend['copy_s']:.2f} | | | | |"
+                f"seconds (`cards issue` took {times:.1f}× as long) | "
+                f"{backend['copy_s']:.2f} | | | | | |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _cpu_cell(figures: dict[str, Any]) -> str:
+    if figures.get("server_cpu_ms") is None:
+        return ""
+    if figures.get("postgres_cpu_ms") is None:
+        return f"{figures['server_cpu_ms']:.2f}"
+    return f"{figures['server_cpu_ms']:.2f} + {figures['postgres_cpu_ms']:.2f}"
 
 
 if __name__ == "__main__":
