@@ -102,23 +102,32 @@ async def test_a_batch_is_judged_in_order_as_if_each_attempt_reserved_alone(
     assert held == {"shared": 2, "own-0": 1, "own-3": 1, "old": 2}
 
 
+async def shared_key_with_one_unit_held(
+    services: Services, *, attempts: int
+) -> list[tuple[int, str, int]]:
+    """A key "shared" that allows 4 units and holds one, and the lines of `attempts`
+    attempts, each on it and on a key of its own that allows 1."""
+    async with services.db.transaction() as connection:
+        await connection.execute(
+            insert(limit_reservations),
+            [{"limit_key": "shared", "expires_at": services.clock.now() + timedelta(seconds=30)}],
+        )
+    return [
+        (n, key, 4 if key == "shared" else 1)
+        for n in range(attempts)
+        for key in ("shared", f"own-{n}")
+    ]
+
+
 async def test_a_batch_with_room_for_all_of_it_takes_every_unit_at_once(
     services: Services,
 ) -> None:
     """When every key has room for a unit of each attempt of the batch on it (here the
     shared key exactly so: 1 held, 3 attempts, 4 allowed), every attempt is admitted,
     each answered with units of its own on each of its keys, told to it by number."""
-    now = services.clock.now()
-    async with services.db.transaction() as connection:
-        await connection.execute(
-            insert(limit_reservations),
-            [{"limit_key": "shared", "expires_at": now + timedelta(seconds=30)}],
-        )
-    lines = [
-        (n, key, 4 if key == "shared" else 1) for n in range(3) for key in ("shared", f"own-{n}")
-    ]
+    lines = await shared_key_with_one_unit_held(services, attempts=3)
 
-    rows = await call(services, now, lines)
+    rows = await call(services, services.clock.now(), lines)
 
     assert sorted((row.out_attempt, row.out_key) for row in rows) == sorted(
         (n, key) for n, key, _ in lines
@@ -141,17 +150,9 @@ async def test_a_batch_one_unit_past_the_room_is_judged_attempt_by_attempt(
 ) -> None:
     """One unit more than that (1 held, 4 attempts, 4 allowed): the first three are
     admitted and the last refused on the shared key, reserving nothing on its own key."""
-    now = services.clock.now()
-    async with services.db.transaction() as connection:
-        await connection.execute(
-            insert(limit_reservations),
-            [{"limit_key": "shared", "expires_at": now + timedelta(seconds=30)}],
-        )
-    lines = [
-        (n, key, 4 if key == "shared" else 1) for n in range(4) for key in ("shared", f"own-{n}")
-    ]
+    lines = await shared_key_with_one_unit_held(services, attempts=4)
 
-    rows = await call(services, now, lines)
+    rows = await call(services, services.clock.now(), lines)
 
     assert Counter(row.out_attempt for row in rows if row.reserved_id) == {0: 2, 1: 2, 2: 2}
     assert [(row.out_attempt, row.out_key) for row in rows if not row.reserved_id] == [
