@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy bench/run.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
