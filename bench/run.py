@@ -14,7 +14,9 @@ For each backend, in a scratch database that is removed afterwards:
    not its pace);
 4. for as long, after a warm-up of their own, pay for orders from those balances over
    HTTP (`POST /v1/payments`, captured at once, with an API key), against the same
-   server: first from all 32 customers, then all from one (a hot balance);
+   server: first from all 32 customers, then all from one (a hot balance); then, as
+   the floor under those figures, `GET /healthz` (a request that does nothing) and
+   `GET /v1/me` (one that only finds who holds its bearer secret), for as long each;
 5. the redemptions again with the abuse limits counted in Redis (GIFTCARD_REDIS_URL), so
    that the cost of the limits shows beside the cost of the redemption itself;
 6. check every ledger invariant (`giftcard.verify`) over what the runs wrote.
@@ -181,6 +183,10 @@ class Result:
     http_redis: Measured | None = None
     http_payments: Measured | None = None
     http_payments_hot: Measured | None = None
+    # What a request costs that does nothing (GET /healthz), and one that only finds who
+    # holds its bearer secret (GET /v1/me): the floor under every figure above them.
+    http_healthz: Measured | None = None
+    http_me: Measured | None = None
     # The largest resident memory of the server's processes, measured after the load.
     rss_mib_max: float | None = None
     verified: str = "-"
@@ -202,6 +208,8 @@ class HttpRun:
     paid: Measured | None = None
     # The same, all from one customer's balance.
     paid_hot: Measured | None = None
+    healthz: Measured | None = None
+    me: Measured | None = None
     rss_mib_max: float | None = None
 
 
@@ -365,6 +373,7 @@ async def _run_backend(
             )
             result.http, result.http_payments = run.redeemed, run.paid
             result.http_payments_hot, result.rss_mib_max = run.paid_hot, run.rss_mib_max
+            result.http_healthz, result.http_me = run.healthz, run.me
             redis_url = os.environ.get("GIFTCARD_BENCH_REDIS_URL", REDIS_URL_DEFAULT)
             if await _redis_answers(redis_url):
                 print(f"[{backend}] redeeming codes over HTTP for {seconds} s (Redis)")
@@ -695,6 +704,10 @@ async def _redeem_http(
             await _wrk(base_url, "/v1/payments", warm_up, WARM_UP_SECONDS)
             run.paid = await _wrk(base_url, "/v1/payments", spread, seconds, meter)
             run.paid_hot = await _wrk(base_url, "/v1/payments", hot, seconds, meter)
+            for route, token in (("/healthz", None), ("/v1/me", tokens[0])):
+                await _wrk_get(base_url, route, token, WARM_UP_SECONDS)
+            run.healthz = await _wrk_get(base_url, "/healthz", None, seconds, meter)
+            run.me = await _wrk_get(base_url, "/v1/me", tokens[0], seconds, meter)
         run.rss_mib_max = _rss_mib_max(server.pid)
         return run
     finally:
@@ -759,11 +772,7 @@ async def _wrk(
         failures=figures["refused"] + figures["socket_errors"],
         client_cpu_share=(_children_cpu_s() - cpu_before) / elapsed_s,
     )
-    if meter and used_before and measured.count:
-        server_s, postgres_s = meter.read()
-        measured.server_cpu_ms = (server_s - used_before[0]) * 1000 / measured.count
-        if postgres_s is not None and used_before[1] is not None:
-            measured.postgres_cpu_ms = (postgres_s - used_before[1]) * 1000 / measured.count
+    _add_cpu(measured, meter, used_before)
     return measured
 
 
@@ -794,6 +803,75 @@ class CpuMeter:
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+async def _wrk_get(
+    base_url: str, path: str, token: str | None, seconds: int, meter: CpuMeter | None = None
+) -> Measured:
+    """GET `path` for `seconds` with wrk (2 threads, 32 connections), with `token` as the
+    bearer if given; 200 is success, anything else a failure."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
+    command = [wrk, "-t", str(WRK_THREADS), "-c", str(HTTP_CONCURRENCY), "-d", f"{seconds}s"]
+    command += ["--timeout", f"{REQUEST_TIMEOUT_S}s", "--latency", base_url + path]
+    if token is not None:
+        command += ["-H", f"Authorization: Bearer {token}"]
+    cpu_before = _children_cpu_s()
+    used_before = meter.read() if meter else None
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), seconds + 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise BenchError(f"wrk ran over {seconds + 60} s") from None
+    output = stdout.decode()
+    total = re.search(r"^\s*(\d+) requests in ([\d.]+)(\w+),", output, re.MULTILINE)
+    p50 = re.search(r"^\s*50%\s+([\d.]+)(\w+)$", output, re.MULTILINE)
+    p99 = re.search(r"^\s*99%\s+([\d.]+)(\w+)$", output, re.MULTILINE)
+    if process.returncode != 0 or not (total and p50 and p99):
+        raise BenchError(f"wrk failed: {stderr.decode()[-500:]}{output[-500:]}")
+    elapsed_s = _duration_s(total.group(2), total.group(3))
+    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    failures = (int(refused.group(1)) if refused else 0) + (
+        sum(int(n) for n in errors.groups()) if errors else 0
+    )
+    measured = Measured(
+        count=int(total.group(1)) - (int(refused.group(1)) if refused else 0),
+        elapsed_s=elapsed_s,
+        p50_ms=_duration_s(p50.group(1), p50.group(2)) * 1000,
+        p99_ms=_duration_s(p99.group(1), p99.group(2)) * 1000,
+        failures=failures,
+        client_cpu_share=(_children_cpu_s() - cpu_before) / elapsed_s,
+    )
+    _add_cpu(measured, meter, used_before)
+    return measured
+
+
+def _duration_s(number: str, unit: str) -> float:
+    """A duration as wrk prints it (`812.00us`, `3.88ms`, `1.02s`, `2.00m`), in seconds."""
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}.get(unit)
+    if scale is None:
+        raise BenchError(f"wrk printed a duration in {unit!r}")
+    return float(number) * scale
+
+
+def _add_cpu(
+    measured: Measured, meter: CpuMeter | None, used_before: tuple[float, float | None] | None
+) -> None:
+    """Set what CPU each success of `measured` cost, from the `meter`'s readings."""
+    if meter is None or used_before is None or not measured.count:
+        return
+    server_s, postgres_s = meter.read()
+    measured.server_cpu_ms = (server_s - used_before[0]) * 1000 / measured.count
+    if postgres_s is not None and used_before[1] is not None:
+        measured.postgres_cpu_ms = (postgres_s - used_before[1]) * 1000 / measured.count
 
 
 def _children_cpu_s() -> float:
@@ -922,6 +1000,8 @@ def _write_results(
                 "http_redemptions_redis": _figures(result.http_redis, pgbench),
                 "http_payments": _figures(result.http_payments, pgbench),
                 "http_payments_hot": _figures(result.http_payments_hot, pgbench),
+                "http_healthz": _figures(result.http_healthz, pgbench),
+                "http_me": _figures(result.http_me, pgbench),
                 "client_cpu_share": (
                     round(result.http.client_cpu_share, 2) if result.http else None
                 ),
@@ -964,6 +1044,8 @@ def _markdown(document: dict[str, Any]) -> str:
             ("http_redemptions", "redemptions over HTTP"),
             ("http_payments", "payments over HTTP (captured)"),
             ("http_payments_hot", "payments over HTTP, all from one balance"),
+            ("http_healthz", "`GET /healthz` over HTTP: a request that does nothing"),
+            ("http_me", "`GET /v1/me` over HTTP: who holds the bearer secret, and nothing else"),
             ("http_redemptions_redis", "redemptions over HTTP, limits in Redis"),
             ("use_case_redemptions", "redemptions through the use case"),
         ):
