@@ -738,12 +738,75 @@ async def _wrk(
     """Send the requests of `lines` with wrk (2 threads, 32 connections) for `seconds`,
     each at most once; 201 is success, anything else a failure. With a `meter`, also
     what CPU each success cost the server and the database."""
+    arguments = ["-s", str(WRK_SCRIPT), base_url]
+    arguments += ["--", path, str(lines), str(WRK_THREADS), secrets.token_hex(8)]
+    run = await _run_wrk(arguments, seconds, meter)
+    found = re.search(r"^WRK_RESULT (.*)$", run.stdout, re.MULTILINE)
+    if run.returncode != 0 or found is None:
+        raise BenchError(f"wrk failed: {run.stderr[-500:]}{run.stdout[-500:]}")
+    if run.stderr.strip():
+        print(f"  wrk: {run.stderr.strip()[:600]}", flush=True)
+    figures = json.loads(found.group(1))
+    if figures["spare"]:
+        raise BenchError(f"{lines.name} ran out of requests: give wrk more lines")
+    return run.measured(
+        meter,
+        count=figures["created"],
+        elapsed_s=figures["duration_us"] / 1e6,
+        p50_ms=figures["p50_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        failures=figures["refused"] + figures["socket_errors"],
+    )
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """What one run of wrk printed, and what it cost: wrk's own CPU time, and the
+    meter's reading from before it (None without a meter)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    client_cpu_s: float
+    used_before: tuple[float, float | None] | None
+
+    def measured(
+        self,
+        meter: CpuMeter | None,
+        *,
+        count: int,
+        elapsed_s: float,
+        p50_ms: float,
+        p99_ms: float,
+        failures: int,
+    ) -> Measured:
+        """The run's figures, with wrk's share of a core and, when metered, what CPU each
+        success cost the server and the database."""
+        measured = Measured(
+            count=count,
+            elapsed_s=elapsed_s,
+            p50_ms=p50_ms,
+            p99_ms=p99_ms,
+            failures=failures,
+            client_cpu_share=self.client_cpu_s / elapsed_s,
+        )
+        if meter is None or self.used_before is None or not count:
+            return measured
+        server_s, postgres_s = meter.read()
+        measured.server_cpu_ms = (server_s - self.used_before[0]) * 1000 / count
+        if postgres_s is not None and self.used_before[1] is not None:
+            measured.postgres_cpu_ms = (postgres_s - self.used_before[1]) * 1000 / count
+        return measured
+
+
+async def _run_wrk(arguments: list[str], seconds: int, meter: CpuMeter | None) -> WrkRun:
+    """Run wrk (2 threads, 32 connections) for `seconds` with `arguments` after those,
+    bounded in time."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
     command = [wrk, "-t", str(WRK_THREADS), "-c", str(HTTP_CONCURRENCY), "-d", f"{seconds}s"]
-    command += ["--timeout", f"{REQUEST_TIMEOUT_S}s", "-s", str(WRK_SCRIPT), base_url]
-    command += ["--", path, str(lines), str(WRK_THREADS), secrets.token_hex(8)]
+    command += ["--timeout", f"{REQUEST_TIMEOUT_S}s", *arguments]
     cpu_before = _children_cpu_s()
     used_before = meter.read() if meter else None
     process = await asyncio.create_subprocess_exec(
@@ -755,25 +818,13 @@ async def _wrk(
         process.kill()
         await process.wait()
         raise BenchError(f"wrk ran over {seconds + 60} s") from None
-    found = re.search(r"^WRK_RESULT (.*)$", stdout.decode(), re.MULTILINE)
-    if process.returncode != 0 or found is None:
-        raise BenchError(f"wrk failed: {stderr.decode()[-500:]}{stdout.decode()[-500:]}")
-    if stderr.strip():
-        print(f"  wrk: {stderr.decode().strip()[:600]}", flush=True)
-    figures = json.loads(found.group(1))
-    if figures["spare"]:
-        raise BenchError(f"{lines.name} ran out of requests: give wrk more lines")
-    elapsed_s = figures["duration_us"] / 1e6
-    measured = Measured(
-        count=figures["created"],
-        elapsed_s=elapsed_s,
-        p50_ms=figures["p50_us"] / 1000,
-        p99_ms=figures["p99_us"] / 1000,
-        failures=figures["refused"] + figures["socket_errors"],
-        client_cpu_share=(_children_cpu_s() - cpu_before) / elapsed_s,
+    return WrkRun(
+        process.returncode if process.returncode is not None else -1,
+        stdout.decode(),
+        stderr.decode(),
+        _children_cpu_s() - cpu_before,
+        used_before,
     )
-    _add_cpu(measured, meter, used_before)
-    return measured
 
 
 @dataclass(frozen=True)
@@ -810,48 +861,28 @@ async def _wrk_get(
 ) -> Measured:
     """GET `path` for `seconds` with wrk (2 threads, 32 connections), with `token` as the
     bearer if given; 200 is success, anything else a failure."""
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
-    command = [wrk, "-t", str(WRK_THREADS), "-c", str(HTTP_CONCURRENCY), "-d", f"{seconds}s"]
-    command += ["--timeout", f"{REQUEST_TIMEOUT_S}s", "--latency", base_url + path]
+    arguments = ["--latency", base_url + path]
     if token is not None:
-        command += ["-H", f"Authorization: Bearer {token}"]
-    cpu_before = _children_cpu_s()
-    used_before = meter.read() if meter else None
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), seconds + 60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise BenchError(f"wrk ran over {seconds + 60} s") from None
-    output = stdout.decode()
-    total = re.search(r"^\s*(\d+) requests in ([\d.]+)(\w+),", output, re.MULTILINE)
-    p50 = re.search(r"^\s*50%\s+([\d.]+)(\w+)$", output, re.MULTILINE)
-    p99 = re.search(r"^\s*99%\s+([\d.]+)(\w+)$", output, re.MULTILINE)
-    if process.returncode != 0 or not (total and p50 and p99):
-        raise BenchError(f"wrk failed: {stderr.decode()[-500:]}{output[-500:]}")
-    elapsed_s = _duration_s(total.group(2), total.group(3))
-    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+        arguments += ["-H", f"Authorization: Bearer {token}"]
+    run = await _run_wrk(arguments, seconds, meter)
+    total = re.search(r"^\s*(\d+) requests in ([\d.]+)(\w+),", run.stdout, re.MULTILINE)
+    p50 = re.search(r"^\s*50%\s+([\d.]+)(\w+)$", run.stdout, re.MULTILINE)
+    p99 = re.search(r"^\s*99%\s+([\d.]+)(\w+)$", run.stdout, re.MULTILINE)
+    if run.returncode != 0 or not (total and p50 and p99):
+        raise BenchError(f"wrk failed: {run.stderr[-500:]}{run.stdout[-500:]}")
+    found = re.search(r"Non-2xx or 3xx responses: (\d+)", run.stdout)
+    refused = int(found.group(1)) if found else 0
     errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", run.stdout
     )
-    failures = (int(refused.group(1)) if refused else 0) + (
-        sum(int(n) for n in errors.groups()) if errors else 0
-    )
-    measured = Measured(
-        count=int(total.group(1)) - (int(refused.group(1)) if refused else 0),
-        elapsed_s=elapsed_s,
+    return run.measured(
+        meter,
+        count=int(total.group(1)) - refused,
+        elapsed_s=_duration_s(total.group(2), total.group(3)),
         p50_ms=_duration_s(p50.group(1), p50.group(2)) * 1000,
         p99_ms=_duration_s(p99.group(1), p99.group(2)) * 1000,
-        failures=failures,
-        client_cpu_share=(_children_cpu_s() - cpu_before) / elapsed_s,
+        failures=refused + (sum(int(n) for n in errors.groups()) if errors else 0),
     )
-    _add_cpu(measured, meter, used_before)
-    return measured
 
 
 def _duration_s(number: str, unit: str) -> float:
@@ -860,18 +891,6 @@ def _duration_s(number: str, unit: str) -> float:
     if scale is None:
         raise BenchError(f"wrk printed a duration in {unit!r}")
     return float(number) * scale
-
-
-def _add_cpu(
-    measured: Measured, meter: CpuMeter | None, used_before: tuple[float, float | None] | None
-) -> None:
-    """Set what CPU each success of `measured` cost, from the `meter`'s readings."""
-    if meter is None or used_before is None or not measured.count:
-        return
-    server_s, postgres_s = meter.read()
-    measured.server_cpu_ms = (server_s - used_before[0]) * 1000 / measured.count
-    if postgres_s is not None and used_before[1] is not None:
-        measured.postgres_cpu_ms = (postgres_s - used_before[1]) * 1000 / measured.count
 
 
 def _children_cpu_s() -> float:
