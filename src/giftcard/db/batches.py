@@ -5,8 +5,15 @@ the lookup of who holds a bearer secret), the requests of this process that come
 same thing wait together; when it returns, they all go in the next call, in the order
 they came. Each request gets its own answer, as if it had called alone: the statement a
 batch sends is written to answer for each of its items. One round trip, one pooled
-connection and, for a write, one commit serve the whole batch, and nothing waits for a
-timer: a request that comes while nothing runs goes at once.
+connection and, for a write, one commit serve the whole batch.
+
+Before a call goes, its sender lets the event loop turn a few times (`TURNS`), so that
+the requests this process has already received and that are on their way to the same
+call (their bytes read, their earlier steps answered) join it rather than wait for the
+next. Nothing waits for a timer: a turn with nothing else to do takes microseconds, so a
+request that comes while nothing runs goes at once. Under load the calls carry more
+requests each, and the fixed cost of a call (its round trip, its commit, the work of
+sending it) is shared by more of them.
 
 A call that fails fails only the requests it carried; the ones waiting behind it go in
 the next call. A call may also answer one of its items with :class:`Failed`: that
@@ -32,6 +39,12 @@ Answer = TypeVar("Answer")
 # Items in one call at most: more would make the first of them wait for the statement
 # to do the last ones' work.
 BATCH_MAX = 64
+# Turns of the event loop a sender lets pass before each call. Measured over HTTP on
+# PostgreSQL (2 workers, 32 connections, runs of 12 s interleaved): redemptions
+# 1,101 -> 1,277/s on average over 5 rounds (1,252 -> 1,368/s over 4 other rounds), the
+# median p99 49 -> 38 ms. A timer of 2 ms instead made the calls larger still but left the
+# cores idle while it ran, for no gain in rate.
+TURNS = 10
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,11 @@ class Batches(Generic[Item, Answer]):
         send: Callable[[Sequence[Item]], Awaitable[Sequence[Answer | Failed]]],
         *,
         batch_max: int = BATCH_MAX,
+        turns: int = TURNS,
     ) -> None:
         self._send_batch = send
         self._batch_max = batch_max
+        self._turns = turns
         self._waiting: list[tuple[Item, asyncio.Future[Answer]]] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -68,6 +83,8 @@ class Batches(Generic[Item, Answer]):
         batch: list[tuple[Item, asyncio.Future[Answer]]] = []
         try:
             while self._waiting:
+                for _ in range(self._turns):
+                    await asyncio.sleep(0)
                 batch = self._waiting[: self._batch_max]
                 del self._waiting[: self._batch_max]
                 # Whoever is gone (cancelled while waiting) is left out: it is not sent.
