@@ -74,21 +74,27 @@ def use_secret(secret_key: bytes) -> None:
     _secret = secret_key
 
 
-def _round_keys(prefix: str) -> tuple[bytes, ...]:
+def _round_keys(prefix: str) -> tuple[hashlib.blake2b, ...]:
     if _secret is None:
         raise RuntimeError("public ids need the server's secret key: call ids.use_secret first")
     return _keys(_secret, prefix)
 
 
 @lru_cache(maxsize=64)
-def _keys(secret: bytes, prefix: str) -> tuple[bytes, ...]:
+def _keys(secret: bytes, prefix: str) -> tuple[hashlib.blake2b, ...]:
+    """Each round's keyed BLAKE2b with its key already absorbed: a round copies it
+    rather than keying a new one, which would compress the key's block every time."""
     base = hmac.digest(secret, _KEY_LABEL + prefix.encode(), "sha256")
-    return tuple(hmac.digest(base, bytes([index]), "sha256")[:32] for index in range(_ROUNDS))
+    return tuple(
+        hashlib.blake2b(key=hmac.digest(base, bytes([index]), "sha256")[:32], digest_size=4)
+        for index in range(_ROUNDS)
+    )
 
 
-def _mix(key: bytes, half: int) -> int:
-    digest = hashlib.blake2b(half.to_bytes(4, "big"), key=key, digest_size=4).digest()
-    return int.from_bytes(digest, "big")
+def _mix(keyed: hashlib.blake2b, half: int) -> int:
+    state = keyed.copy()
+    state.update(half.to_bytes(4, "big"))
+    return int.from_bytes(state.digest(), "big")
 
 
 def _encipher(prefix: str, block: int) -> int:
