@@ -167,31 +167,24 @@ async def _after_turns(turns: int, batches: Batches[int, int], item: int) -> int
     return await batches.submit(item)
 
 
-async def test_items_on_their_way_when_a_call_is_about_to_go_join_it() -> None:
+@pytest.mark.parametrize(
+    ("turns", "first_call"),
+    # With no turns, what the turns change: the first item goes alone.
+    [(3, [1, 2, 3]), (0, [1])],
+)
+async def test_items_on_their_way_when_a_call_is_about_to_go_join_it(
+    turns: int, first_call: list[int]
+) -> None:
     recorder = Recorder()
     recorder.release.set()
-    batches = Batches(recorder.send, turns=3)
+    batches = Batches(recorder.send, turns=turns)
 
     done = await asyncio.gather(
         batches.submit(1), _after_turns(1, batches, 2), _after_turns(2, batches, 3)
     )
 
     assert done == [2, 4, 6]
-    assert recorder.calls == [[1, 2, 3]]
-
-
-async def test_without_turns_the_first_item_goes_alone() -> None:
-    """The same items as above with no turns: what the turns change."""
-    recorder = Recorder()
-    recorder.release.set()
-    batches = Batches(recorder.send, turns=0)
-
-    done = await asyncio.gather(
-        batches.submit(1), _after_turns(1, batches, 2), _after_turns(2, batches, 3)
-    )
-
-    assert done == [2, 4, 6]
-    assert recorder.calls[0] == [1]
+    assert recorder.calls[0] == first_call
 
 
 async def test_a_sender_never_waits_on_a_timer(monkeypatch: pytest.MonkeyPatch) -> None:
