@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard import audit, ids, ledger
 from giftcard.clock import Clock
-from giftcard.db import batches
+from giftcard.db import batches, direct
 from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import api_keys, customers, identities, password_resets, sessions, staff
 from giftcard.errors import ErrorCode, GiftcardError, validation_error
@@ -426,7 +426,7 @@ async def _rows_by_hash(
     """For each of `digests` in turn, the row of `statement` whose `hash_column` is it,
     or None: every request of a batch gets its own holder, never another's."""
     async with db.reading() as connection:
-        rows = await connection.execute(statement, parameters)
+        rows = await direct.execute(connection, statement, parameters)
         by_hash = {bytes(row._mapping[hash_column]): row for row in rows}
     return [by_hash.get(digest) for digest in digests]
 

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 from sqlalchemy import BigInteger, Engine, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from giftcard.db import direct
 from giftcard.db.bulk import copy_rows
 from giftcard.db.tables import journal_transactions, ledger_accounts, postings
 from giftcard.errors import ErrorCode, GiftcardError, LedgerInvariantError
@@ -205,8 +206,9 @@ async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> P
     balances_after: dict[int, int] = {}
     for posting in tracked:
         balances_after[posting.account_id] = await _move(connection, posting, entry.currency)
-    transaction_id = (await connection.execute(_INSERT_TRANSACTION, journal)).scalar_one()
-    await connection.execute(
+    transaction_id = (await direct.execute(connection, _INSERT_TRANSACTION, journal)).scalar_one()
+    await direct.execute(
+        connection,
         _INSERT_POSTINGS,
         [
             {
@@ -338,7 +340,8 @@ async def _refuse_many(connection: AsyncConnection, entries: Sequence[Entry], ro
 async def _move(connection: AsyncConnection, posting: Posting, currency: str) -> int:
     """Add to one tracked account's balance, never below zero; return the new balance."""
     new_balance = (
-        await connection.execute(
+        await direct.execute(
+            connection,
             _MOVE,
             {
                 "b_account_id": posting.account_id,

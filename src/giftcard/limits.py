@@ -62,7 +62,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.clock import Clock
 from giftcard.config import Settings
-from giftcard.db import batches, riders
+from giftcard.db import batches, direct, riders
 from giftcard.db.engine import Database
 from giftcard.db.tables import limit_reservations
 from giftcard.errors import ErrorCode, GiftcardError, RedemptionError, TooManyAttempts
@@ -611,7 +611,7 @@ class DatabaseStore:
             raise TypeError("this store cannot count in a transaction it shares")
         if slots:
             rules = {self.key(key): rule for key, rule in slots}
-            await connection.execute(_KEEP, _units(rules, now))
+            await direct.execute(connection, _KEEP, _units(rules, now))
 
     async def _lock_and_check(
         self, connection: AsyncConnection, rules: dict[str, Rule], now: datetime
@@ -627,7 +627,8 @@ class DatabaseStore:
             # Every lock in one statement, taken in key order (unnest yields the array
             # in order, and each row's lock is taken as it is produced).
             await connection.execute(_LOCK_KEYS, {"ids": _lock_ids(rules)})
-        held = (await connection.execute(_HELD, {"b_keys": list(rules), "b_now": now})).all()
+        counting = {"b_keys": list(rules), "b_now": now}
+        held = (await direct.execute(connection, _HELD, counting)).all()
         full: dict[str, datetime | None] = {
             key: first_expiry
             for key, count, first_expiry in held

@@ -28,9 +28,11 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import CursorResult, Delete, Insert, Update, literal_column, select
+from sqlalchemy import Delete, Insert, Update, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.base import Executable
+
+from giftcard.db import direct
 
 # Where a connection keeps the writes queued in its current transaction.
 _RIDERS = "giftcard_riders"
@@ -53,8 +55,9 @@ def write_later(
 
 async def execute(
     connection: AsyncConnection, statement: Executable, parameters: Mapping[str, Any] | None = None
-) -> CursorResult[Any]:
-    """Execute `statement` with the writes queued before it."""
+) -> direct.Rows:
+    """Execute `statement` with the writes queued before it (on SQLite each handed
+    straight to the driver, see giftcard.db.direct)."""
     pending: list[tuple[Rider, Mapping[str, Any]]] = connection.info.pop(_RIDERS, [])
     riders = tuple(rider for rider, _ in pending)
     # The same statement twice would bind its parameters twice under one name.
@@ -67,8 +70,8 @@ async def execute(
             raise ValueError("a rider's parameter names meet another's or the carrier's")
         return await connection.execute(_combined(statement, riders), merged)
     for rider, values in pending:
-        await connection.execute(rider, values)
-    return await connection.execute(statement, parameters)
+        await direct.execute(connection, rider, values)
+    return await direct.execute(connection, statement, parameters)
 
 
 def is_queued(connection: AsyncConnection, statement: Rider) -> bool:
