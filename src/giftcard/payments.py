@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from giftcard import ids, ledger
 from giftcard.clock import Clock
 from giftcard.customers import Customer, RefundPreference, customer_from_row
-from giftcard.db import batches, riders
+from giftcard.db import batches, direct, riders
 from giftcard.db.engine import Database, is_unique_violation
 from giftcard.db.tables import customers, ledger_accounts, payments, refunds
 from giftcard.errors import ErrorCode, GiftcardError, LedgerInvariantError, validation_error
@@ -268,7 +268,7 @@ async def _pay(
 
 
 async def _customer(connection: AsyncConnection, customer_id: int) -> Customer:
-    row = (await connection.execute(_CUSTOMER, {"b_id": customer_id})).one_or_none()
+    row = (await direct.execute(connection, _CUSTOMER, {"b_id": customer_id})).one_or_none()
     if row is None:
         raise _no_customer(customer_id)
     return customer_from_row(row)
@@ -311,9 +311,9 @@ def _payment_values(
 
 async def _insert(
     connection: AsyncConnection, request: PaymentRequest, values: dict[str, Any]
-) -> Row[Any]:
+) -> Any:
     try:
-        return (await connection.execute(_INSERT_PAYMENT, values)).one()
+        return (await direct.execute(connection, _INSERT_PAYMENT, values)).one()
     except IntegrityError as error:
         if is_unique_violation(error):
             raise GiftcardError(
