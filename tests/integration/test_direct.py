@@ -119,6 +119,15 @@ async def test_listeners_see_each_statement(services: Services) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_statements_built_at_each_call_are_not_kept_without_end(services: Services) -> None:
+    async with services.db.transaction(write=False) as connection:
+        for n in range(direct.PREPARED_MAX + 10):
+            statement = text(f"SELECT {n} AS n")
+            assert (await direct.execute(connection, statement)).scalar_one() == n
+    assert 0 < len(direct._PREPARED[services.db.engine.sync_engine]) <= direct.PREPARED_MAX
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_a_default_computed_in_python_is_refused(services: Services) -> None:
     """A column default that SQLAlchemy computes at execution would be left out: such a
     statement is refused before anything is sent."""

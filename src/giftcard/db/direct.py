@@ -22,13 +22,14 @@ round trip, and SQLAlchemy's part of it is a smaller share.
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import exc
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -73,7 +74,7 @@ async def execute(
     )
     if not values:
         return _Answer([])
-    prepared = _prepare(statement, connection.dialect, tuple(sorted(values[0])))
+    prepared = _prepare(connection, statement, tuple(sorted(values[0])))
     if many:
         sql, arguments = prepared.sql, [prepared.arguments(one) for one in values]
     else:
@@ -172,14 +173,23 @@ class _Prepared:
         ]
 
 
-# Statements are built once, and compare and hash by identity: a few dozen are prepared.
-_PREPARED: dict[tuple[Executable, Dialect, tuple[str, ...]], _Prepared] = {}
+# A statement, and the names of the values it is given.
+_Key = tuple[Executable, tuple[str, ...]]
+# What each engine prepared, kept while the engine lives. Statements are built once, and
+# compare and hash by identity: a few dozen are prepared. One built at each call would be
+# prepared at each call too, and is forgotten when the engine has prepared too many.
+_PREPARED: weakref.WeakKeyDictionary[Engine, dict[_Key, _Prepared]] = weakref.WeakKeyDictionary()
+PREPARED_MAX = 256
 
 
-def _prepare(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> _Prepared:
-    found = _PREPARED.get((statement, dialect, keys))
+def _prepare(
+    connection: AsyncConnection, statement: Executable, keys: tuple[str, ...]
+) -> _Prepared:
+    prepared = _PREPARED.setdefault(connection.sync_engine, {})
+    found = prepared.get((statement, keys))
     if found is not None:
         return found
+    dialect = connection.dialect
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
     assert isinstance(compiled, SQLCompiler)
     if compiled.literal_execute_params:
@@ -195,10 +205,12 @@ def _prepare(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> 
         column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
     )
     row = _row_type([column.keyname for column in columns]) if columns else None
-    prepared = _PREPARED[(statement, dialect, keys)] = _Prepared(
+    if len(prepared) >= PREPARED_MAX:
+        prepared.clear()
+    found = prepared[(statement, keys)] = _Prepared(
         str(compiled), compiled, names, converters, readers, row
     )
-    return prepared
+    return found
 
 
 def _row_type(names: Sequence[str]) -> type[tuple[Any, ...]]:
