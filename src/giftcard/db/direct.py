@@ -21,6 +21,7 @@ round trip, and SQLAlchemy's part of it is a smaller share.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import weakref
 from collections import namedtuple
@@ -131,13 +132,18 @@ class _Prepared:
     readers: tuple[Callable[[Any], Any] | None, ...]
     row: type[tuple[Any, ...]] | None
 
+    @functools.cached_property
+    def converter_of(self) -> dict[str, Callable[[Any], Any] | None]:
+        """Each parameter's conversion, by its name."""
+        return dict(zip(self.names, self.converters, strict=True))
+
     def expanded(self, values: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         """The SQL and arguments for `values`: an IN list is written out for its items."""
         if not self.compiled.post_compile_params:
             return self.sql, self.arguments(values)
         state = self.compiled.construct_expanded_state(values)
         # The items of an IN list have converters of their own; the rest keep theirs.
-        processors = {**dict(zip(self.names, self.converters, strict=True)), **state.processors}
+        processors = {**self.converter_of, **state.processors}
         names = state.positiontup or ()
         return state.statement, tuple(
             value if (convert := processors.get(name)) is None else convert(value)
