@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from giftcard.api.app import create_app
+from giftcard.api.app import YOUNG_COLLECTION_THRESHOLD, create_app
 from giftcard.codes import generate_code
 from giftcard.config import Settings
 from giftcard.db.engine import Database
@@ -81,17 +81,23 @@ async def test_a_serving_app_sets_what_it_built_aside_from_full_collections(
 ) -> None:
     """An app that builds its own services (as `giftcard serve` does) has the garbage
     collector set aside what exists once it has started, so that full collections under
-    load walk only what requests made since; when it stops it gives it back. An app
-    handed its services (as tests do) leaves the collector alone."""
+    load walk only what requests made since, and collects its youngest objects less
+    often; when it stops it gives both back. An app handed its services (as tests do)
+    leaves the collector alone."""
     gc.unfreeze()  # what an app of another test, still running, would have set aside
+    before = gc.get_threshold()
+    assert before[0] < YOUNG_COLLECTION_THRESHOLD
     serving = create_app(settings)
     async with serving.router.lifespan_context(serving), _client(serving) as http:
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *before[1:])
         assert (await http.get("/healthz")).status_code == 200
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
     handed = create_app(services=services)
     async with handed.router.lifespan_context(handed):
         assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == before
 
 
 def _client(app: FastAPI) -> httpx.AsyncClient:
