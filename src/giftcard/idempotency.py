@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from giftcard.db import riders
+from giftcard.db import direct, riders
 from giftcard.db.bulk import array_rows
 from giftcard.db.engine import Database
 from giftcard.db.tables import idempotency_keys
@@ -221,7 +221,8 @@ async def claim_many(
     requests = [request for request in keyed if request is not None]
     claimed: set[tuple[str, str]] = set()
     if requests:
-        rows = await connection.execute(
+        rows = await direct.execute(
+            connection,
             _CLAIM_MANY,
             {
                 "scopes": [request.scope for request in requests],

@@ -189,7 +189,8 @@ async def post(connection: AsyncConnection, entry: Entry, *, now: datetime) -> P
     tracked = sorted((p for p in entry.postings if p.tracked), key=lambda p: p.account_id)
     if connection.dialect.name == "postgresql":
         row = (
-            await connection.execute(
+            await direct.execute(
+                connection,
                 _POST_ENTRY,
                 journal
                 | {
@@ -297,7 +298,8 @@ async def post_many(
             ):
                 lines[name].append(value)
     row = (
-        await connection.execute(
+        await direct.execute(
+            connection,
             _POST_ENTRIES,
             {f"line_{name}": values for name, values in lines.items()}
             | {

@@ -551,7 +551,7 @@ async def _reserve_many(
         "at": max(waiting.now for waiting in batch),
     }
     rows: list[list[Row[Any]]] = [[] for _ in batch]
-    for row in await connection.execute(_RESERVE_MANY, parameters):
+    for row in await direct.execute(connection, _RESERVE_MANY, parameters):
         rows[row.out_attempt].append(row)
     return rows
 

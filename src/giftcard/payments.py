@@ -402,7 +402,9 @@ async def _settle(
     batch: Sequence[_Waiting], connection: AsyncConnection, going: Sequence[int], now: datetime
 ) -> dict[int, Payment]:
     customer_ids = sorted({batch[n].request.customer_id for n in going})
-    rows = (await connection.execute(_CUSTOMERS_AND_BALANCES_LOCKED, {"b_ids": customer_ids})).all()
+    rows = (
+        await direct.execute(connection, _CUSTOMERS_AND_BALANCES_LOCKED, {"b_ids": customer_ids})
+    ).all()
     found = {row.id: customer_from_row(row) for row in rows}
     available = {row.id: int(row.available_balance) for row in rows}
     planned: list[tuple[int, Customer, int, PaymentStatus]] = []

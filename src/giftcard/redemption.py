@@ -34,7 +34,7 @@ from giftcard.cards import (
     record_events_later,
 )
 from giftcard.customers import Customer
-from giftcard.db import batches, riders
+from giftcard.db import batches, direct, riders
 from giftcard.db.engine import Database
 from giftcard.db.tables import cards, ledger_accounts
 from giftcard.errors import ErrorCode, RedemptionError
@@ -251,7 +251,8 @@ async def _settle(
     batch: Sequence[_Waiting], connection: AsyncConnection, going: Sequence[int], now: datetime
 ) -> dict[int, Redemption]:
     rows = (
-        await connection.execute(
+        await direct.execute(
+            connection,
             _CLAIM_CARDS,
             {
                 "numbers": going,

@@ -1,5 +1,5 @@
-"""Statements handed straight to SQLite's driver (giftcard.db.direct) answer, fail and are
-seen exactly as through SQLAlchemy; on PostgreSQL they go through SQLAlchemy."""
+"""Statements handed straight to the driver (giftcard.db.direct) answer, fail and are seen
+exactly as through SQLAlchemy, in the transaction SQLAlchemy holds."""
 
 from __future__ import annotations
 
@@ -7,19 +7,22 @@ import asyncio
 import sqlite3
 from datetime import UTC, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from giftcard.db import direct
-from giftcard.db.engine import is_unique_violation
+from giftcard.db.engine import is_database_unreachable, is_unique_violation
 from giftcard.db.tables import idempotency_keys, limit_reservations
 from giftcard.services import Services
 from tests.conftest import sent_statements
 
 BOTH = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 # The units of some keys that are still in their window, with the first to expire.
 HELD = (
@@ -165,3 +168,119 @@ async def test_a_write_waits_while_another_process_writes(services: Services) ->
             limit_reservations.c.limit_key == "direct-waited"
         )
         assert (await connection.execute(keys)).scalar_one() == "direct-waited"
+
+
+class _Refused(Exception):
+    pass
+
+
+@BOTH
+async def test_a_statement_sent_first_is_part_of_its_transaction(services: Services) -> None:
+    """The first statement of a transaction, sent directly, is in that transaction:
+    rolled back with it, or committed with it (on PostgreSQL it begins the transaction
+    that SQLAlchemy then ends)."""
+    now = services.clock.now()
+
+    async def rolled_back() -> None:
+        async with services.db.transaction() as connection:
+            row = {"limit_key": "direct-rolled-back", "expires_at": now}
+            await direct.execute(connection, insert(limit_reservations), row)
+            raise _Refused
+
+    with pytest.raises(_Refused):
+        await rolled_back()
+    async with services.db.transaction() as connection:
+        row = {"limit_key": "direct-committed", "expires_at": now}
+        await direct.execute(connection, insert(limit_reservations), row)
+    async with services.db.reading() as connection:
+        found = select(limit_reservations.c.limit_key).where(
+            limit_reservations.c.limit_key.like("direct-%")
+        )
+        assert set((await connection.execute(found)).scalars()) == {"direct-committed"}
+
+
+@POSTGRESQL
+async def test_statements_at_once_on_one_connection_take_turns(services: Services) -> None:
+    """Statements sent at once on one connection, directly or through SQLAlchemy, wait
+    for each other instead of meeting in the driver (which refuses a second operation
+    while one is in progress)."""
+    slow = text("SELECT CAST(:n AS integer) AS n FROM pg_sleep(0.02)")
+    async with services.db.transaction(write=False) as connection:
+        answers = await asyncio.gather(
+            *(direct.execute(connection, slow, {"n": n}) for n in range(3)),
+            connection.execute(slow, {"n": 3}),
+        )
+    assert [answer.scalar_one() for answer in answers] == [0, 1, 2, 3]
+
+
+@POSTGRESQL
+@pytest.mark.parametrize("way", ["direct", "through SQLAlchemy"])
+async def test_a_lost_connection_is_told_and_not_used_again(services: Services, way: str) -> None:
+    """The server ends a connection in the middle of a transaction: the next statement
+    on it fails as through SQLAlchemy, as a connection lost (the request is answered
+    503, see giftcard.db.engine), and the pool hands out working connections after."""
+
+    async def send(connection: AsyncConnection, statement: Any) -> direct.Rows:
+        if way == "direct":
+            return await direct.execute(connection, statement)
+        return await connection.execute(statement)
+
+    caught: list[DBAPIError] = []
+
+    async def lost() -> None:
+        async with services.db.transaction() as connection:
+            pid = (await send(connection, text("SELECT pg_backend_pid()"))).scalar_one()
+            async with services.db.reading() as other:
+                ended = text("SELECT pg_terminate_backend(CAST(:pid AS integer))")
+                assert (await other.execute(ended, {"pid": pid})).scalar_one()
+            await asyncio.sleep(0.05)
+            try:
+                await send(connection, text("SELECT 1"))
+            except DBAPIError as error:
+                caught.append(error)
+                # Given up at once, not left to be found out at its rollback.
+                assert connection.invalidated
+                raise
+
+    with pytest.raises(Exception) as raised:  # what it is, is checked below
+        await lost()
+    [error] = caught
+    assert error.connection_invalidated
+    assert is_database_unreachable(error)
+    assert is_database_unreachable(raised.value)
+    for _ in range(services.db.engine.pool.size()):  # type: ignore[attr-defined]
+        async with services.db.transaction(write=False) as connection:
+            assert (await direct.execute(connection, text("SELECT 1"))).scalar_one() == 1
+
+
+@BOTH
+@pytest.mark.parametrize("way", ["direct", "through SQLAlchemy"])
+async def test_a_table_changed_under_a_prepared_statement_is_prepared_anew(
+    services: Services, way: str
+) -> None:
+    """A table's columns change (a migration while the service runs) under a statement
+    the connection has prepared: on PostgreSQL that run of it fails as through
+    SQLAlchemy (SQLite prepares it anew by itself), and the next is prepared anew and
+    answers with the columns the table has now."""
+    read = text("SELECT * FROM direct_test_changed")
+    async with services.db.reading() as connection:
+        await connection.execute(text("CREATE TABLE direct_test_changed (a integer)"))
+        await connection.execute(text("INSERT INTO direct_test_changed VALUES (1)"))
+
+    async def send(connection: AsyncConnection) -> Any:
+        if way == "direct":
+            return (await direct.execute(connection, read)).one()
+        return (await connection.execute(read)).one()
+
+    try:
+        async with services.db.reading() as connection:
+            assert tuple(await send(connection)) == (1,)
+            async with services.db.reading() as other:
+                await other.execute(text("ALTER TABLE direct_test_changed ADD COLUMN b text"))
+            if not services.db.is_sqlite:
+                with pytest.raises(DBAPIError, match="InvalidCachedStatementError"):
+                    await send(connection)
+            assert tuple(await send(connection)) == (1, None)
+    finally:
+        async with services.db.reading() as connection:
+            await connection.execute(text("DROP TABLE direct_test_changed"))

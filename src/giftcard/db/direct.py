@@ -1,22 +1,29 @@
-"""The hot paths' statements on SQLite, handed straight to the driver.
+"""The hot paths' statements, handed straight to the driver.
 
-On SQLite a statement is a function call: running a cached UPDATE of one balance takes
-the library about 9 µs on this project's benchmark machine, while SQLAlchemy's async
-execution around it (a greenlet for the call, an execution context, the adapter's cursor,
-a result object) takes some 125 µs more; a redemption runs about a dozen statements.
-:func:`execute` runs a statement built once with SQLAlchemy Core (see
-giftcard.ledger) as SQLAlchemy would, from SQL compiled once per statement and set of
-parameter names, its values passed through the columns' own types (a timestamp is
-stored as SQLAlchemy stores it), and its rows read back through them, but on the
-connection's sqlite3 connection itself. What SQLAlchemy does around a statement and the
-service relies on is kept: an error is raised as the same `DBAPIError` (so that a unique
-violation or a locked database is told apart as before), the engine's
-`before_cursor_execute` and `after_cursor_execute` listeners are called, and a statement
-that finds the database locked by another process is tried again as
-giftcard.db.sqlite_inline does.
+A statement of a hot path is built once with SQLAlchemy Core (see giftcard.ledger), and
+SQLAlchemy's async execution around it costs more than the driver's own work: on SQLite,
+where a statement is a function call, a cached UPDATE of one balance takes the library
+about 9 µs on this project's benchmark machine and SQLAlchemy some 125 µs more; on
+PostgreSQL, asyncpg's part of a round trip is about 60 µs of the service's CPU and
+SQLAlchemy's (a greenlet for the call, an execution context, the adapter's cursor, a
+result object) about 150 µs more. :func:`execute` runs such a statement as SQLAlchemy
+would, from SQL compiled once per statement and set of parameter names, its values
+passed through the columns' own types (a timestamp is stored as SQLAlchemy stores it)
+and its rows read back through them, but on the pooled connection's driver connection
+itself. What SQLAlchemy does around a statement and the service relies on is kept: an
+error is raised as the same `DBAPIError` (so that a unique violation, a lost connection
+or a locked database is told apart as before, with the values kept out of its message),
+and the engine's `before_cursor_execute` and `after_cursor_execute` listeners are
+called.
 
-On PostgreSQL :func:`execute` is the connection's own `execute`: there a statement is a
-round trip, and SQLAlchemy's part of it is a smaller share.
+On SQLite a statement that finds the database locked by another process is tried again
+as giftcard.db.sqlite_inline does. On PostgreSQL the statement goes through SQLAlchemy's
+asyncpg adapter of the connection, as its own cursor does: under its lock (one
+statement at a time on a connection), in its transaction (begun by the first statement,
+as SQLAlchemy begins it, so that SQLAlchemy commits or rolls back what it did), prepared
+once per connection in the adapter's cache of prepared statements, its errors translated
+by the adapter; a lost connection is invalidated, as SQLAlchemy does, so that the pool
+does not hand it out again. Any other driver gets the connection's own `execute`.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
-# Where a pooled connection keeps its driver connection (found once per connection).
+# Where a pooled connection keeps its driver connection, or on PostgreSQL SQLAlchemy's
+# adapter of it (found once per connection).
 _DRIVER = "giftcard_sqlite_driver"
+_ADAPTER = "giftcard_asyncpg_adapter"
 
 
 class Rows(Protocol):
@@ -62,13 +71,9 @@ async def execute(
 ) -> Rows:
     """Run `statement` with `parameters` (a list of them: once for each, without rows),
     as `connection.execute` would."""
-    if connection.dialect.name != "sqlite":
+    dialect = connection.dialect
+    if dialect.name != "sqlite" and dialect.driver != "asyncpg":
         return await connection.execute(statement, parameters)
-    # giftcard.db.sqlite_inline's connection, through which statements wait their turn.
-    driver: Any = connection.info.get(_DRIVER)
-    if driver is None:
-        raw = await connection.get_raw_connection()
-        driver = connection.info[_DRIVER] = raw.driver_connection
     many = isinstance(parameters, Sequence)
     values: Sequence[Mapping[str, Any]] = (
         parameters if isinstance(parameters, Sequence) else [parameters or {}]
@@ -81,6 +86,23 @@ async def execute(
     else:
         sql, one = prepared.expanded(values[0])
         arguments = [one]
+    if dialect.name == "sqlite":
+        return await _on_sqlite(connection, prepared, sql, arguments, many)
+    return await _on_asyncpg(connection, prepared, sql, arguments, many)
+
+
+async def _on_sqlite(
+    connection: AsyncConnection,
+    prepared: _Prepared,
+    sql: str,
+    arguments: list[tuple[Any, ...]],
+    many: bool,
+) -> Rows:
+    # giftcard.db.sqlite_inline's connection, through which statements wait their turn.
+    driver: Any = connection.info.get(_DRIVER)
+    if driver is None:
+        raw = await connection.get_raw_connection()
+        driver = connection.info[_DRIVER] = raw.driver_connection
     sync = connection.sync_connection
     assert sync is not None
     cursor = driver._open().cursor()
@@ -108,6 +130,78 @@ async def execute(
     return _Answer(rows)
 
 
+async def _on_asyncpg(
+    connection: AsyncConnection,
+    prepared: _Prepared,
+    sql: str,
+    arguments: list[tuple[Any, ...]],
+    many: bool,
+) -> Rows:
+    # SQLAlchemy's adapter of the asyncpg connection, which holds its transaction.
+    adapter: Any = connection.info.get(_ADAPTER)
+    if adapter is None:
+        raw = await connection.get_raw_connection()
+        adapter = connection.info[_ADAPTER] = raw.dbapi_connection
+    sync = connection.sync_connection
+    assert sync is not None
+    sent: Any = arguments if many else arguments[0]
+    _before(sync, None, sql, sent, many)
+    dialect: Any = connection.dialect
+    # What SQLAlchemy's cursor for this connection does around a statement.
+    try:
+        async with adapter._execute_mutex:
+            if adapter._transaction is None:
+                await adapter._start_transaction()
+            statement, attributes = await adapter._prepare(
+                sql, dialect._invalidate_schema_cache_asof
+            )
+            if many:
+                await statement.executemany(arguments)
+                records = []
+            else:
+                records = await statement.fetch(*arguments[0])
+    except Exception as error:
+        raise await _asyncpg_failure(connection, adapter, error, sql, sent, many) from error
+    rows = prepared.records(records, attributes)
+    _after(sync, None, sql, sent, many)
+    return _Answer(rows)
+
+
+async def _asyncpg_failure(
+    connection: AsyncConnection, adapter: Any, error: Exception, sql: str, sent: Any, many: bool
+) -> Exception:
+    """What SQLAlchemy raises for `error`: the adapter's translation of it (a DBAPI error
+    of its kind, a unique violation's IntegrityError among them) wrapped in SQLAlchemy's
+    `DBAPIError`, the values hidden. A connection found lost is invalidated first."""
+    dialect: Any = connection.dialect
+    try:
+        adapter._handle_exception(error)
+    except Exception as raised:
+        translated = raised
+    else:  # pragma: no cover - the adapter always raises
+        translated = error
+    dbapi = dialect.loaded_dbapi
+    if not isinstance(translated, dbapi.Error):
+        return translated
+    if isinstance(translated, (dbapi.InvalidCachedStatementError, dbapi.InternalServerError)):
+        # A table's definition changed under a prepared statement: prepare anew.
+        dialect._invalidate_schema_cache()
+    lost = bool(dialect.is_disconnect(translated, adapter, None))
+    if lost:
+        await connection.invalidate(translated)
+    wrapped: Exception = exc.DBAPIError.instance(
+        sql,
+        sent,
+        translated,
+        dbapi.Error,
+        hide_parameters=True,
+        dialect=dialect,
+        ismulti=many,
+        connection_invalidated=lost,
+    )
+    return wrapped
+
+
 def _before(sync: Connection, cursor: Any, sql: str, sent: Any, many: bool) -> None:
     if sync.dispatch.before_cursor_execute:
         sync.dispatch.before_cursor_execute(sync, cursor, sql, sent, None, many)
@@ -120,7 +214,7 @@ def _after(sync: Connection, cursor: Any, sql: str, sent: Any, many: bool) -> No
 
 @dataclass
 class _Prepared:
-    """A statement compiled for SQLite, with what turns values into its arguments and
+    """A statement compiled for its database, with what turns values into its arguments and
     its rows into values."""
 
     sql: str
@@ -131,6 +225,10 @@ class _Prepared:
     # For each column of the rows, by position: its type's conversion.
     readers: tuple[Callable[[Any], Any] | None, ...]
     row: type[tuple[Any, ...]] | None
+    # Whether its columns are known only from its rows (textual SQL), and the columns
+    # its rows had last.
+    textual: bool = False
+    columns_read: tuple[str, ...] = ()
 
     @functools.cached_property
     def converter_of(self) -> dict[str, Callable[[Any], Any] | None]:
@@ -159,23 +257,34 @@ class _Prepared:
             for name, convert in zip(self.names, self.converters, strict=True)
         )
 
+    def records(self, records: Sequence[Any], attributes: Sequence[Any]) -> list[Any]:
+        """The rows of asyncpg's `records`, whose columns are `attributes`."""
+        if not attributes:
+            return []
+        return self._read(records, tuple(attribute.name for attribute in attributes))
+
     def rows(self, cursor: sqlite3.Cursor) -> list[Any]:
+        """The rows of SQLite's `cursor`."""
         if cursor.description is None:
             return []
-        if self.row is None:
-            # Textual SQL without typed columns: its rows as SQLite gives them.
-            self.row = _row_type([column[0] for column in cursor.description])
-            self.readers = (None,) * len(cursor.description)
+        return self._read(cursor.fetchall(), tuple(column[0] for column in cursor.description))
+
+    def _read(self, found: Sequence[Sequence[Any]], columns: tuple[str, ...]) -> list[Any]:
+        if self.row is None or (self.textual and columns != self.columns_read):
+            # Textual SQL without typed columns: its rows as the driver gives them, with
+            # the columns they have now (a table's columns may change under SELECT *).
+            self.row, self.readers = _row_type(columns), (None,) * len(columns)
+            self.columns_read = columns
         readers = self.readers
         make = self.row._make  # type: ignore[attr-defined]
         if not any(readers):
-            return [make(found) for found in cursor.fetchall()]
+            return [make(values) for values in found]
         return [
             make(
                 value if read is None else read(value)
-                for read, value in zip(readers, found, strict=True)
+                for read, value in zip(readers, values, strict=True)
             )
-            for found in cursor.fetchall()
+            for values in found
         ]
 
 
@@ -214,7 +323,7 @@ def _prepare(
     if len(prepared) >= PREPARED_MAX:
         prepared.clear()
     found = prepared[(statement, keys)] = _Prepared(
-        str(compiled), compiled, names, converters, readers, row
+        str(compiled), compiled, names, converters, readers, row, textual=row is None
     )
     return found
 

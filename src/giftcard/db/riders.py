@@ -68,7 +68,7 @@ async def execute(
         merged.update(parameters or {})
         if len(merged) != sum(len(values) for _, values in pending) + len(parameters or {}):
             raise ValueError("a rider's parameter names meet another's or the carrier's")
-        return await connection.execute(_combined(statement, riders), merged)
+        return await direct.execute(connection, _combined(statement, riders), merged)
     for rider, values in pending:
         await direct.execute(connection, rider, values)
     return await direct.execute(connection, statement, parameters)
