@@ -86,66 +86,66 @@ async def execute(
     else:
         sql, one = prepared.expanded(values[0])
         arguments = [one]
+    call = _Call(prepared, sql, arguments, many)
     if dialect.name == "sqlite":
-        return await _on_sqlite(connection, prepared, sql, arguments, many)
-    return await _on_asyncpg(connection, prepared, sql, arguments, many)
+        return await _on_sqlite(connection, call)
+    return await _on_asyncpg(connection, call)
 
 
-async def _on_sqlite(
-    connection: AsyncConnection,
-    prepared: _Prepared,
-    sql: str,
-    arguments: list[tuple[Any, ...]],
-    many: bool,
-) -> Rows:
-    # giftcard.db.sqlite_inline's connection, through which statements wait their turn.
-    driver: Any = connection.info.get(_DRIVER)
-    if driver is None:
-        raw = await connection.get_raw_connection()
-        driver = connection.info[_DRIVER] = raw.driver_connection
+@dataclass(frozen=True)
+class _Call:
+    """A statement to run now: its SQL with its arguments, once or for each of many."""
+
+    prepared: _Prepared
+    sql: str
+    arguments: list[tuple[Any, ...]]
+    many: bool
+
+    @property
+    def sent(self) -> Any:
+        """The arguments as the engine's listeners are given them."""
+        return self.arguments if self.many else self.arguments[0]
+
+
+async def _kept(connection: AsyncConnection, name: str, pick: Callable[[Any], Any]) -> Any:
+    """What `pick` takes from the pooled connection, found once per connection."""
+    found = connection.info.get(name)
+    if found is None:
+        found = connection.info[name] = pick(await connection.get_raw_connection())
+    return found
+
+
+def _sync(connection: AsyncConnection) -> Connection:
     sync = connection.sync_connection
     assert sync is not None
+    return sync
+
+
+async def _on_sqlite(connection: AsyncConnection, call: _Call) -> Rows:
+    # giftcard.db.sqlite_inline's connection, through which statements wait their turn.
+    driver = await _kept(connection, _DRIVER, lambda raw: raw.driver_connection)
+    sync = _sync(connection)
     cursor = driver._open().cursor()
-    sent: Any = arguments if many else arguments[0]
     try:
-        _before(sync, cursor, sql, sent, many)
-        if many:
-            await driver._waiting(lambda: cursor.executemany(sql, arguments))
+        _before(sync, cursor, call)
+        if call.many:
+            await driver._waiting(lambda: cursor.executemany(call.sql, call.arguments))
         else:
-            await driver._waiting(lambda: cursor.execute(sql, arguments[0]))
-        rows = prepared.rows(cursor)
-        _after(sync, cursor, sql, sent, many)
+            await driver._waiting(lambda: cursor.execute(call.sql, call.arguments[0]))
+        rows = call.prepared.rows(cursor)
+        _after(sync, cursor, call)
     except sqlite3.Error as error:
-        raise exc.DBAPIError.instance(
-            sql,
-            sent,
-            error,
-            sqlite3.Error,
-            hide_parameters=True,
-            dialect=connection.dialect,
-            ismulti=many,
-        ) from error
+        raise _wrapped(connection, call, error, sqlite3.Error) from error
     finally:
         cursor.close()
     return _Answer(rows)
 
 
-async def _on_asyncpg(
-    connection: AsyncConnection,
-    prepared: _Prepared,
-    sql: str,
-    arguments: list[tuple[Any, ...]],
-    many: bool,
-) -> Rows:
+async def _on_asyncpg(connection: AsyncConnection, call: _Call) -> Rows:
     # SQLAlchemy's adapter of the asyncpg connection, which holds its transaction.
-    adapter: Any = connection.info.get(_ADAPTER)
-    if adapter is None:
-        raw = await connection.get_raw_connection()
-        adapter = connection.info[_ADAPTER] = raw.dbapi_connection
-    sync = connection.sync_connection
-    assert sync is not None
-    sent: Any = arguments if many else arguments[0]
-    _before(sync, None, sql, sent, many)
+    adapter = await _kept(connection, _ADAPTER, lambda raw: raw.dbapi_connection)
+    sync = _sync(connection)
+    _before(sync, None, call)
     dialect: Any = connection.dialect
     # What SQLAlchemy's cursor for this connection does around a statement.
     try:
@@ -153,22 +153,22 @@ async def _on_asyncpg(
             if adapter._transaction is None:
                 await adapter._start_transaction()
             statement, attributes = await adapter._prepare(
-                sql, dialect._invalidate_schema_cache_asof
+                call.sql, dialect._invalidate_schema_cache_asof
             )
-            if many:
-                await statement.executemany(arguments)
+            if call.many:
+                await statement.executemany(call.arguments)
                 records = []
             else:
-                records = await statement.fetch(*arguments[0])
+                records = await statement.fetch(*call.arguments[0])
     except Exception as error:
-        raise await _asyncpg_failure(connection, adapter, error, sql, sent, many) from error
-    rows = prepared.records(records, attributes)
-    _after(sync, None, sql, sent, many)
+        raise await _asyncpg_failure(connection, adapter, call, error) from error
+    rows = call.prepared.records(records, attributes)
+    _after(sync, None, call)
     return _Answer(rows)
 
 
 async def _asyncpg_failure(
-    connection: AsyncConnection, adapter: Any, error: Exception, sql: str, sent: Any, many: bool
+    connection: AsyncConnection, adapter: Any, call: _Call, error: Exception
 ) -> Exception:
     """What SQLAlchemy raises for `error`: the adapter's translation of it (a DBAPI error
     of its kind, a unique violation's IntegrityError among them) wrapped in SQLAlchemy's
@@ -189,27 +189,39 @@ async def _asyncpg_failure(
     lost = bool(dialect.is_disconnect(translated, adapter, None))
     if lost:
         await connection.invalidate(translated)
+    return _wrapped(connection, call, translated, dbapi.Error, lost=lost)
+
+
+def _wrapped(
+    connection: AsyncConnection,
+    call: _Call,
+    error: Exception,
+    driver_error: type[Exception],
+    *,
+    lost: bool = False,
+) -> Exception:
+    """`error` as SQLAlchemy raises a driver's error, the statement's values hidden."""
     wrapped: Exception = exc.DBAPIError.instance(
-        sql,
-        sent,
-        translated,
-        dbapi.Error,
+        call.sql,
+        call.sent,
+        error,
+        driver_error,
         hide_parameters=True,
-        dialect=dialect,
-        ismulti=many,
+        dialect=connection.dialect,
+        ismulti=call.many,
         connection_invalidated=lost,
     )
     return wrapped
 
 
-def _before(sync: Connection, cursor: Any, sql: str, sent: Any, many: bool) -> None:
+def _before(sync: Connection, cursor: Any, call: _Call) -> None:
     if sync.dispatch.before_cursor_execute:
-        sync.dispatch.before_cursor_execute(sync, cursor, sql, sent, None, many)
+        sync.dispatch.before_cursor_execute(sync, cursor, call.sql, call.sent, None, call.many)
 
 
-def _after(sync: Connection, cursor: Any, sql: str, sent: Any, many: bool) -> None:
+def _after(sync: Connection, cursor: Any, call: _Call) -> None:
     if sync.dispatch.after_cursor_execute:
-        sync.dispatch.after_cursor_execute(sync, cursor, sql, sent, None, many)
+        sync.dispatch.after_cursor_execute(sync, cursor, call.sql, call.sent, None, call.many)
 
 
 @dataclass
