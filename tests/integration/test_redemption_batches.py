@@ -11,11 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
 
+from giftcard import ids
 from giftcard.codes import generate_code
 from giftcard.config import Settings
-from giftcard.db.tables import journal_transactions, limit_reservations
+from giftcard.db.tables import idempotency_keys, journal_transactions, limit_reservations
 from giftcard.services import Services
 from giftcard.verify import verify
 from tests.conftest import api_key, burst, issue, sent_statements, sign_up
@@ -154,4 +155,44 @@ async def test_a_batch_that_fails_leaves_each_redemption_to_run_alone(
     assert [r.status_code for r in responses] == [201] * 12, [r.text for r in responses]
     balance = (await client.get("/v1/me/balance", headers=shopper.auth)).json()
     assert balance["available"] == 12 * 300
+    assert (await verify(services.db)).problems == []
+
+
+async def test_a_redemption_whose_key_is_held_waits_and_leaves_the_batch_alone(
+    client: httpx.AsyncClient, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a key held by another request still in flight (its claim not committed) and
+    redemptions sent together, one of them under that key: the batch waits for the
+    holder, takes no card for that redemption and commits the others' (the batch does
+    not fail); the one left out runs alone and gets what a key used for another request
+    gets, and its card is still there to redeem."""
+    admin = await api_key(services)
+    shopper = await sign_up(client)
+    codes = [card["code"] for card in await issue(client, admin, amount=400, count=6)]
+    scope = f"customer:{ids.parse_id(ids.CUSTOMER, shopper.id)}"
+    key = {"scope": scope, "key": "held"}
+    async with services.db.engine.connect() as holder:
+        await holder.begin()
+        row = {**key, "fingerprint": b"another request", "created_at": services.clock.now()}
+        await holder.execute(insert(idempotency_keys).values(row))
+        sent = asyncio.ensure_future(
+            burst(
+                redeem(client, shopper.auth, codes[0], "held"),
+                *(
+                    redeem(client, shopper.auth, code, f"free-{n}")
+                    for n, code in enumerate(codes[1:])
+                ),
+            )
+        )
+        await asyncio.sleep(0.5)  # long enough for the batch to meet the held key
+        assert not sent.done()
+        answered = update(idempotency_keys).values(response_status=201, response_body="{}")
+        await holder.execute(answered.filter_by(**key))
+        await holder.commit()
+    held, *free = await sent
+    assert [r.status_code for r in free] == [201] * 5, [r.text for r in free]
+    assert held.json()["code"] == "idempotency_key_reused"
+    assert "a batch of redemptions failed" not in caplog.text
+    again = await redeem(client, shopper.auth, codes[0], "another")
+    assert again.status_code == 201, again.text
     assert (await verify(services.db)).problems == []
