@@ -273,20 +273,28 @@ class _Prepared:
         """The rows of asyncpg's `records`, whose columns are `attributes`."""
         if not attributes:
             return []
-        return self._read(records, tuple(attribute.name for attribute in attributes))
+        if self.textual:
+            self._columns_are(tuple(attribute.name for attribute in attributes))
+        return self._read(records)
 
     def rows(self, cursor: sqlite3.Cursor) -> list[Any]:
         """The rows of SQLite's `cursor`."""
         if cursor.description is None:
             return []
-        return self._read(cursor.fetchall(), tuple(column[0] for column in cursor.description))
+        if self.textual:
+            self._columns_are(tuple(column[0] for column in cursor.description))
+        return self._read(cursor.fetchall())
 
-    def _read(self, found: Sequence[Sequence[Any]], columns: tuple[str, ...]) -> list[Any]:
-        if self.row is None or (self.textual and columns != self.columns_read):
-            # Textual SQL without typed columns: its rows as the driver gives them, with
-            # the columns they have now (a table's columns may change under SELECT *).
+    def _columns_are(self, columns: tuple[str, ...]) -> None:
+        """Textual SQL without typed columns: its rows are read as the driver gives them,
+        with the columns they have now (a table's columns may change under SELECT *)."""
+        if columns != self.columns_read:
             self.row, self.readers = _row_type(columns), (None,) * len(columns)
             self.columns_read = columns
+
+    def _read(self, found: Sequence[Sequence[Any]]) -> list[Any]:
+        # Typed columns have their row type from the start, textual ones from their rows.
+        assert self.row is not None
         readers = self.readers
         make = self.row._make  # type: ignore[attr-defined]
         if not any(readers):
