@@ -10,7 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select, text
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -61,6 +72,66 @@ async def test_rows_come_back_as_through_sqlalchemy(services: Services) -> None:
     assert [row.expires_at for row in straight] == [now + timedelta(minutes=n) for n in (1, 2, 3)]
     assert all(row.expires_at.tzinfo is UTC for row in straight)
     assert straight[0]._mapping == dict(through[0]._mapping)
+
+
+@BOTH
+async def test_in_lists_of_every_length_come_back_as_through_sqlalchemy(
+    services: Services,
+) -> None:
+    """One statement run again and again with IN lists of other lengths, an empty one and
+    more lengths than the forms it keeps among them, and with a value written into the
+    statement itself: each run answers as SQLAlchemy does, never with the values of a
+    run before it."""
+    now = services.clock.now()
+    keys = [f"lengths-{n}" for n in range(direct.FORMS_MAX + 8)]
+    held = HELD.where(limit_reservations.c.limit_key != "lengths-2")
+    async with services.db.transaction() as connection:
+        await direct.execute(
+            connection,
+            insert(limit_reservations),
+            [{"limit_key": key, "expires_at": now + timedelta(minutes=1)} for key in keys],
+        )
+        lengths = [3, 1, 3, 0, 5, *range(len(keys), 0, -1), 2, 3]
+        for run, length in enumerate(lengths):
+            # Other keys at each run, so that values kept from a run before would show.
+            chosen = keys[run % 5 : run % 5 + length]
+            values = {"b_keys": chosen, "b_now": now - timedelta(seconds=run)}
+            straight = (await direct.execute(connection, held, values)).all()
+            through = (await connection.execute(held, values)).all()
+            assert [tuple(row) for row in straight] == [tuple(row) for row in through]
+            assert [row.limit_key for row in straight] == [
+                key for key in chosen if key != "lengths-2"
+            ]
+    # One form kept for each length, up to a bound.
+    prepared = direct._PREPARED[services.db.engine.sync_engine]
+    forms = [one.forms for (statement, _), one in prepared.items() if statement is held]
+    assert forms
+    assert 0 < len(forms[0]) <= direct.FORMS_MAX
+
+
+@BOTH
+async def test_an_in_list_of_pairs_comes_back_as_through_sqlalchemy(services: Services) -> None:
+    """An IN list of tuples is written out anew at each run."""
+    now = services.clock.now()
+    later = now + timedelta(minutes=1)
+    pairs = HELD.where(
+        tuple_(limit_reservations.c.limit_key, limit_reservations.c.expires_at).in_(
+            bindparam("b_pairs", expanding=True)
+        )
+    )
+    async with services.db.transaction() as connection:
+        await direct.execute(
+            connection,
+            insert(limit_reservations),
+            [{"limit_key": f"pairs-{n}", "expires_at": later} for n in range(3)],
+        )
+        keys = ["pairs-0", "pairs-1", "pairs-2"]
+        for chosen in (["pairs-0", "pairs-2"], ["pairs-1"]):
+            values = {"b_keys": keys, "b_now": now, "b_pairs": [(key, later) for key in chosen]}
+            straight = (await direct.execute(connection, pairs, values)).all()
+            through = (await connection.execute(pairs, values)).all()
+            assert [tuple(row) for row in straight] == [tuple(row) for row in through]
+            assert [row.limit_key for row in straight] == chosen
 
 
 @BOTH

@@ -33,7 +33,7 @@ import sqlite3
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import exc
@@ -242,15 +242,82 @@ class _Prepared:
     textual: bool = False
     columns_read: tuple[str, ...] = ()
 
+    # The SQL and the source of each argument, for each length of its IN lists (at most
+    # FORMS_MAX of them, forgotten together when there would be more).
+    forms: dict[tuple[int, ...], _Form] = field(default_factory=dict)
+
     @functools.cached_property
     def converter_of(self) -> dict[str, Callable[[Any], Any] | None]:
         """Each parameter's conversion, by its name."""
         return dict(zip(self.names, self.converters, strict=True))
 
+    @functools.cached_property
+    def in_lists(self) -> tuple[str, ...]:
+        """The names of the parameters written out as IN lists, one placeholder an item."""
+        compiled = self.compiled
+        return tuple(sorted(compiled.bind_names[bind] for bind in compiled.post_compile_params))
+
     def expanded(self, values: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         """The SQL and arguments for `values`: an IN list is written out for its items."""
-        if not self.compiled.post_compile_params:
-            return self.sql, self.arguments(values)
+        shape = tuple(len(values[name]) for name in self.in_lists)
+        form = self.forms.get(shape)
+        if form is None:
+            form = self._form(values)
+            if form is None:
+                return self._expanded_anew(values)
+            if len(self.forms) >= FORMS_MAX:
+                self.forms.clear()
+            self.forms[shape] = form
+        return form.sql, form.arguments(values)
+
+    def arguments(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        if self.compiled.post_compile_params:
+            raise ValueError("an IN list is written out for one set of values at a time")
+        form = self.forms.get(())
+        if form is None:
+            form = self.forms[()] = self._form(values) or _Form(self.sql, None)
+        if form.sources is None:
+            return self._arguments_anew(values)
+        return form.arguments(values)
+
+    def _form(self, values: Mapping[str, Any]) -> _Form | None:
+        """Where the arguments for values like `values` (the same names, IN lists of the
+        same lengths) come from, found by compiling them once as SQLAlchemy does; None
+        where that cannot be reused (names written otherwise in the SQL, an IN list of
+        tuples, a value computed at each run)."""
+        compiled = self.compiled
+        binds = compiled.binds
+        if compiled.escaped_bind_names or any(bind.callable is not None for bind in binds.values()):
+            return None
+        if any(bind.type._is_tuple_type for bind in compiled.post_compile_params):
+            return None
+        named = compiled.construct_params(values, _check=True)
+        items: dict[str, tuple[str, int]] = {}
+        if compiled.post_compile_params:
+            state = compiled.construct_expanded_state(values)
+            sql, order, processors = state.statement, state.positiontup or (), state.processors
+            for name, placeholders in state.parameter_expansion.items():
+                items |= {placeholder: (name, i) for i, placeholder in enumerate(placeholders)}
+        else:
+            sql, order, processors = self.sql, self.names, {}
+        converter_of = self.converter_of
+        sources: list[_Source] = []
+        for placeholder in order:
+            convert = processors.get(placeholder, converter_of.get(placeholder))
+            name, item = items.get(placeholder, (placeholder, None))
+            # Looked up as SQLAlchemy does: by the parameter's key, else by its name.
+            key = binds[name].key
+            given = key if key in values else name if name in values else None
+            if given is not None:
+                sources.append((given, item, None, convert))
+            else:
+                # A value written into the statement itself: the same at every run.
+                constant = named[placeholder]
+                converted = constant if convert is None else convert(constant)
+                sources.append((None, None, converted, None))
+        return _Form(sql, tuple(sources))
+
+    def _expanded_anew(self, values: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         state = self.compiled.construct_expanded_state(values)
         # The items of an IN list have converters of their own; the rest keep theirs.
         processors = {**self.converter_of, **state.processors}
@@ -260,9 +327,7 @@ class _Prepared:
             for name, value in zip(names, state.positional_parameters, strict=True)
         )
 
-    def arguments(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        if self.compiled.post_compile_params:
-            raise ValueError("an IN list is written out for one set of values at a time")
+    def _arguments_anew(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         named = self.compiled.construct_params(values, _check=True)
         return tuple(
             named[name] if convert is None else convert(named[name])
@@ -306,6 +371,35 @@ class _Prepared:
             )
             for values in found
         ]
+
+
+# Where one positional argument comes from: a value by its name (and the item of it, for
+# an IN list), or a constant of the statement (with no name); and the conversion of its
+# column's type, still to apply.
+_Source = tuple[str | None, int | None, Any, Callable[[Any], Any] | None]
+FORMS_MAX = 64
+
+
+@dataclass(frozen=True)
+class _Form:
+    """A statement's SQL for values of one shape, and the source of each of its
+    arguments (None: found anew at each run)."""
+
+    sql: str
+    sources: tuple[_Source, ...] | None
+
+    def arguments(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        assert self.sources is not None
+        arguments = []
+        for name, item, constant, convert in self.sources:
+            if name is None:
+                value = constant
+            elif item is None:
+                value = values[name]
+            else:
+                value = values[name][item]
+            arguments.append(value if convert is None else convert(value))
+        return tuple(arguments)
 
 
 # A statement, and the names of the values it is given.
