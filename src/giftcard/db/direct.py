@@ -257,40 +257,40 @@ class _Prepared:
         compiled = self.compiled
         return tuple(sorted(compiled.bind_names[bind] for bind in compiled.post_compile_params))
 
+    @functools.cached_property
+    def has_forms(self) -> bool:
+        """Whether where each argument comes from can be found once for values of one
+        shape: not with names written otherwise in the SQL, an IN list of tuples, or a
+        value computed at each run."""
+        compiled = self.compiled
+        return not (
+            compiled.escaped_bind_names
+            or any(bind.callable is not None for bind in compiled.binds.values())
+            or any(bind.type._is_tuple_type for bind in compiled.post_compile_params)
+        )
+
     def expanded(self, values: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
         """The SQL and arguments for `values`: an IN list is written out for its items."""
+        if not self.has_forms:
+            return self._expanded_anew(values)
         shape = tuple(len(values[name]) for name in self.in_lists)
         form = self.forms.get(shape)
         if form is None:
-            form = self._form(values)
-            if form is None:
-                return self._expanded_anew(values)
             if len(self.forms) >= FORMS_MAX:
                 self.forms.clear()
-            self.forms[shape] = form
+            form = self.forms[shape] = self._form(values)
         return form.sql, form.arguments(values)
 
     def arguments(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         if self.compiled.post_compile_params:
             raise ValueError("an IN list is written out for one set of values at a time")
-        form = self.forms.get(())
-        if form is None:
-            form = self.forms[()] = self._form(values) or _Form(self.sql, None)
-        if form.sources is None:
-            return self._arguments_anew(values)
-        return form.arguments(values)
+        return self.expanded(values)[1]
 
-    def _form(self, values: Mapping[str, Any]) -> _Form | None:
+    def _form(self, values: Mapping[str, Any]) -> _Form:
         """Where the arguments for values like `values` (the same names, IN lists of the
-        same lengths) come from, found by compiling them once as SQLAlchemy does; None
-        where that cannot be reused (names written otherwise in the SQL, an IN list of
-        tuples, a value computed at each run)."""
+        same lengths) come from, found by compiling them once as SQLAlchemy does."""
         compiled = self.compiled
         binds = compiled.binds
-        if compiled.escaped_bind_names or any(bind.callable is not None for bind in binds.values()):
-            return None
-        if any(bind.type._is_tuple_type for bind in compiled.post_compile_params):
-            return None
         named = compiled.construct_params(values, _check=True)
         items: dict[str, tuple[str, int]] = {}
         if compiled.post_compile_params:
@@ -318,6 +318,8 @@ class _Prepared:
         return _Form(sql, tuple(sources))
 
     def _expanded_anew(self, values: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+        if not self.compiled.post_compile_params:
+            return self.sql, self._arguments_anew(values)
         state = self.compiled.construct_expanded_state(values)
         # The items of an IN list have converters of their own; the rest keep theirs.
         processors = {**self.converter_of, **state.processors}
@@ -383,13 +385,12 @@ FORMS_MAX = 64
 @dataclass(frozen=True)
 class _Form:
     """A statement's SQL for values of one shape, and the source of each of its
-    arguments (None: found anew at each run)."""
+    arguments."""
 
     sql: str
-    sources: tuple[_Source, ...] | None
+    sources: tuple[_Source, ...]
 
     def arguments(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        assert self.sources is not None
         arguments = []
         for name, item, constant, convert in self.sources:
             if name is None:
