@@ -17,6 +17,10 @@ from giftcard.unit_of_work import UnitOfWork
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 60
+# How often each process vacuums the abuse limits' reservations (see
+# giftcard.limits.DatabaseStore.tidy): what a busy key leaves behind in this time is what
+# a reservation walks at most.
+TIDY_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -63,6 +67,22 @@ class Services:
         while True:
             await asyncio.sleep(interval_s)
             await self.maintain_once()
+
+    async def tidy(self, *, interval_s: float = TIDY_INTERVAL_S) -> None:
+        """Every `interval_s`, reclaim what the abuse limits' reservations leave behind
+        (see :meth:`AbuseLimits.tidy`). A failure is logged once, not at every turn, until
+        a turn succeeds again."""
+        failing = False
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.limits.tidy()
+            except Exception:
+                if not failing:
+                    log.exception("tidying the abuse limits failed; will retry")
+                failing = True
+            else:
+                failing = False
 
     async def maintain_once(self) -> None:
         try:

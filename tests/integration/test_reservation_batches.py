@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from giftcard.db.tables import limit_reservations
@@ -280,3 +280,87 @@ async def test_an_attempt_given_up_while_it_waits_leaves_the_others_to_their_ans
         if number != 3:
             assert isinstance(reservation, Reservation)
             assert len(reservation.row_ids) == 1
+
+
+async def test_the_count_runs_through_the_keys_index_whatever_the_statistics_say(
+    services: Services,
+) -> None:
+    """A busy key gathers dead units faster than autovacuum removes them; counted by a
+    sequential or bitmap scan, every call would walk them all. The function runs with
+    neither (migration 0013), so that its plan is an index scan whatever the table
+    looked like when it was made."""
+    async with services.db.engine.connect() as connection:
+        settings = (
+            await connection.execute(
+                text("SELECT proconfig FROM pg_proc WHERE proname = 'giftcard_reserve_limits_many'")
+            )
+        ).scalar_one()
+    assert set(settings or []) >= {"enable_seqscan=off", "enable_bitmapscan=off"}
+
+
+async def test_tidying_reclaims_what_units_given_back_leave_behind(services: Services) -> None:
+    """3,000 units reserved and given back leave pages of dead rows; the store's tidying
+    (what each serving process runs every few seconds) vacuums them away, and a second
+    turn, with nothing to do, is harmless."""
+    size = text("SELECT pg_relation_size('limit_reservations')")
+    later = services.clock.now() + timedelta(minutes=15)
+    async with services.db.transaction() as connection:
+        await connection.execute(
+            insert(limit_reservations), [{"limit_key": "busy", "expires_at": later}] * 3000
+        )
+    async with services.db.transaction() as connection:
+        await connection.execute(delete(limit_reservations))
+        left_behind = (await connection.execute(size)).scalar_one()
+    assert left_behind > 8192
+
+    await services.limits.tidy()
+    await services.limits.tidy()
+
+    async with services.db.transaction() as connection:
+        assert (await connection.execute(size)).scalar_one() < left_behind
+        assert (
+            await connection.execute(select(func.count()).select_from(limit_reservations))
+        ).scalar_one() == 0
+
+
+async def test_two_processes_tidying_at_once_neither_waits_nor_fails(services: Services) -> None:
+    """Every serving process tidies; one whose turn meets another's vacuum skips the
+    table rather than waiting for it or failing."""
+    other = Services.build(services.settings, clock=services.clock)
+    try:
+        await asyncio.gather(*(svc.limits.tidy() for svc in (services, other) for _ in range(3)))
+    finally:
+        await other.close()
+
+
+async def test_the_tidying_loop_reports_a_failure_once_and_goes_on(
+    services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop every serving process runs: three failing turns are reported once, not
+    three times; after a turn that succeeds, the next failure is reported again; a
+    failure never stops the loop."""
+    outcomes = iter([OSError("down")] * 3 + [None] + [OSError("down again")] + [None] * 100)
+    turns = 0
+    seventh = asyncio.Event()
+
+    async def tidy() -> None:
+        nonlocal turns
+        turns += 1
+        if turns == 7:
+            seventh.set()
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(services.limits, "tidy", tidy)
+    loop = asyncio.create_task(services.tidy(interval_s=0.001))
+    await asyncio.wait_for(seventh.wait(), timeout=10)
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+
+    reported = [record for record in caplog.records if "tidying" in record.getMessage()]
+    assert [str(record.exc_info[1]) for record in reported if record.exc_info] == [
+        "down",
+        "down again",
+    ]

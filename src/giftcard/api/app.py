@@ -51,15 +51,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if owned:
             _set_aside_from_collection()
         maintenance = asyncio.create_task(running.maintain())
+        tidying = asyncio.create_task(running.tidy())
         # Each worker process sends email too; claims keep any two from sending one twice.
         stop_sending = asyncio.Event()
         sending = asyncio.create_task(sender.run(running, stop=stop_sending))
         try:
             yield
         finally:
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+            for task in (maintenance, tidying):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await _stop_sender(sending, stop_sending, running.settings)
             if owned:
                 await running.close()
