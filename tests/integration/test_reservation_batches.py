@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from giftcard.db.tables import limit_reservations
@@ -299,36 +299,59 @@ async def test_the_count_runs_through_the_keys_index_whatever_the_statistics_say
 
 
 async def test_tidying_reclaims_what_units_given_back_leave_behind(services: Services) -> None:
-    """3,000 units reserved and given back leave pages of dead rows; the store's tidying
-    (what each serving process runs every few seconds) vacuums them away, and a second
-    turn, with nothing to do, is harmless."""
+    """3,000 units given back leave pages of dead rows; the store's tidying (what each
+    serving process runs every few seconds) vacuums them away. A process that has given
+    nothing back since its last turn does not vacuum at all: an idle server stays idle."""
     size = text("SELECT pg_relation_size('limit_reservations')")
+    vacuums = text(
+        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'limit_reservations'"
+    )
     later = services.clock.now() + timedelta(minutes=15)
     async with services.db.transaction() as connection:
-        await connection.execute(
-            insert(limit_reservations), [{"limit_key": "busy", "expires_at": later}] * 3000
-        )
+        row_ids = (
+            await connection.execute(
+                insert(limit_reservations).returning(limit_reservations.c.id),
+                [{"limit_key": "busy", "expires_at": later}] * 3000,
+            )
+        ).scalars()
+        reservation = Reservation(("busy",), "token", tuple(row_ids))
+    store = services.limits.store
+    await store.tidy()  # nothing given back yet: nothing done
     async with services.db.transaction() as connection:
-        await connection.execute(delete(limit_reservations))
+        vacuumed_before = (await connection.execute(vacuums)).scalar_one()
+    await store.give_back(reservation)
+    async with services.db.transaction() as connection:
         left_behind = (await connection.execute(size)).scalar_one()
     assert left_behind > 8192
 
-    await services.limits.tidy()
-    await services.limits.tidy()
+    await store.tidy()
+    await store.tidy()  # nothing given back since the last turn: nothing done
 
     async with services.db.transaction() as connection:
         assert (await connection.execute(size)).scalar_one() < left_behind
-        assert (
-            await connection.execute(select(func.count()).select_from(limit_reservations))
-        ).scalar_one() == 0
+        assert (await connection.execute(vacuums)).scalar_one() == vacuumed_before + 1
+        counted = select(func.count()).select_from(limit_reservations)
+        assert (await connection.execute(counted)).scalar_one() == 0
 
 
 async def test_two_processes_tidying_at_once_neither_waits_nor_fails(services: Services) -> None:
     """Every serving process tidies; one whose turn meets another's vacuum skips the
     table rather than waiting for it or failing."""
     other = Services.build(services.settings, clock=services.clock)
+    later = services.clock.now() + timedelta(minutes=15)
     try:
-        await asyncio.gather(*(svc.limits.tidy() for svc in (services, other) for _ in range(3)))
+        for _ in range(3):
+            for svc in (services, other):
+                async with svc.db.transaction() as connection:
+                    row_ids = (
+                        await connection.execute(
+                            insert(limit_reservations).returning(limit_reservations.c.id),
+                            [{"limit_key": "busy", "expires_at": later}] * 200,
+                        )
+                    ).scalars()
+                    reservation = Reservation(("busy",), "token", tuple(row_ids))
+                await svc.limits.store.give_back(reservation)
+            await asyncio.gather(services.limits.tidy(), other.limits.tidy())
     finally:
         await other.close()
 
