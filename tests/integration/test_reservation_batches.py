@@ -298,6 +298,19 @@ async def test_the_count_runs_through_the_keys_index_whatever_the_statistics_say
     assert set(settings or []) >= {"enable_seqscan=off", "enable_bitmapscan=off"}
 
 
+async def units_held(services: Services, count: int) -> Reservation:
+    """`count` units of one busy key, in the window for 15 minutes, as one reservation."""
+    later = services.clock.now() + timedelta(minutes=15)
+    async with services.db.transaction() as connection:
+        row_ids = (
+            await connection.execute(
+                insert(limit_reservations).returning(limit_reservations.c.id),
+                [{"limit_key": "busy", "expires_at": later}] * count,
+            )
+        ).scalars()
+        return Reservation(("busy",), "token", tuple(row_ids))
+
+
 async def test_tidying_reclaims_what_units_given_back_leave_behind(services: Services) -> None:
     """3,000 units given back leave pages of dead rows; the store's tidying (what each
     serving process runs every few seconds) vacuums them away. A process that has given
@@ -306,15 +319,7 @@ async def test_tidying_reclaims_what_units_given_back_leave_behind(services: Ser
     vacuums = text(
         "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'limit_reservations'"
     )
-    later = services.clock.now() + timedelta(minutes=15)
-    async with services.db.transaction() as connection:
-        row_ids = (
-            await connection.execute(
-                insert(limit_reservations).returning(limit_reservations.c.id),
-                [{"limit_key": "busy", "expires_at": later}] * 3000,
-            )
-        ).scalars()
-        reservation = Reservation(("busy",), "token", tuple(row_ids))
+    reservation = await units_held(services, 3000)
     store = services.limits.store
     await store.tidy()  # nothing given back yet: nothing done
     async with services.db.transaction() as connection:
@@ -338,19 +343,10 @@ async def test_two_processes_tidying_at_once_neither_waits_nor_fails(services: S
     """Every serving process tidies; one whose turn meets another's vacuum skips the
     table rather than waiting for it or failing."""
     other = Services.build(services.settings, clock=services.clock)
-    later = services.clock.now() + timedelta(minutes=15)
     try:
         for _ in range(3):
             for svc in (services, other):
-                async with svc.db.transaction() as connection:
-                    row_ids = (
-                        await connection.execute(
-                            insert(limit_reservations).returning(limit_reservations.c.id),
-                            [{"limit_key": "busy", "expires_at": later}] * 200,
-                        )
-                    ).scalars()
-                    reservation = Reservation(("busy",), "token", tuple(row_ids))
-                await svc.limits.store.give_back(reservation)
+                await svc.limits.store.give_back(await units_held(svc, 200))
             await asyncio.gather(services.limits.tidy(), other.limits.tidy())
     finally:
         await other.close()
