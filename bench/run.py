@@ -340,8 +340,9 @@ async def _run_backend(
         **os.environ,
         "GIFTCARD_DATABASE_URL": database_url,
         "GIFTCARD_SECRET_KEY": secrets.token_urlsafe(36),
-        "GIFTCARD_LOG_LEVEL": "WARNING",
     }
+    # The server logs at its default level, a line for each request, as it would serve.
+    env.pop("GIFTCARD_LOG_LEVEL", None)
     try:
         await _bounded(upgrade(database_url), MIGRATE_TIMEOUT_S, "migrating")
         print(f"[{backend}] issuing {options.cards:,} cards", flush=True)
