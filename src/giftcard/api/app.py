@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from giftcard import __version__, passwords, web
-from giftcard.api import docs, problems
+from giftcard.api import docs, problems, routes_customers, routes_payments
+from giftcard.api.lanes import Lanes
 from giftcard.api.middleware import AccessLog, BodySizeLimit, NoStore
 from giftcard.api.routes_audit import router as audit_router
 from giftcard.api.routes_cards import router as cards_router
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(reports_router)
     app.include_router(service_router)
     web.install(app, demo_store=settings.demo_store)
+    # Innermost, so that the middleware below wraps what a lane answers too.
+    app.add_middleware(Lanes, lanes=[*routes_customers.LANES, *routes_payments.LANES])
     app.add_middleware(BodySizeLimit, limit_bytes=settings.request_body_bytes_max)
     # Outside the size limit, so that its 413 is marked too.
     app.add_middleware(NoStore, prefix="/v1")

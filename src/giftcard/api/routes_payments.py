@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from giftcard import ids, payments
 from giftcard.api import render, schemas
 from giftcard.api.deps import IdempotencyKey, roles, run_idempotent
+from giftcard.api.lanes import Lane, route_of
 from giftcard.api.problems import problems
 from giftcard.customers import Principal, Role
-from giftcard.http import services_dependency
+from giftcard.http import services, services_dependency
 from giftcard.services import Services
 from giftcard.unit_of_work import UnitOfWork
 
@@ -32,8 +33,16 @@ async def create_payment(
     request: Request,
     idempotency_key: IdempotencyKey = None,
     who: Principal = Depends(merchant),
-    svc: Services = Depends(services_dependency),
 ) -> Any:
+    return await _create_payment(request, body, who)
+
+
+async def _create_payment(
+    request: Request, body: schemas.PaymentCreate, who: Principal
+) -> Response:
+    """What `create_payment` answers; also what its lane answers (see
+    :mod:`giftcard.api.lanes`)."""
+    svc = services(request)
     payment_request = payments.PaymentRequest(
         customer_id=ids.parse_id(ids.CUSTOMER, body.customer_id, param="customer_id"),
         order_id=body.order_id,
@@ -174,3 +183,9 @@ async def list_refunds(
     return schemas.RefundList(
         data=[render.refund(item) for item in page.items], has_more=page.has_more
     )
+
+
+# Checkout's plain case, answered before FastAPI (see giftcard.api.lanes).
+LANES = [
+    Lane(route_of(router.routes, create_payment), schemas.PaymentCreate, merchant, _create_payment)
+]
