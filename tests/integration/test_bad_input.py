@@ -97,6 +97,21 @@ async def test_malformed_json_bodies_are_validation_errors(
     assert (await balance(client, shopper))["total"] == 0
 
 
+async def test_a_body_that_breaks_off_says_where_and_names_no_field(
+    client: httpx.AsyncClient,
+) -> None:
+    """The position where the JSON breaks is no field of the request: it is told in the
+    detail, and `param` is left out."""
+    shopper = await sign_up(client)
+    response = await client.post(
+        "/v1/me/redemptions",
+        content=b'{"code": ',
+        headers={**shopper.auth, "Content-Type": "application/json"},
+    )
+    problem = assert_problem(response, 422, "validation_error", param=None)
+    assert problem["detail"] == "The request body is not valid JSON (at character 9)."
+
+
 async def test_wrong_types_and_impossible_amounts_are_refused(
     client: httpx.AsyncClient, services: Services
 ) -> None:

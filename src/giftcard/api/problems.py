@@ -106,10 +106,17 @@ def _param_of(location: tuple[Any, ...] | list[Any]) -> str | None:
     return ".".join(parts) if parts else None
 
 
+def _json_invalid_detail(error: dict[str, Any]) -> str:
+    """Where the body stops being JSON, as FastAPI gives it: the character's position
+    after the body's own location."""
+    position = [part for part in error.get("loc", ()) if isinstance(part, int)]
+    if position:
+        return f"The request body is not valid JSON (at character {position[0]})."
+    return "The request body is not valid JSON."
+
+
 def _validation_detail(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
-    if kind == "json_invalid":
-        return "The request body is not valid JSON."
     if kind == "missing":
         return "This field is required."
     if kind == "extra_forbidden":
@@ -144,6 +151,9 @@ def install(app: FastAPI) -> None:
                 f"Send the body as application/json, not {media_type[:60]}.",
             )
         first = error.errors()[0] if error.errors() else {}
+        if first.get("type") == "json_invalid":
+            # Its location is where the document breaks, not a field to name.
+            return problem_response(ErrorCode.VALIDATION_ERROR, _json_invalid_detail(first))
         param = _param_of(first.get("loc", ()))
         detail = _validation_detail(first)
         if param:
