@@ -175,7 +175,7 @@ def serve(
     """
     import uvicorn
 
-    from giftcard import logs
+    from giftcard import logs, serving
 
     # Before anything is migrated, seeded or printed: a busy port must not cost a set of
     # demo codes nobody can use.
@@ -220,6 +220,8 @@ def serve(
             workers=worker_count,
             log_config=None,
             access_log=False,
+            # A response's head and body sent together (see giftcard.serving).
+            http=serving.HTTP_PROTOCOL,
             **proxy,
         )
     finally:
