@@ -81,7 +81,8 @@ def redemption(
 ) -> Request:
     def make(who: Caller) -> tuple[dict[str, str], bytes]:
         sent = {**JSON, **(headers or {}), **authorization(who, auth)}
-        sent = {name: value for name, value in sent.items() if value}
+        # An empty Content-Type is left out (no content type); an empty key is sent.
+        sent = {name: value for name, value in sent.items() if value or name != "Content-Type"}
         raw = content if isinstance(content, bytes) else json.dumps(content(who)).encode()
         return sent, raw
 
@@ -137,6 +138,7 @@ REDEMPTIONS: dict[str, Request] = {
     "key too long": redemption(
         lambda who: {"code": who.code}, headers={"Idempotency-Key": KEY_LENGTH_OVER}
     ),
+    "empty key": redemption(lambda who: {"code": who.code}, headers={"Idempotency-Key": ""}),
     "key not printable": redemption(
         lambda who: {"code": who.code}, headers={"Idempotency-Key": "tab\there"}
     ),
