@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from giftcard import idempotency
 from giftcard.api.deps import Door
-from giftcard.api.problems import error_response
+from giftcard.api.problems import error_response, media_type_of
 from giftcard.errors import GiftcardError
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -60,8 +60,8 @@ class Lane(Generic[Body, Who]):
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         request = Request(scope, receive)
-        if not _is_json(request.headers.get("content-type")) or not _key_fits(
-            request.headers.get("idempotency-key")
+        if media_type_of(request.headers.get("content-type")) != "application/json" or not (
+            _key_fits(request.headers.get("idempotency-key"))
         ):
             await app(scope, receive, send)
             return
@@ -111,12 +111,6 @@ class Lanes:
                 await lane.serve(scope, receive, send, self.app)
                 return
         await self.app(scope, receive, send)
-
-
-def _is_json(content_type: str | None) -> bool:
-    if content_type is None:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 def _key_fits(key: str | None) -> bool:

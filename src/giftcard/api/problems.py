@@ -101,6 +101,12 @@ _STATUS_DESCRIPTIONS = {
 }
 
 
+def media_type_of(content_type: str | None) -> str:
+    """The media type a Content-Type header names, in lower case, without its
+    parameters ("" when there is none)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
 def _param_of(location: tuple[Any, ...] | list[Any]) -> str | None:
     parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
     return ".".join(parts) if parts else None
@@ -144,7 +150,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError) -> ProblemResponse:
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        media_type = media_type_of(request.headers.get("content-type"))
         if media_type and not (media_type == "application/json" or media_type.endswith("+json")):
             return problem_response(
                 ErrorCode.UNSUPPORTED_MEDIA_TYPE,
