@@ -40,10 +40,14 @@ BURST_TIMEOUT_S = 120
 # Every retry after the restart must be answered within this long of the server being
 # ready again (the bound the bank test of the fault-proof work sets): a key left locked
 # by a dead request would hold it for much longer, while a busy machine (the suite runs
-# two test processes at once) can take a few seconds to answer eighty retries.
+# two test processes at once) can take a few seconds to answer two hundred retries.
 ANSWERED_AFTER_RESTART_S = 10.0
-LOAD_REDEMPTIONS = 40
-LOAD_PAYMENTS = 40
+# Enough that a fast server cannot answer them all before the kill: on SQLite a worker
+# commits at most 32 at once and its writers take turns, so a hundred of each take each
+# worker four commits at least (with forty, every request was sometimes answered before
+# the test could kill the server after the first answer).
+LOAD_REDEMPTIONS = 100
+LOAD_PAYMENTS = 100
 CARD_AMOUNT = 700
 PAYMENT_AMOUNT = 1000
 FUNDS = 100_000
