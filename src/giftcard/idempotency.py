@@ -37,6 +37,8 @@ from giftcard.db.engine import Database
 from giftcard.db.tables import idempotency_keys
 from giftcard.errors import ErrorCode, GiftcardError
 
+# An Idempotency-Key's length, in characters, inclusive.
+KEY_LENGTH_MIN = 1
 KEY_LENGTH_MAX = 255
 # Keys are kept at least this long, then purged.
 KEY_TTL_S = 24 * 3600
@@ -75,7 +77,11 @@ def fingerprint(secret_key: bytes, method: str, path: str, body: Any) -> bytes:
 
 
 def check_key(key: str) -> None:
-    if not 1 <= len(key) <= KEY_LENGTH_MAX or not key.isprintable() or not key.isascii():
+    if (
+        not KEY_LENGTH_MIN <= len(key) <= KEY_LENGTH_MAX
+        or not key.isprintable()
+        or not key.isascii()
+    ):
         raise GiftcardError(
             ErrorCode.VALIDATION_ERROR,
             f"Idempotency-Key must be 1 to {KEY_LENGTH_MAX} printable ASCII characters.",

@@ -11,18 +11,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from giftcard import __version__, passwords, web
-from giftcard.api import docs, problems, routes_customers, routes_payments
+from giftcard.api import (
+    docs,
+    problems,
+    routes_audit,
+    routes_cards,
+    routes_customers,
+    routes_gifts,
+    routes_payments,
+    routes_reports,
+    routes_service,
+    routes_support,
+    routes_support_customers,
+)
 from giftcard.api.lanes import Lanes
 from giftcard.api.middleware import AccessLog, BodySizeLimit, NoStore
-from giftcard.api.routes_audit import router as audit_router
-from giftcard.api.routes_cards import router as cards_router
-from giftcard.api.routes_customers import router as customers_router
-from giftcard.api.routes_gifts import router as gifts_router
-from giftcard.api.routes_payments import router as payments_router
-from giftcard.api.routes_reports import router as reports_router
-from giftcard.api.routes_service import router as service_router
-from giftcard.api.routes_support import router as support_router
-from giftcard.api.routes_support_customers import router as support_customers_router
 from giftcard.config import Settings, load_settings
 from giftcard.mail import sender
 from giftcard.services import Services
@@ -84,15 +87,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     docs.install(app)
     # Tried in this order, each router's routes one by one (see routes_customers): the
     # busiest first, redemptions, then checkout.
-    app.include_router(customers_router)
-    app.include_router(payments_router)
-    app.include_router(cards_router)
-    app.include_router(gifts_router)
-    app.include_router(support_router)
-    app.include_router(support_customers_router)
-    app.include_router(audit_router)
-    app.include_router(reports_router)
-    app.include_router(service_router)
+    for routes in (
+        routes_customers,
+        routes_payments,
+        routes_cards,
+        routes_gifts,
+        routes_support,
+        routes_support_customers,
+        routes_audit,
+        routes_reports,
+        routes_service,
+    ):
+        app.include_router(routes.router)
     web.install(app, demo_store=settings.demo_store)
     # Innermost, so that the middleware below wraps what a lane answers too.
     app.add_middleware(Lanes, lanes=[*routes_customers.LANES, *routes_payments.LANES])

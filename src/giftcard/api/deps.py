@@ -31,7 +31,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        min_length=1,
+        min_length=idempotency.KEY_LENGTH_MIN,
         max_length=idempotency.KEY_LENGTH_MAX,
         description="Retry safely: a repeated request with the same key and body returns "
         "the first response without acting again.",

@@ -116,7 +116,7 @@ class Lanes:
 def _key_fits(key: str | None) -> bool:
     """A key FastAPI's own check of the route's header would let through (what else
     `run_idempotent` checks, it checks on either path)."""
-    return key is None or 1 <= len(key) <= idempotency.KEY_LENGTH_MAX
+    return key is None or idempotency.KEY_LENGTH_MIN <= len(key) <= idempotency.KEY_LENGTH_MAX
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
