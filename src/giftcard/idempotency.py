@@ -84,7 +84,8 @@ def check_key(key: str) -> None:
     ):
         raise GiftcardError(
             ErrorCode.VALIDATION_ERROR,
-            f"Idempotency-Key must be 1 to {KEY_LENGTH_MAX} printable ASCII characters.",
+            f"Idempotency-Key must be {KEY_LENGTH_MIN} to {KEY_LENGTH_MAX} printable ASCII "
+            "characters.",
             param="Idempotency-Key",
         )
 
