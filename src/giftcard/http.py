@@ -3,6 +3,7 @@ the running services and the address the request came from."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from starlette.requests import Request
@@ -29,7 +30,13 @@ IPV6_SUBSCRIBER_PREFIX = 64
 def client_address(request: Request) -> str:
     """The caller's address as the abuse limits count it: the address the server saw
     (behind a trusted proxy, the one the proxy reported); for IPv6, its /64 network."""
-    host = request.client.host if request.client else "unknown"
+    return _counted(request.client.host if request.client else "unknown")
+
+
+# Parsing an address costs more than the rest of a door's work on it, and a server hears
+# the same few addresses (its clients, its proxies) again and again.
+@functools.lru_cache(maxsize=4096)
+def _counted(host: str) -> str:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
