@@ -769,50 +769,86 @@ def _lock_id(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
 
 
-# KEYS: one sorted set per rule and identity. ARGV: now (seconds), the reservation's
-# member id, then the limit and window (seconds) of each key in turn. Trims each set to
-# its window, and adds the member to every set only if none of them is full; otherwise
-# returns how many seconds until the fullest one has room, then the (1-based) positions
-# of the full ones.
-_RESERVE_SCRIPT = """
+# The reservations of many attempts, judged in turn, each as if it had come alone after
+# those before it. KEYS: one sorted set per rule and identity, each once. ARGV: the
+# moment the batch is counted at (seconds, the latest of its attempts'), then for each
+# attempt its member id, its own moment and its number of keys, then for each of its
+# keys the key's position in KEYS, its limit and its window (seconds). Each set is
+# trimmed to its window once; an attempt's member is added to every set of its keys only
+# if none of them is full. Answers one reply per attempt: empty when it reserved, else
+# how many seconds until the fullest of its sets has room, then the (1-based) positions,
+# among the attempt's own keys, of the full ones.
+_RESERVE_MANY_SCRIPT = """
 local now = tonumber(ARGV[1])
-local member = ARGV[2]
-local wait = 0
-local full = {}
-for i, key in ipairs(KEYS) do
-    local attempts_max = tonumber(ARGV[1 + 2 * i])
-    local window = tonumber(ARGV[2 + 2 * i])
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-    if redis.call('ZCARD', key) >= attempts_max then
-        local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-        local until_s = window
-        if oldest[2] then
-            until_s = tonumber(oldest[2]) + window - now
+local trimmed = {}
+local answers = {}
+local at = 2
+while at <= #ARGV do
+    local member = ARGV[at]
+    local added_at = tonumber(ARGV[at + 1])
+    local count = tonumber(ARGV[at + 2])
+    at = at + 3
+    local keys = {}
+    local windows = {}
+    local wait = 0
+    local full = {}
+    for i = 1, count do
+        local key = KEYS[tonumber(ARGV[at])]
+        local attempts_max = tonumber(ARGV[at + 1])
+        local window = tonumber(ARGV[at + 2])
+        at = at + 3
+        keys[i] = key
+        windows[i] = window
+        if not trimmed[key] then
+            redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+            trimmed[key] = true
         end
-        if until_s > wait then
-            wait = until_s
+        if redis.call('ZCARD', key) >= attempts_max then
+            local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+            local until_s = window
+            if oldest[2] then
+                until_s = tonumber(oldest[2]) + window - now
+            end
+            if until_s > wait then
+                wait = until_s
+            end
+            full[#full + 1] = i
         end
-        full[#full + 1] = i
+    end
+    if #full > 0 then
+        table.insert(full, 1, tostring(wait))
+        answers[#answers + 1] = full
+    else
+        for i = 1, count do
+            redis.call('ZADD', keys[i], added_at, member)
+            redis.call('EXPIRE', keys[i], windows[i])
+        end
+        answers[#answers + 1] = {}
     end
 end
-if #full > 0 then
-    table.insert(full, 1, tostring(wait))
-    return full
-end
-for i, key in ipairs(KEYS) do
-    redis.call('ZADD', key, now, member)
-    redis.call('EXPIRE', key, tonumber(ARGV[2 + 2 * i]))
-end
-return false
+return answers
 """
 
 
+@dataclass(frozen=True)
+class _RedisAttempt:
+    """An attempt's reservation waiting to be sent with others (see :class:`RedisStore`)."""
+
+    keys: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    token: str
+    now: datetime
+
+
 class RedisStore:
-    """Reservations in Redis: one script call to reserve, one to give back. The keys
-    share one hash tag, so that a script touching several of them also runs on a Redis
-    Cluster. Every call is bounded by a socket timeout; a Redis that does not answer
-    refuses the attempt with service_unavailable rather than letting it through
-    uncounted."""
+    """Reservations in Redis: one script call to reserve, one pipeline to give back. The
+    attempts of a process that come while a call runs go together in the next one, as
+    the database store's do (:mod:`giftcard.db.batches`): the script judges them in
+    turn, each as if it had come alone, and Redis runs a script whole, so what it
+    decides is exact across processes and servers. The keys share one hash tag, so that
+    a script touching several of them also runs on a Redis Cluster. Every call is
+    bounded by a socket timeout; a Redis that does not answer refuses the attempts it
+    carried with service_unavailable rather than letting them through uncounted."""
 
     def __init__(self, url: str, *, key_prefix: str) -> None:
         self.key_prefix = key_prefix
@@ -822,7 +858,11 @@ class RedisStore:
             socket_connect_timeout=REDIS_TIMEOUT_S,
             retry_on_timeout=False,
         )
-        self._reserve_script = self.client.register_script(_RESERVE_SCRIPT)
+        self._reserve_script = self.client.register_script(_RESERVE_MANY_SCRIPT)
+        self._reservations: batches.Batches[_RedisAttempt, None] = batches.Batches(
+            self._reserve_many
+        )
+        self._give_backs: batches.Batches[Reservation, None] = batches.Batches(self._give_back_many)
 
     def key(self, key: str) -> str:
         return f"{{{self.key_prefix}}}:{key}"
@@ -830,28 +870,53 @@ class RedisStore:
     async def reserve(
         self, slots: Sequence[tuple[str, Rule]], *, token: str, now: datetime
     ) -> Reservation:
-        keys = [self.key(key) for key, _ in slots]
-        arguments: list[Any] = [repr(now.timestamp()), token]
-        for _, rule in slots:
-            arguments += [rule.attempts_max, rule.window_s]
+        keys = tuple(self.key(key) for key, _ in slots)
+        await self._reservations.submit(
+            _RedisAttempt(keys, tuple(rule for _, rule in slots), token, now)
+        )
+        return Reservation(keys, token)
+
+    async def _reserve_many(self, attempts: Sequence[_RedisAttempt]) -> list[batches.Failed | None]:
+        """One script call for `attempts`: None for each that reserved, a failed
+        :class:`Refused` for each refused."""
+        keys = list(dict.fromkeys(key for attempt in attempts for key in attempt.keys))
+        position = {key: number for number, key in enumerate(keys, start=1)}
+        arguments: list[Any] = [repr(max(attempt.now for attempt in attempts).timestamp())]
+        for attempt in attempts:
+            arguments += [attempt.token, repr(attempt.now.timestamp()), len(attempt.keys)]
+            for key, rule in zip(attempt.keys, attempt.rules, strict=True):
+                arguments += [position[key], rule.attempts_max, rule.window_s]
         try:
-            refused = await self._reserve_script(keys=keys, args=arguments)
+            answers = await self._reserve_script(keys=keys, args=arguments)
         except (RedisError, OSError) as error:
             raise _redis_down() from error
-        if refused is not None:
+        results: list[batches.Failed | None] = []
+        for attempt, refused in zip(attempts, answers, strict=True):
+            if not refused:
+                results.append(None)
+                continue
             wait, *positions = refused
-            full = frozenset(keys[int(position) - 1] for position in positions)
-            raise Refused(max(1, math.ceil(float(wait))), full)
-        return Reservation(tuple(keys), token)
+            full = frozenset(attempt.keys[int(number) - 1] for number in positions)
+            results.append(batches.Failed(Refused(max(1, math.ceil(float(wait))), full)))
+        return results
 
     async def give_back(self, reservation: Reservation) -> None:
+        await self._give_backs.submit(reservation)
+
+    async def _give_back_many(self, reservations: Sequence[Reservation]) -> list[None]:
+        """Remove the members of `reservations` from their sets, one command a set."""
+        members: dict[str, list[str]] = {}
+        for reservation in reservations:
+            for key in reservation.keys:
+                members.setdefault(key, []).append(reservation.token)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                for key in reservation.keys:
-                    pipe.zrem(key, reservation.token)
+                for key, tokens in members.items():
+                    pipe.zrem(key, *tokens)
                 await pipe.execute()
         except (RedisError, OSError) as error:
             raise _redis_down() from error
+        return [None for _ in reservations]
 
     async def give_back_in(self, connection: AsyncConnection, reservation: Reservation) -> bool:
         return False
