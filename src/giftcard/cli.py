@@ -9,6 +9,7 @@ import csv
 import errno
 import functools
 import ipaddress
+import logging
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ from giftcard import verify as verify_ledger
 from giftcard.clock import SystemClock
 from giftcard.codes import format_code
 from giftcard.config import DEMO_STORE_SETTING, ConfigError, Settings, load_settings
+from giftcard.db import upkeep
 from giftcard.db.engine import Database, is_database_unreachable
 from giftcard.db.migrate import upgrade
 from giftcard.errors import GiftcardError
@@ -42,6 +44,8 @@ from giftcard.services import Services
 from giftcard.unit_of_work import UnitOfWork
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # Help is click's plain layout, not typer's Rich panels: those give every option a type
 # column, so a flag such as --help reads `--help <bool>` as if it took a value. Each option
@@ -189,6 +193,7 @@ def serve(
     proxy = proxy_options(os.environ)
     logs.configure(settings.log_level, settings.log_format)
     asyncio.run(_migrate_once_reachable(settings))
+    _warn_of_missing_upkeep(settings)
     if demo:
         from giftcard.demo.seed import seed
 
@@ -252,6 +257,18 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def _warn_of_missing_upkeep(settings: Settings) -> None:
+    """Log what the database server leaves undone that this service needs (see
+    giftcard.db.upkeep); a check that fails is logged too, and serving goes on."""
+    try:
+        said = asyncio.run(upkeep.check(settings.database_url))
+    except Exception as error:
+        log.warning("could not read the database server's settings: %s", error)
+        return
+    for warning in said:
+        log.warning(warning)
 
 
 async def _migrate_once_reachable(settings: Settings) -> None:

@@ -14,7 +14,9 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
+import asyncpg
 import httpx
 from sqlalchemy import text
 
@@ -230,3 +232,43 @@ def test_a_server_removes_the_metrics_folders_that_ended_servers_left(tmp_path: 
         assert running.is_dir()
 
     assert [path.name for path in temporary.iterdir()] == [running.name]
+
+
+async def _postgres_setting(database_url: str, statement: str) -> str | None:
+    connection = await asyncpg.connect(database_url, timeout=10)
+    try:
+        return cast(str | None, await connection.fetchval(statement))
+    finally:
+        await connection.close()
+
+
+def test_serve_says_when_the_database_server_lets_its_statistics_go_stale(
+    server_database_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL, a server whose tables are never analyzed (no statistics counted
+    here, for this database only; autovacuum off, if the test server runs so) is named
+    at start, once each; SQLite needs no such upkeep and gets no such line."""
+    postgres = server_database_url.startswith("postgresql")
+    expected = set()
+    if postgres:
+        name = server_database_url.rsplit("/", 1)[1]
+        asyncio.run(
+            _postgres_setting(
+                server_database_url, f'ALTER DATABASE "{name}" SET track_counts = off'
+            )
+        )
+        expected.add("track_counts")
+        if asyncio.run(_postgres_setting(server_database_url, "SHOW autovacuum")) == "off":
+            expected.add("autovacuum")
+
+    with running_server(
+        base_env(server_database_url), tmp_path / "server.log", workers=1
+    ) as server:
+        log = server.log_tail(1_000_000)
+
+    warned = [
+        setting
+        for setting in ("autovacuum", "track_counts")
+        for _ in range(log.count(f"PostgreSQL runs with {setting} off: "))
+    ]
+    assert sorted(warned) == sorted(expected), log
