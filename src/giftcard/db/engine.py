@@ -291,8 +291,8 @@ class Database:
         at most KEPT_S_MAX), instead of going back to the pool at once: the pool's
         checkout and return, and the SQLAlchemy connection made at each, cost more of
         the process's CPU than a statement's round trip (measured: a call of one
-        statement without BEGIN 189 us through the pool, 79 us on a kept connection;
-        359 and 255 us with BEGIN and COMMIT). A call that fails gives its connection
+        statement without BEGIN 189 us through the pool, 99-104 us on a kept
+        connection; 359 and 284-290 us with BEGIN and COMMIT). A call that fails gives its connection
         back, and the pool rolls it back or, if it was lost, discards it; one that lost
         its connection gives back every kept one too (the server may have ended them
         all), as does a kept one found ended by the server when next taken."""
