@@ -261,11 +261,14 @@ def assert_problem(
 
 
 class PeakConnections:
-    """The most database connections in use at one time: a race test that saw only one
-    at a time proved nothing. Counted by the pool's checkouts on SQLite, and on
-    PostgreSQL where a call takes its connection (`Database._pooled`): there a
+    """The most requests seen in flight at one time, by the database connections in use
+    at once: a race test that saw only one at a time proved nothing. Counted where a
+    call takes its connection (`Database._pooled`), not by the pool's checkouts: a
     connection a call is done with may stay out of the pool, kept for the next call, in
-    use by none."""
+    use by none. On SQLite, whose statements run in the process with no wait, so that a
+    connection is seldom in use by two requests at once, also by the units of work
+    written in one transaction together (`Database._commit_sqlite_batch`): they were
+    all waiting to write at once."""
 
     def __init__(self) -> None:
         self.current = 0
@@ -278,6 +281,9 @@ class PeakConnections:
 
     def checkin(self, *_: Any) -> None:
         self.current -= 1
+
+    def together(self, count: int) -> None:
+        self.peak = max(self.peak, count)
 
     def reset(self) -> None:
         self.peak = self.current
@@ -336,17 +342,12 @@ def batches_of_more_than(use_case: str, size: int) -> float:
 def counting_connections(services: Services) -> Iterator[PeakConnections]:
     counter = PeakConnections()
     db = services.db
-    if db.is_sqlite:
-        pool = db.engine.sync_engine.pool
-        event.listen(pool, "checkout", counter.checkout)
-        event.listen(pool, "checkin", counter.checkin)
-        try:
-            yield counter
-        finally:
-            event.remove(pool, "checkout", counter.checkout)
-            event.remove(pool, "checkin", counter.checkin)
-        return
-    pooled = db._pooled
+    # The sender of SQLite's write batches holds the method it calls.
+    pooled, commit_batch = db._pooled, db._sqlite_batches._send_batch
+
+    async def counted_batch(batch: Any) -> Any:
+        counter.together(len(batch))
+        return await commit_batch(batch)
 
     @contextlib.asynccontextmanager
     async def counted(*, autocommit: bool) -> AsyncIterator[Any]:
@@ -358,10 +359,12 @@ def counting_connections(services: Services) -> Iterator[PeakConnections]:
                 counter.checkin()
 
     db._pooled = counted  # type: ignore[method-assign]
+    db._sqlite_batches._send_batch = counted_batch
     try:
         yield counter
     finally:
         del db._pooled
+        db._sqlite_batches._send_batch = commit_batch
 
 
 @contextlib.contextmanager
