@@ -239,8 +239,7 @@ class Database:
         return engine
 
     async def dispose(self) -> None:
-        for autocommit in (True, False):
-            await self._give_back_kept(autocommit)
+        await self._give_back_every_kept()
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -317,8 +316,7 @@ class Database:
                 # The server may have ended every connection (a restart): the kept ones
                 # go back too, and the pool replaces those older than the loss, as it
                 # does for the connections it holds itself.
-                for kind in (True, False):
-                    await self._give_back_kept(kind)
+                await self._give_back_every_kept()
             raise
         kept = self._kept[autocommit]
         if len(kept) < self._kept_max and time.monotonic() - taken_at < KEPT_S_MAX:
@@ -334,6 +332,10 @@ class Database:
                 return connection, taken_at
             await _give_back(connection)
         return None
+
+    async def _give_back_every_kept(self) -> None:
+        for autocommit in (True, False):
+            await self._give_back_kept(autocommit)
 
     async def _give_back_kept(self, autocommit: bool) -> None:
         kept = self._kept[autocommit]

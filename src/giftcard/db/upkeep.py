@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from sqlalchemy import text
 
-from giftcard.db.engine import Database
+from giftcard.db.engine import Database, async_url
 
 # The server settings that decide whether anything analyzes the tables by itself:
 # autovacuum, and the statistics it works from (without them it does nothing).
@@ -54,10 +54,10 @@ async def check(database_url: str) -> list[str]:
     """:func:`warnings` for the server of `database_url`; none for SQLite, whose planner
     keeps no statistics of how full a table is unless told to (ANALYZE), so none go
     stale."""
+    if async_url(database_url).startswith("sqlite"):
+        return []
     db = Database(database_url, pool_size=1)
     try:
-        if db.is_sqlite:
-            return []
         return warnings(await read_settings(db))
     finally:
         await db.dispose()
