@@ -750,12 +750,14 @@ def _refuse_if_full(
 ) -> None:
     """Raise :class:`Refused` when any rule is `full`: given each full key's oldest unit
     still in its window (None when it holds none, a rule that allows no attempt), wait
-    until that unit leaves it, or a whole window for a rule that allows none."""
+    until that unit leaves it, or a whole window for a rule that allows none. Never more
+    than the window: a unit another worker reserved at a moment later than `now` (its
+    clock read after this attempt's) leaves its window at most a window from now."""
     waits = {
         key: (
             rules[key].window_s
             if first_expiry is None or rules[key].attempts_max <= 0
-            else _seconds_until(first_expiry, now)
+            else min(rules[key].window_s, _seconds_until(first_expiry, now))
         )
         for key, first_expiry in full.items()
     }
@@ -776,8 +778,9 @@ def _lock_id(key: str) -> int:
 # keys the key's position in KEYS, its limit and its window (seconds). Each set is
 # trimmed to its window once; an attempt's member is added to every set of its keys only
 # if none of them is full. Answers one reply per attempt: empty when it reserved, else
-# how many seconds until the fullest of its sets has room, then the (1-based) positions,
-# among the attempt's own keys, of the full ones.
+# how many seconds until the fullest of its sets has room (never more than its window,
+# though another process's member may carry a later moment), then the (1-based)
+# positions, among the attempt's own keys, of the full ones.
 _RESERVE_MANY_SCRIPT = """
 local now = tonumber(ARGV[1])
 local trimmed = {}
@@ -807,7 +810,7 @@ while at <= #ARGV do
             local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
             local until_s = window
             if oldest[2] then
-                until_s = tonumber(oldest[2]) + window - now
+                until_s = math.min(window, tonumber(oldest[2]) + window - now)
             end
             if until_s > wait then
                 wait = until_s

@@ -397,6 +397,20 @@ async def test_workers_share_the_lock(lab: Lab) -> None:
     await lab.assert_counted_in_storage()
 
 
+async def test_retry_after_is_never_longer_than_the_window(lab: Lab, clock: FrozenClock) -> None:
+    """Given an account locked by refusals that other workers counted at a moment half a
+    second after this attempt read its clock (as happens when attempts race across
+    workers), the refusal's Retry-After is the whole window, not a second past it."""
+    first, second = await lab.workers(2, limit_redeem_failures_account="2/15minutes")
+    shopper = await sign_up(lab.client(first))
+    for _ in range(2):
+        assert (await redeem(lab.client(first), shopper, generate_code())).status_code == 404
+
+    clock.advance(timedelta(seconds=-0.5))
+    assert assert_locked(await redeem(lab.client(second), shopper, generate_code())) == WINDOW_S
+    await lab.assert_counted_in_storage()
+
+
 @ALL_ISOLATIONS
 async def test_a_burst_across_workers_gets_exactly_the_allowed_refusals(lab: Lab) -> None:
     """Given four services sharing one database and store (four workers) and the default
