@@ -147,9 +147,11 @@ class Store(Protocol):
     @property
     def counts_in_transaction(self) -> bool:
         """Whether this store lives in the service's database and what a write transaction
-        of it counts stays true until that transaction commits (one writer at a time):
-        then a redemption checks and keeps its units in its own transaction, with
-        :meth:`check_in` and :meth:`keep_in`."""
+        of it counts stays true until that transaction commits (one writer at a time, or
+        locks on the keys held to the commit): then a redemption checks and keeps its
+        units in its own transaction, with :meth:`check_in` and :meth:`keep_in`, and
+        redemptions settled together in one transaction look first with
+        :meth:`held_in`."""
 
     async def check_in(
         self, connection: AsyncConnection, slots: Sequence[tuple[str, Rule]], *, now: datetime
@@ -161,6 +163,13 @@ class Store(Protocol):
     ) -> None:
         """One unit on every slot, in the transaction of `connection`, whether full or not:
         the attempt has happened, and counts."""
+
+    async def held_in(
+        self, connection: AsyncConnection, keys: Sequence[str], *, now: datetime
+    ) -> dict[str, int]:
+        """The units each of `keys` (as :meth:`key` names them) holds in its window, as
+        committed when read, without waiting for the keys' locks; keys holding none are
+        left out."""
 
     async def check_ready(self) -> None:
         """Raise :class:`GiftcardError` (service_unavailable) when the store is down."""
@@ -222,17 +231,48 @@ class RedeemAttempt:
         return self._reservation is not None
 
     @staticmethod
+    async def full_among(
+        connection: AsyncConnection, attempts: Sequence[RedeemAttempt]
+    ) -> list[bool]:
+        """For each of `attempts` that its transaction counts (not :attr:`reserved`), of
+        many redemptions that go in one transaction: whether one of its keys is full now,
+        as committed, read without the keys' locks; False for a reserved one. An attempt
+        found full goes on by itself, where :meth:`began_in` refuses it under the locks.
+        One found not full may succeed beside it: a success keeps no unit, so whatever
+        refusal a concurrent transaction keeps on the key meanwhile comes after it."""
+        counted = [a for a in attempts if not a.reserved]
+        if not counted:
+            return [False for _ in attempts]
+        limits = counted[0]._limits
+        if any(a._limits is not limits for a in counted):
+            raise ValueError("attempts of one store")
+        keyed = {a: [(limits.store.key(key), rule) for key, rule in a._slots] for a in counted}
+        now = max(a._now for a in counted)
+        held = await limits.store.held_in(
+            connection, [key for slots in keyed.values() for key, _ in slots], now=now
+        )
+        return [
+            not attempt.reserved
+            and any(held.get(key, 0) >= rule.attempts_max for key, rule in keyed[attempt])
+            for attempt in attempts
+        ]
+
+    @staticmethod
     async def all_succeeded_in(
         connection: AsyncConnection, attempts: Sequence[RedeemAttempt]
     ) -> None:
-        """:meth:`succeeded_in` for the reserved attempts of many redemptions that
-        succeed in one transaction, their units given back by one statement."""
+        """:meth:`succeeded_in` for the attempts of many redemptions that succeed in one
+        transaction, the units of the reserved ones given back by one statement."""
+        for attempt in attempts:
+            if not attempt.reserved:
+                attempt.settled = True
+        attempts = [a for a in attempts if a.reserved]
         if not attempts:
             return
         limits = attempts[0]._limits
         reservations = [a._reservation for a in attempts if a._reservation is not None]
-        if len(reservations) != len(attempts) or any(a._limits is not limits for a in attempts):
-            raise ValueError("attempts of one store, each with its units reserved")
+        if any(a._limits is not limits for a in attempts):
+            raise ValueError("attempts of one store")
         given_back = await limits.store.give_back_in(
             connection,
             Reservation(
@@ -499,8 +539,9 @@ _REDIS_DOWN_DETAIL = (
 
 
 # The statements of every attempt, built once (see giftcard.ledger).
-_LOCK_KEYS = text(
-    "SELECT count(pg_advisory_xact_lock(lock_id)) FROM unnest(CAST(:ids AS bigint[])) AS lock_id"
+_LOCK_AND_COUNT = text(
+    "SELECT out_key, units, first_expiry FROM giftcard_lock_and_count_limits("
+    "CAST(:lock_ids AS bigint[]), CAST(:keys AS text[]), CAST(:at AS timestamptz))"
 )
 _HELD = (
     select(
@@ -514,6 +555,12 @@ _HELD = (
     )
     .group_by(limit_reservations.c.limit_key)
 )
+# The same count for any number of keys as one statement (PostgreSQL).
+_HELD_ANY = text(
+    "SELECT limit_key, count(*) FROM limit_reservations "
+    "WHERE limit_key = ANY(CAST(:b_keys AS text[])) AND expires_at > :b_now "
+    "GROUP BY limit_key"
+).bindparams(bindparam("b_now", type_=limit_reservations.c.expires_at.type))
 _RESERVE = insert(limit_reservations).returning(
     limit_reservations.c.id, sort_by_parameter_order=True
 )
@@ -570,7 +617,11 @@ class DatabaseStore:
     two attempts sharing keys never deadlock; SQLite's BEGIN IMMEDIATE already lets one
     writer at a time in. Counting and adding happen under that lock, in as few
     statements as possible, since every attempt on a hot key (one busy address) waits
-    for it. Rows past their window are ignored by the count and purged by the sweeper."""
+    for it. Rows past their window are ignored by the count and purged by the sweeper.
+
+    A redemption counts in its own transaction instead (see
+    :attr:`counts_in_transaction`): under the same locks on PostgreSQL, taken with the
+    count in one call (migration 0014) and held to its commit."""
 
     def __init__(self, db: Database, *, key_prefix: str) -> None:
         self.db = db
@@ -604,8 +655,10 @@ class DatabaseStore:
 
     @property
     def counts_in_transaction(self) -> bool:
-        # SQLite's write transactions begin with BEGIN IMMEDIATE, one at a time.
-        return self.db.is_sqlite
+        # SQLite's write transactions begin with BEGIN IMMEDIATE, one at a time; at READ
+        # COMMITTED, PostgreSQL's advisory locks on the keys, held to the commit, let one
+        # transaction at a time count and keep units on a key, each seeing the last's.
+        return self.db.is_sqlite or self.db.reads_committed
 
     async def check_in(
         self, connection: AsyncConnection, slots: Sequence[tuple[str, Rule]], *, now: datetime
@@ -623,6 +676,13 @@ class DatabaseStore:
             rules = {self.key(key): rule for key, rule in slots}
             await direct.execute(connection, _KEEP, _units(rules, now))
 
+    async def held_in(
+        self, connection: AsyncConnection, keys: Sequence[str], *, now: datetime
+    ) -> dict[str, int]:
+        counting = {"b_keys": list(dict.fromkeys(keys)), "b_now": now}
+        rows = await direct.execute(connection, _HELD_ANY, counting)
+        return {key: int(units) for key, units in rows.all()}
+
     async def _lock_and_check(
         self, connection: AsyncConnection, rules: dict[str, Rule], now: datetime
     ) -> None:
@@ -634,11 +694,12 @@ class DatabaseStore:
             # (taken before the lock was granted) would not.
             if not self.db.reads_committed:
                 await connection.execute(text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"))
-            # Every lock in one statement, taken in key order (unnest yields the array
-            # in order, and each row's lock is taken as it is produced).
-            await connection.execute(_LOCK_KEYS, {"ids": _lock_ids(rules)})
-        counting = {"b_keys": list(rules), "b_now": now}
-        held = (await direct.execute(connection, _HELD, counting)).all()
+            # Every lock, taken in key order, then the count, in one call (migration 0014).
+            locking = {"lock_ids": _lock_ids(rules), "keys": list(rules), "at": now}
+            held = (await direct.execute(connection, _LOCK_AND_COUNT, locking)).all()
+        else:
+            counting = {"b_keys": list(rules), "b_now": now}
+            held = (await direct.execute(connection, _HELD, counting)).all()
         full: dict[str, datetime | None] = {
             key: first_expiry
             for key, count, first_expiry in held
@@ -936,6 +997,11 @@ class RedisStore:
     async def keep_in(
         self, connection: AsyncConnection, slots: Sequence[tuple[str, Rule]], *, now: datetime
     ) -> None:
+        raise TypeError("Redis counts outside the database's transactions")
+
+    async def held_in(
+        self, connection: AsyncConnection, keys: Sequence[str], *, now: datetime
+    ) -> dict[str, int]:
         raise TypeError("Redis counts outside the database's transactions")
 
     async def check_ready(self) -> None:

@@ -113,7 +113,7 @@ async def redeem(
     :class:`~giftcard.unit_of_work.KeptRefusal`), with what counts it."""
     code = codes.check_code(raw_code)
     digest = codes.code_hash(secret_key, code)
-    if uow.db.reads_committed and (attempt is None or attempt.reserved):
+    if uow.db.reads_committed:
         settled = await _BATCHES.submit(uow.db, _Waiting(uow, customer, digest, actor, attempt))
         if isinstance(settled, Redemption):
             _count_redeemed()
@@ -233,11 +233,13 @@ async def _redeem_batch(db: Database, batch: Sequence[_Waiting]) -> list[Redempt
     :func:`~giftcard.unit_of_work.run_together`): the redemptions of this process that
     waited while the last batch ran go in one transaction: their keys claimed, their
     cards claimed by one guarded UPDATE, one journal transaction each
-    (:func:`giftcard.ledger.post_many`), their events and answers written and their units
-    given back with one statement. A code that matched no active card of its region (or
-    was sent twice in the batch) is left to run by itself, so a refusal is worded,
-    counted and remembered exactly as before, and one bad request never fails its
-    neighbours."""
+    (:func:`giftcard.ledger.post_many`), their events and answers written and the units
+    of those reserved before given back with one statement. Redemptions whose limits
+    count in the transaction are looked at first, without the keys' locks (see
+    :meth:`RedeemAttempt.full_among`). A code that matched no active card of its region
+    (or was sent twice in the batch), or an attempt that found a limit full, is left to
+    run by itself, so a refusal is worded, counted and remembered exactly as before, and
+    one bad request never fails its neighbours."""
     return await run_together(
         db,
         [waiting.uow for waiting in batch],
@@ -250,6 +252,14 @@ async def _redeem_batch(db: Database, batch: Sequence[_Waiting]) -> list[Redempt
 async def _settle(
     batch: Sequence[_Waiting], connection: AsyncConnection, going: Sequence[int], now: datetime
 ) -> dict[int, Redemption]:
+    attempts = [(n, a) for n in going if (a := batch[n].attempt) is not None]
+    full = await RedeemAttempt.full_among(connection, [a for _, a in attempts])
+    if any(full):
+        # Refused by the limits when each runs by itself, under its keys' locks.
+        blocked = {n for (n, _), is_full in zip(attempts, full, strict=True) if is_full}
+        going = [n for n in going if n not in blocked]
+        if not going:
+            return {}
     rows = (
         await direct.execute(
             connection,

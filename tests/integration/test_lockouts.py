@@ -41,6 +41,7 @@ WINDOW_S = 15 * 60
 BURST_TIMEOUT_S = 120
 WORKERS = 4
 PASSWORD = "correct horse battery"
+CODES = 6
 
 
 @pytest.fixture(params=["database", "redis"])
@@ -376,6 +377,39 @@ async def test_failed_log_ins_from_one_address_lock_it_whatever_the_email(lab: L
     for victim in victims:
         response = await log_in(home, victim.email, PASSWORD)
         assert response.status_code == 201, response.text
+    await lab.assert_counted_in_storage()
+
+
+async def test_a_locked_account_is_refused_among_others_redeeming_at_once(lab: Lab) -> None:
+    """Given an account locked by its refusals, when it sends valid codes at the moment a
+    neighbour sends theirs (on PostgreSQL they go in one transaction together, the limits
+    read without their locks), then each of its codes is refused with 429 and stays
+    active, and every one of the neighbour's is redeemed."""
+    # Where units are reserved while in flight (Redis), the neighbour's codes at once
+    # take every unit of their account, and every code sent at once one of the address.
+    svc = await lab.start(
+        limit_redeem_failures_account=f"{CODES}/15minutes",
+        limit_redeem_failures_address=f"{4 * CODES}/15minutes",
+    )
+    client = lab.client(svc)
+    admin = await api_key(svc)
+    mine = await issue(client, admin, amount=500, count=CODES)
+    theirs = await issue(client, admin, amount=700, count=CODES)
+    locked, neighbour = await sign_up(client), await sign_up(client)
+    for _ in range(CODES):
+        assert (await redeem(client, locked, generate_code())).status_code == 404
+
+    answers = await asyncio.gather(
+        *(redeem(client, locked, card["code"]) for card in mine),
+        *(redeem(client, neighbour, card["code"]) for card in theirs),
+    )
+
+    for answer in answers[: len(mine)]:
+        assert_locked(answer)
+    assert [answer.status_code for answer in answers[len(mine) :]] == [201] * len(theirs)
+    assert {await card_state(client, admin, card) for card in mine} == {"active"}
+    assert await total_balance(client, locked) == 0
+    assert await total_balance(client, neighbour) == 700 * len(theirs)
     await lab.assert_counted_in_storage()
 
 

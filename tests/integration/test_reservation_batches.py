@@ -298,6 +298,56 @@ async def test_the_count_runs_through_the_keys_index_whatever_the_statistics_say
     assert set(settings or []) >= {"enable_seqscan=off", "enable_bitmapscan=off"}
 
 
+LOCK_AND_COUNT = text(
+    "SELECT out_key, units FROM giftcard_lock_and_count_limits("
+    "CAST(:lock_ids AS bigint[]), CAST(:keys AS text[]), CAST(:at AS timestamptz))"
+)
+
+
+async def test_the_count_after_a_wait_for_the_lock_sees_what_its_holder_committed(
+    services: Services,
+) -> None:
+    """A redemption that runs by itself locks its keys and counts their units in one
+    call (migration 0014). When another transaction holds a key's lock, the call waits
+    for it, and then counts the unit that transaction kept and committed: the count is
+    not read before the lock was granted."""
+    now = services.clock.now()
+    arguments = {"lock_ids": [42], "keys": ["hot"], "at": now}
+    async with services.db.engine.connect() as holder:
+        await holder.execution_options(isolation_level="READ COMMITTED")
+        async with holder.begin():
+            assert (await holder.execute(LOCK_AND_COUNT, arguments)).all() == []
+
+            async def count_after_the_lock() -> list[Any]:
+                async with services.db.engine.connect() as waiter:
+                    await waiter.execution_options(isolation_level="READ COMMITTED")
+                    async with waiter.begin():
+                        return list((await waiter.execute(LOCK_AND_COUNT, arguments)).all())
+
+            waiting = asyncio.ensure_future(count_after_the_lock())
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            await holder.execute(
+                insert(limit_reservations),
+                [{"limit_key": "hot", "expires_at": now + timedelta(minutes=1)}],
+            )
+    assert [tuple(row) for row in await asyncio.wait_for(waiting, 10)] == [("hot", 1)]
+
+
+async def test_the_lock_and_count_call_refuses_a_snapshot_older_than_its_lock(
+    services: Services,
+) -> None:
+    """At REPEATABLE READ the call's count would read the transaction's first snapshot,
+    older than the lock: the function refuses to run there."""
+    async with services.db.engine.connect() as connection:
+        await connection.execution_options(isolation_level="REPEATABLE READ")
+        with pytest.raises(DBAPIError, match="runs at READ COMMITTED"):
+            async with connection.begin():
+                await connection.execute(
+                    LOCK_AND_COUNT, {"lock_ids": [7], "keys": ["k"], "at": services.clock.now()}
+                )
+
+
 async def units_held(services: Services, count: int) -> Reservation:
     """`count` units of one busy key, in the window for 15 minutes, as one reservation."""
     later = services.clock.now() + timedelta(minutes=15)
