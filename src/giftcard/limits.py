@@ -89,6 +89,10 @@ class Rule:
         item = parse(notation)
         return cls(name, item.amount, item.get_expiry())
 
+    def full_with(self, units: int) -> bool:
+        """Whether an identity holding `units` in its window may take no more."""
+        return units >= self.attempts_max
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -253,7 +257,7 @@ class RedeemAttempt:
         )
         return [
             not attempt.reserved
-            and any(held.get(key, 0) >= rule.attempts_max for key, rule in keyed[attempt])
+            and any(rule.full_with(held.get(key, 0)) for key, rule in keyed[attempt])
             for attempt in attempts
         ]
 
@@ -701,11 +705,9 @@ class DatabaseStore:
             counting = {"b_keys": list(rules), "b_now": now}
             held = (await direct.execute(connection, _HELD, counting)).all()
         full: dict[str, datetime | None] = {
-            key: first_expiry
-            for key, count, first_expiry in held
-            if count >= rules[key].attempts_max
+            key: first_expiry for key, count, first_expiry in held if rules[key].full_with(count)
         }
-        full |= {key: None for key, rule in rules.items() if rule.attempts_max <= 0}
+        full |= {key: None for key, rule in rules.items() if rule.full_with(0)}
         _refuse_if_full(rules, full, now)
 
     async def _reserve_in_one_call(
@@ -817,7 +819,7 @@ def _refuse_if_full(
     waits = {
         key: (
             rules[key].window_s
-            if first_expiry is None or rules[key].attempts_max <= 0
+            if first_expiry is None or rules[key].full_with(0)
             else min(rules[key].window_s, _seconds_until(first_expiry, now))
         )
         for key, first_expiry in full.items()
